@@ -1,0 +1,81 @@
+"""Typed scheduler configuration, validated at construction with messages that show the values."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+
+from router.policies import AgingRule, Policy, _parse_enum
+
+
+class BatchingMode(enum.Enum):
+    """How many requests a replica runs at once, and when a slot frees.
+
+    ``none``: one at a time. ``static``: when the replica is idle, a batch of up to ``max_batch``
+    starts and runs until its longest member ends (the paper's "dynamic batching"); no slot frees
+    before that. ``continuous``: ``max_batch`` slots, each refilled as soon as it frees.
+    No mode ever waits to fill a batch.
+    """
+
+    NONE = "none"
+    STATIC = "static"
+    CONTINUOUS = "continuous"
+
+    @classmethod
+    def parse(cls, name) -> BatchingMode:
+        return _parse_enum(cls, name, "batching mode")
+
+
+class Balancer(enum.Enum):
+    """Which replica's queue a new request joins.
+
+    ``round-robin``: in turn. ``least-work``: the replica with the least predicted outstanding
+    tokens per slot (queued + running). ``power-of-two``: two replicas drawn at random, the one with
+    less work. ``late-binding``: one shared queue; a free slot takes the best request from it.
+    """
+
+    ROUND_ROBIN = "round-robin"
+    LEAST_WORK = "least-work"
+    POWER_OF_TWO = "power-of-two"
+    LATE_BINDING = "late-binding"
+
+    @classmethod
+    def parse(cls, name) -> Balancer:
+        return _parse_enum(cls, name, "balancer")
+
+
+@dataclass
+class SchedulerConfig:
+    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging or oracle (benchmarks only)."})
+    balancer: Balancer | str = field(default=Balancer.LEAST_WORK, metadata={"help": "round-robin, least-work, power-of-two or late-binding."})
+    batching: BatchingMode | str = field(default=BatchingMode.NONE, metadata={"help": "none, static or continuous."})
+    max_batch: int = field(default=1, metadata={"help": "Slots per replica for static/continuous batching (ignored for none)."})
+    aging_rule: AgingRule | str = field(default=AgingRule.LINEAR, metadata={"help": "ssjf-aging rule: linear, threshold or response-ratio."})
+    aging_rate: float = field(default=50.0, metadata={"help": "ssjf-aging (linear, response-ratio): predicted tokens forgiven per second of waiting."})
+    aging_threshold_s: float = field(default=30.0, metadata={"help": "ssjf-aging (threshold): a request waiting this long goes first, oldest first."})
+    work_stealing: bool = field(default=True, metadata={"help": "A replica with a free slot and an empty queue takes the best request of the longest queue, so none idles while another has a queue."})
+    max_queued: int | None = field(default=None, metadata={"help": "Cap on waiting requests across the cluster; past it enqueue raises QueueFullError (HTTP 429)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the power-of-two balancer's random draws."})
+
+    def __post_init__(self):
+        self.policy = Policy.parse(self.policy)
+        self.balancer = Balancer.parse(self.balancer)
+        self.batching = BatchingMode.parse(self.batching)
+        self.aging_rule = AgingRule.parse(self.aging_rule)
+        if self.batching is BatchingMode.NONE:
+            self.max_batch = 1
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.aging_rate < 0:
+            raise ValueError(f"aging_rate must be >= 0, got {self.aging_rate}")
+        if self.aging_threshold_s < 0:
+            raise ValueError(f"aging_threshold_s must be >= 0, got {self.aging_threshold_s}")
+        if self.max_queued is not None and self.max_queued < 0:
+            raise ValueError(f"max_queued must be >= 0 or None, got {self.max_queued}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, enum.Enum):
+                d[k] = v.value
+        return d

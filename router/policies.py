@@ -1,0 +1,306 @@
+"""Queue-ordering policies: small queue classes behind one interface (after vLLM's request_queue).
+
+The scheduler only pushes, peeks and pops; the ordering lives here. Every key ends with
+``(arrival_at, request_id)`` so the order is total and runs are reproducible.
+
+- ``fcfs``: arrival order.
+- ``ssjf``: shortest *predicted* output first (prediction capped at max_tokens).
+- ``ssjf-aging``: SSJF whose priority improves with waiting, so no request starves. Rules:
+  ``linear`` (default): effective length = predicted - rate * wait_s. Because every waiting request
+  ages at the same rate, this equals a static key ``predicted + rate * arrival_at``: a request that
+  has waited ``L / rate`` seconds longer than another beats it even if it is ``L`` tokens longer.
+  ``threshold``: a request that has waited at least ``threshold_s`` jumps ahead (in arrival order)
+  of all SSJF-ordered requests. ``response-ratio`` (HRRN): highest ``1 + rate * wait_s / predicted``
+  first; time dependent, so a pop scans the queue (O(n)).
+- ``oracle``: shortest *true* output first. Benchmarks only: the truth comes from a lookup the
+  simulator supplies; the serving cluster refuses this policy.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+
+from router.request import RequestMeta, RequestState
+
+
+class Policy(enum.Enum):
+    FCFS = "fcfs"
+    SSJF = "ssjf"
+    SSJF_AGING = "ssjf-aging"
+    ORACLE = "oracle"
+
+    @classmethod
+    def parse(cls, name: str | Policy) -> Policy:
+        return _parse_enum(cls, name, "policy")
+
+
+class AgingRule(enum.Enum):
+    LINEAR = "linear"
+    THRESHOLD = "threshold"
+    RESPONSE_RATIO = "response-ratio"
+
+    @classmethod
+    def parse(cls, name: str | AgingRule) -> AgingRule:
+        return _parse_enum(cls, name, "aging rule")
+
+
+def _parse_enum(cls, name, what: str):
+    if isinstance(name, cls):
+        return name
+    for member in cls:
+        if member.value == name:
+            return member
+    choices = ", ".join(m.value for m in cls)
+    raise ValueError(f"unknown {what} {name!r}; choose one of: {choices}")
+
+
+class RequestQueue(ABC):
+    """A set of waiting requests that yields the best one under its policy."""
+
+    @abstractmethod
+    def push(self, state: RequestState) -> None: ...
+
+    @abstractmethod
+    def peek(self, now: float) -> RequestState | None:
+        """The request :meth:`pop` would return at ``now``, without removing it."""
+
+    @abstractmethod
+    def pop(self, now: float) -> RequestState | None:
+        """Remove and return the best request at time ``now`` (None when empty)."""
+
+    @abstractmethod
+    def remove(self, request_id: str) -> RequestState | None: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[RequestState]: ...
+
+    @property
+    def queued_work(self) -> float:
+        """Predicted output tokens waiting here (what ``least-work`` balances)."""
+        return self._work
+
+    _work: float = 0.0
+
+
+class HeapQueue(RequestQueue):
+    """A heap on a static key, with lazy deletion so ``remove`` (cancel, steal) is O(1)."""
+
+    def __init__(self, key: Callable[[RequestMeta], tuple]):
+        self._key = key
+        self._heap: list[list] = []
+        self._entries: dict[str, list] = {}
+        self._work = 0.0
+
+    def push(self, state: RequestState) -> None:
+        rid = state.meta.request_id
+        if rid in self._entries:
+            raise ValueError(f"request {rid!r} is already queued")
+        entry = [self._key(state.meta), rid, state]
+        self._entries[rid] = entry
+        heapq.heappush(self._heap, entry)
+        self._work += state.meta.expected_tokens
+
+    def _drop_dead(self) -> None:
+        heap = self._heap
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)
+
+    def peek(self, now: float) -> RequestState | None:
+        self._drop_dead()
+        return self._heap[0][2] if self._heap else None
+
+    def pop(self, now: float) -> RequestState | None:
+        self._drop_dead()
+        if not self._heap:
+            return None
+        entry = heapq.heappop(self._heap)
+        state = entry[2]
+        del self._entries[entry[1]]
+        self._work -= state.meta.expected_tokens
+        if not self._entries:
+            self._work = 0.0  # keep float drift from accumulating
+        return state
+
+    def remove(self, request_id: str) -> RequestState | None:
+        entry = self._entries.pop(request_id, None)
+        if entry is None:
+            return None
+        state, entry[2] = entry[2], None
+        self._work -= state.meta.expected_tokens
+        if not self._entries:
+            self._work = 0.0
+            self._heap.clear()
+        return state
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[RequestState]:
+        return (entry[2] for entry in self._entries.values())
+
+
+def fcfs_key(meta: RequestMeta) -> tuple:
+    return (meta.arrival_at, meta.request_id)
+
+
+def ssjf_key(meta: RequestMeta) -> tuple:
+    return (meta.expected_tokens, meta.arrival_at, meta.request_id)
+
+
+class FCFSQueue(HeapQueue):
+    """Arrival order."""
+
+    def __init__(self):
+        super().__init__(fcfs_key)
+
+
+class SSJFQueue(HeapQueue):
+    """Shortest predicted job first; ties by arrival, then id."""
+
+    def __init__(self):
+        super().__init__(ssjf_key)
+
+
+class LinearAgingQueue(HeapQueue):
+    """SSJF on ``predicted - rate * wait``, kept as the equivalent static key ``predicted + rate * arrival``."""
+
+    def __init__(self, rate: float):
+        if rate < 0:
+            raise ValueError(f"aging rate must be >= 0 tokens/s, got {rate}")
+        self.rate = rate
+        super().__init__(lambda m: (m.expected_tokens + rate * m.arrival_at, m.arrival_at, m.request_id))
+
+
+class ThresholdAgingQueue(RequestQueue):
+    """SSJF, except requests that have waited ``threshold_s`` or more go first, oldest first.
+
+    Two heaps over the same requests (SSJF and FCFS); an entry removed from one is marked dead in both.
+    """
+
+    def __init__(self, threshold_s: float):
+        if threshold_s < 0:
+            raise ValueError(f"aging threshold must be >= 0 s, got {threshold_s}")
+        self.threshold_s = threshold_s
+        self._by_len = HeapQueue(ssjf_key)
+        self._by_age = HeapQueue(fcfs_key)
+
+    def push(self, state: RequestState) -> None:
+        self._by_len.push(state)
+        self._by_age.push(state)
+
+    def _choose(self, now: float) -> RequestState | None:
+        oldest = self._by_age.peek(now)
+        if oldest is None:
+            return None
+        if now - oldest.meta.arrival_at >= self.threshold_s:
+            return oldest
+        return self._by_len.peek(now)
+
+    def peek(self, now: float) -> RequestState | None:
+        return self._choose(now)
+
+    def pop(self, now: float) -> RequestState | None:
+        state = self._choose(now)
+        if state is not None:
+            self.remove(state.meta.request_id)
+        return state
+
+    def remove(self, request_id: str) -> RequestState | None:
+        self._by_age.remove(request_id)
+        return self._by_len.remove(request_id)
+
+    def __len__(self) -> int:
+        return len(self._by_len)
+
+    def __iter__(self) -> Iterator[RequestState]:
+        return iter(self._by_len)
+
+    @property
+    def queued_work(self) -> float:
+        return self._by_len.queued_work
+
+
+class ResponseRatioQueue(RequestQueue):
+    """Highest response ratio next: ``1 + rate * wait_s / max(predicted, 1)``. O(n) pop."""
+
+    def __init__(self, rate: float):
+        if rate <= 0:
+            raise ValueError(f"response-ratio rate must be > 0 tokens/s, got {rate}")
+        self.rate = rate
+        self._items: dict[str, RequestState] = {}
+        self._work = 0.0
+
+    def push(self, state: RequestState) -> None:
+        rid = state.meta.request_id
+        if rid in self._items:
+            raise ValueError(f"request {rid!r} is already queued")
+        self._items[rid] = state
+        self._work += state.meta.expected_tokens
+
+    def _rank(self, state: RequestState, now: float) -> tuple:
+        m = state.meta
+        ratio = 1.0 + self.rate * max(now - m.arrival_at, 0.0) / max(m.expected_tokens, 1.0)
+        return (-ratio, m.expected_tokens, m.arrival_at, m.request_id)
+
+    def peek(self, now: float) -> RequestState | None:
+        if not self._items:
+            return None
+        return min(self._items.values(), key=lambda s: self._rank(s, now))
+
+    def pop(self, now: float) -> RequestState | None:
+        state = self.peek(now)
+        if state is not None:
+            self.remove(state.meta.request_id)
+        return state
+
+    def remove(self, request_id: str) -> RequestState | None:
+        state = self._items.pop(request_id, None)
+        if state is not None:
+            self._work = self._work - state.meta.expected_tokens if self._items else 0.0
+        return state
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[RequestState]:
+        return iter(list(self._items.values()))
+
+
+class OracleQueue(HeapQueue):
+    """Shortest TRUE job first. Benchmark baseline only; the truth comes from ``truth(meta)``."""
+
+    def __init__(self, truth: Callable[[RequestMeta], float]):
+        super().__init__(lambda m: (truth(m), m.arrival_at, m.request_id))
+
+
+def create_request_queue(
+    policy: Policy | str,
+    *,
+    aging_rule: AgingRule | str = AgingRule.LINEAR,
+    aging_rate: float = 0.0,
+    aging_threshold_s: float = 0.0,
+    truth: Callable[[RequestMeta], float] | None = None,
+) -> RequestQueue:
+    policy = Policy.parse(policy)
+    if policy is Policy.FCFS:
+        return FCFSQueue()
+    if policy is Policy.SSJF:
+        return SSJFQueue()
+    if policy is Policy.ORACLE:
+        if truth is None:
+            raise ValueError("policy 'oracle' needs the true lengths; only benchmarks and the simulator have them")
+        return OracleQueue(truth)
+    rule = AgingRule.parse(aging_rule)
+    if rule is AgingRule.LINEAR:
+        return LinearAgingQueue(aging_rate)
+    if rule is AgingRule.THRESHOLD:
+        return ThresholdAgingQueue(aging_threshold_s)
+    return ResponseRatioQueue(aging_rate)
+
+

@@ -1,0 +1,84 @@
+"""One record for a request's life, and the frozen metadata that crosses process boundaries.
+
+Only metadata reaches the router: id, model, token counts, the *predicted* output length and
+the arrival time. The true output length never does (see DESIGN.md, honesty rules).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class RequestStatus(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What the router knows about a request. Frozen: it is sent between actors."""
+
+    request_id: str
+    model: str
+    num_prompt_tokens: int
+    predicted_tokens: float
+    max_tokens: int
+    arrival_at: float
+
+    def __post_init__(self):
+        if not self.request_id:
+            raise ValueError("request_id must be a non-empty string")
+        if self.num_prompt_tokens < 0:
+            raise ValueError(f"num_prompt_tokens must be >= 0, got {self.num_prompt_tokens}")
+        if self.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
+        if not self.predicted_tokens >= 0:  # also rejects NaN
+            raise ValueError(f"predicted_tokens must be >= 0, got {self.predicted_tokens}")
+
+    @property
+    def expected_tokens(self) -> float:
+        """The prediction capped by max_tokens: a reply can never run past its cap."""
+        return min(self.predicted_tokens, float(self.max_tokens))
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A scheduling decision: run ``request_id`` on ``replica_id`` now.
+
+    ``batch_id`` groups requests that a static-batching replica starts together (None otherwise).
+    """
+
+    request_id: str
+    replica_id: str
+    batch_id: int | None = None
+
+
+class RequestState:
+    """Mutable state of one request inside the scheduler (status and ``*_at`` timestamps)."""
+
+    __slots__ = ("meta", "status", "enqueued_at", "dispatched_at", "finished_at", "replica_id",
+                 "queue_replica_id", "num_output_tokens", "num_requeues")
+
+    def __init__(self, meta: RequestMeta, enqueued_at: float):
+        self.meta = meta
+        self.status = RequestStatus.QUEUED
+        self.enqueued_at = enqueued_at
+        self.dispatched_at: float | None = None
+        self.finished_at: float | None = None
+        self.replica_id: str | None = None  # where it runs (set on dispatch)
+        self.queue_replica_id: str | None = None  # whose queue holds it (None: shared queue)
+        self.num_output_tokens: int | None = None
+        self.num_requeues = 0
+
+    @property
+    def queue_delay_s(self) -> float | None:
+        if self.dispatched_at is None:
+            return None
+        return self.dispatched_at - self.enqueued_at
+
+    def __repr__(self) -> str:
+        return f"RequestState({self.meta.request_id!r}, {self.status.value}, replica={self.replica_id!r})"

@@ -1,0 +1,272 @@
+"""The scheduler: per-replica queues, a balancer that picks the queue, slots by batching mode.
+
+Pure logic with an injected clock. Every mutating call returns the decisions it made as a list of
+:class:`Assignment` (run request X on replica Y now); a thin layer (the Ray actor, the simulator)
+applies them. No call ever waits to fill a batch: a free slot takes work as soon as any exists.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from router.config import Balancer, BatchingMode, SchedulerConfig
+from router.policies import RequestQueue, create_request_queue
+from router.request import Assignment, RequestMeta, RequestState, RequestStatus
+
+
+class QueueFullError(RuntimeError):
+    """The cluster-wide queue cap is reached; the caller should answer 429 with Retry-After."""
+
+
+class ReplicaState:
+    """One LLM replica as the scheduler sees it: its slots, what runs there, its own queue."""
+
+    __slots__ = ("replica_id", "num_slots", "running", "running_work", "queue")
+
+    def __init__(self, replica_id: str, num_slots: int, queue: RequestQueue):
+        self.replica_id = replica_id
+        self.num_slots = num_slots
+        self.running: dict[str, RequestState] = {}
+        self.running_work = 0.0
+        self.queue = queue
+
+    def free_slots(self, batching: BatchingMode) -> int:
+        if batching is BatchingMode.STATIC:
+            # A static batch runs until its longest member ends: no slot frees before that.
+            return 0 if self.running else self.num_slots
+        return self.num_slots - len(self.running)
+
+    @property
+    def outstanding_work(self) -> float:
+        """Predicted tokens queued here plus predicted tokens of what runs here."""
+        return self.queue.queued_work + self.running_work
+
+    def snapshot(self) -> dict:
+        return {
+            "replica_id": self.replica_id,
+            "num_slots": self.num_slots,
+            "num_running": len(self.running),
+            "num_queued": len(self.queue),
+            "outstanding_work": self.outstanding_work,
+        }
+
+
+class Scheduler:
+    """SSJF-family scheduling across replicas.
+
+    A new request joins one replica's queue (chosen by the balancer) or, under ``late-binding``
+    (or while no replica is registered), a shared queue. A replica with a free slot takes, in
+    order: the best request of its own queue, the best of the shared queue, and (work stealing)
+    the best of the longest other queue.
+    """
+
+    def __init__(
+        self,
+        config: SchedulerConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        truth: Callable[[RequestMeta], float] | None = None,
+    ):
+        self.config = config or SchedulerConfig()
+        self.clock = clock
+        self._truth = truth
+        self._rng = random.Random(self.config.seed)
+        self.replicas: dict[str, ReplicaState] = {}
+        self._ids: list[str] = []
+        self._rr_next = 0
+        self._shared = self._new_queue()
+        # Replicas with at least one free slot, oldest-free first (dict as an ordered set).
+        self._free: dict[str, None] = {}
+        self.requests: dict[str, RequestState] = {}
+        self.num_queued = 0
+        self.num_running = 0
+        self._next_batch_id = 0
+
+    def _new_queue(self) -> RequestQueue:
+        c = self.config
+        return create_request_queue(
+            c.policy, aging_rule=c.aging_rule, aging_rate=c.aging_rate,
+            aging_threshold_s=c.aging_threshold_s, truth=self._truth,
+        )
+
+    # ---- replicas -------------------------------------------------------------------------
+    def add_replica(self, replica_id: str, num_slots: int | None = None) -> list[Assignment]:
+        """Register (or re-register) a replica; returns the work it takes at once."""
+        slots = self.config.max_batch if num_slots is None else num_slots
+        if self.config.batching is BatchingMode.NONE:
+            slots = 1
+        if slots < 1:
+            raise ValueError(f"replica {replica_id!r}: num_slots must be >= 1, got {slots}")
+        replica = self.replicas.get(replica_id)
+        if replica is None:
+            replica = ReplicaState(replica_id, slots, self._new_queue())
+            self.replicas[replica_id] = replica
+            self._ids.append(replica_id)
+        else:
+            replica.num_slots = slots
+        self._update_free(replica)
+        return self._dispatch()
+
+    def remove_replica(self, replica_id: str) -> tuple[list[RequestMeta], list[Assignment]]:
+        """Forget a dead or drained replica.
+
+        Its queued requests move to other queues. Requests that were running there are returned
+        (and forgotten): the caller retries them with :meth:`enqueue` or reports the error.
+        """
+        replica = self.replicas.pop(replica_id, None)
+        if replica is None:
+            return [], []
+        self._ids.remove(replica_id)
+        self._free.pop(replica_id, None)
+        orphans = []
+        for state in replica.running.values():
+            del self.requests[state.meta.request_id]
+            self.num_running -= 1
+            state.status = RequestStatus.FAILED
+            orphans.append(state.meta)
+        moved = []
+        while (state := replica.queue.pop(self.clock())) is not None:
+            moved.append(state)
+        for state in moved:
+            state.num_requeues += 1
+            self._place(state)
+        return orphans, self._dispatch()
+
+    # ---- requests -------------------------------------------------------------------------
+    def enqueue(self, meta: RequestMeta) -> list[Assignment]:
+        if meta.request_id in self.requests:
+            raise ValueError(f"request {meta.request_id!r} is already scheduled")
+        cap = self.config.max_queued
+        if cap is not None and self.num_queued >= cap:
+            raise QueueFullError(f"queue is full ({self.num_queued} waiting, max_queued={cap})")
+        state = RequestState(meta, self.clock())
+        self.requests[meta.request_id] = state
+        self.num_queued += 1
+        self._place(state)
+        return self._dispatch()
+
+    def complete(self, request_id: str, num_output_tokens: int | None = None) -> list[Assignment]:
+        """A running request finished on its replica: free the slot, start what comes next."""
+        return self._finish(request_id, RequestStatus.FINISHED, num_output_tokens)
+
+    def cancel(self, request_id: str) -> list[Assignment]:
+        """The client went away: drop it from its queue, or free its slot if it was running."""
+        return self._finish(request_id, RequestStatus.CANCELLED, None)
+
+    def fail(self, request_id: str) -> list[Assignment]:
+        return self._finish(request_id, RequestStatus.FAILED, None)
+
+    def _finish(self, request_id: str, status: RequestStatus, num_output_tokens) -> list[Assignment]:
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return []  # already finished, cancelled or orphaned: idempotent
+        state.finished_at = self.clock()
+        state.num_output_tokens = num_output_tokens
+        if state.status is RequestStatus.RUNNING:
+            replica = self.replicas.get(state.replica_id)
+            state.status = status
+            self.num_running -= 1
+            if replica is not None:
+                del replica.running[request_id]
+                replica.running_work -= state.meta.expected_tokens
+                if not replica.running:
+                    replica.running_work = 0.0
+                self._update_free(replica)
+            return self._dispatch()
+        if status is RequestStatus.FINISHED:
+            self.requests[request_id] = state  # put back: completing a queued request is a bug
+            raise ValueError(f"request {request_id!r} is queued, not running: it cannot complete")
+        state.status = status
+        self.num_queued -= 1
+        queue = self._shared if state.queue_replica_id is None else self.replicas[state.queue_replica_id].queue
+        queue.remove(request_id)
+        return []
+
+    # ---- internals ------------------------------------------------------------------------
+    def _update_free(self, replica: ReplicaState) -> None:
+        if replica.free_slots(self.config.batching) > 0:
+            if replica.replica_id not in self._free:
+                self._free[replica.replica_id] = None
+        else:
+            self._free.pop(replica.replica_id, None)
+
+    def _place(self, state: RequestState) -> None:
+        if not self._ids or self.config.balancer is Balancer.LATE_BINDING:
+            state.queue_replica_id = None
+            self._shared.push(state)
+            return
+        replica = self.replicas[self._choose_replica()]
+        state.queue_replica_id = replica.replica_id
+        replica.queue.push(state)
+
+    def _choose_replica(self) -> str:
+        ids = self._ids
+        balancer = self.config.balancer
+        if len(ids) == 1:
+            return ids[0]
+        if balancer is Balancer.ROUND_ROBIN:
+            rid = ids[self._rr_next % len(ids)]
+            self._rr_next += 1
+            return rid
+        if balancer is Balancer.POWER_OF_TWO:
+            a, b = self._rng.sample(ids, 2)
+            return a if self._load(a) <= self._load(b) else b
+        return min(ids, key=self._load)  # least-work; ties go to the first registered
+
+    def _load(self, replica_id: str) -> float:
+        replica = self.replicas[replica_id]
+        return replica.outstanding_work / replica.num_slots
+
+    def _take(self, replica: ReplicaState, now: float) -> RequestState | None:
+        state = replica.queue.pop(now)
+        if state is None and len(self._shared):
+            state = self._shared.pop(now)
+        if state is None and self.config.work_stealing:
+            victim = max(self.replicas.values(), key=lambda r: len(r.queue))
+            if len(victim.queue):
+                state = victim.queue.pop(now)
+        return state
+
+    def _dispatch(self) -> list[Assignment]:
+        assignments: list[Assignment] = []
+        if not self.num_queued or not self._free:
+            return assignments
+        now = self.clock()
+        static = self.config.batching is BatchingMode.STATIC
+        for replica_id in list(self._free):
+            if not self.num_queued:
+                break
+            replica = self.replicas[replica_id]
+            batch_id = None
+            if static:
+                batch_id = self._next_batch_id
+                self._next_batch_id += 1
+            for _ in range(replica.free_slots(self.config.batching)):
+                state = self._take(replica, now)
+                if state is None:
+                    break
+                state.status = RequestStatus.RUNNING
+                state.dispatched_at = now
+                state.replica_id = replica_id
+                replica.running[state.meta.request_id] = state
+                replica.running_work += state.meta.expected_tokens
+                self.num_queued -= 1
+                self.num_running += 1
+                assignments.append(Assignment(state.meta.request_id, replica_id, batch_id))
+            self._update_free(replica)
+        return assignments
+
+    # ---- views ----------------------------------------------------------------------------
+    def outstanding_work(self) -> float:
+        """Predicted tokens queued or running across the cluster (an autoscaling signal)."""
+        return self._shared.queued_work + sum(r.outstanding_work for r in self.replicas.values())
+
+    def snapshot(self) -> dict:
+        return {
+            "num_queued": self.num_queued,
+            "num_running": self.num_running,
+            "num_shared_queued": len(self._shared),
+            "replicas": [self.replicas[rid].snapshot() for rid in self._ids],
+        }
