@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the whole test suite (unit, integration on a real local Ray, multi-node).
+# Creates/updates .venv first; extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-venv.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_AUTH_MODE=disabled DS_ACCELERATOR=cpu
+export RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/pytest -q -p no:cacheprovider "${@:-tests}"
