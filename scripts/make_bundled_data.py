@@ -1,0 +1,68 @@
+"""Regenerate loadgen/data/ (the small datasets bundled in the repo) from the shared data folder.
+
+    .venv/bin/python scripts/make_bundled_data.py [--data-dir ../shared/data]
+
+Only Apache-2.0 / CC-BY files are bundled (see loadgen/data/ATTRIBUTION.md):
+- arena_bench_v1_answers.parquet: every row of arena-hard-auto's arena-bench-v1 answers as the
+  table of ``loadgen.datasets`` with counts for the smollm2 tokenizer, plus whitespace word counts
+  (``num_prompt_words``, ``output_words``); reply texts are left out to keep the repo small.
+- AzureLLMInferenceTrace_{conv,code}.csv.gz: the Azure LLM inference traces, gzipped unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loadgen.datasets import DATA_DIR, iter_rows, rows_to_table  # noqa: E402
+
+ARENA = "arena_bench_v1_answers.jsonl.gz"
+TRACES = ["AzureLLMInferenceTrace_conv.csv", "AzureLLMInferenceTrace_code.csv"]
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=ROOT.parent / "shared" / "data", show_default=True, help="Folder of the shared data files.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DATA_DIR,
+              show_default=True, help="Where the bundle goes.")
+def main(data_dir: Path, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _, rows = iter_rows(data_dir / ARENA)
+    started = time.perf_counter()
+    table = rows_to_table(rows, "smollm2")
+    click.echo(f"smollm2 counts of {len(rows)} rows in {time.perf_counter() - started:.1f}s (with tokenizer load)")
+    words = rows_to_table(rows, "whitespace")
+    table = table.append_column("num_prompt_words", words["num_prompt_tokens"])
+    table = table.append_column("output_words", words["output_tokens"])
+    table = table.replace_schema_metadata({"tokenizer": "smollm2", "origin": f"lm-sys/arena-hard-auto {ARENA}"})
+    out = out_dir / ARENA.replace(".jsonl.gz", ".parquet")
+    pq.write_table(table, out, compression="zstd", compression_level=19)
+    out_tokens = table["output_tokens"]
+    click.echo(
+        f"{out.name}: {out.stat().st_size / 1e6:.2f} MB, {table.num_rows} rows, "
+        f"{pc.count_distinct(table['model']).as_py()} models, output tokens mean "
+        f"{pc.mean(out_tokens).as_py():.1f} median {pc.approximate_median(out_tokens).as_py():.0f} "
+        f"p99 {pc.quantile(pa.array(out_tokens.to_numpy()), q=0.99)[0].as_py():.0f}"
+    )
+    for name in TRACES:
+        dest = out_dir / (name + ".gz")
+        # mtime=0: identical bytes on every run, so git sees no change when nothing changed.
+        with open(data_dir / name, "rb") as src, open(dest, "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+            shutil.copyfileobj(src, gz)
+        click.echo(f"{dest.name}: {dest.stat().st_size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
