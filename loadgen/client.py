@@ -430,6 +430,7 @@ def plan_requests(workload, *, model: str | None, model_from_dataset: bool = Fal
 
     ``model_from_dataset`` sends each row's ``model`` (the LLM that wrote the reference reply);
     ``replay_lengths`` sends the row's true ``output_tokens`` as ``replay_output_tokens``.
+    ``max_tokens`` overrides the row's ``max_tokens`` column (None: the row's, if any).
     """
     names = set(workload.column_names)
     missing = {"request_id", "arrival_s"} - names
@@ -457,7 +458,7 @@ def plan_requests(workload, *, model: str | None, model_from_dataset: bool = Fal
             model=str(row["model"]) if model_from_dataset else model,
             messages=messages,
             prompt=prompt,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens if max_tokens is not None else row.get("max_tokens"),
             replay_output_tokens=int(truth) if replay_lengths and truth is not None else None,
             prompt_id=str(row.get("prompt_id") or ""),
             num_prompt_tokens=row.get("num_prompt_tokens"),

@@ -21,7 +21,7 @@ from loadgen.results import read_records, resolve_results, run_label, summarize
 # Rows of the summary table: (key, label, format).
 TABLE_ROWS = (
     ("num_requests", "requests", "{:d}"),
-    ("num_ok", "ok", "{:d}"),
+    ("num_completed", "completed (ok)", "{:d}"),
     ("num_errors", "errors", "{:d}"),
     ("num_timeouts", "timeouts", "{:d}"),
     ("throughput_rps", "throughput (req/s)", "{:.3f}"),
@@ -30,6 +30,8 @@ TABLE_ROWS = (
     ("p50_jct_s", "p50 JCT (s)", "{:.3f}"),
     ("p90_jct_s", "p90 JCT (s)", "{:.3f}"),
     ("p99_jct_s", "p99 JCT (s)", "{:.3f}"),
+    ("mean_jct_long_s", "mean JCT, longest 10% (s)", "{:.3f}"),
+    ("p99_jct_long_s", "p99 JCT, longest 10% (s)", "{:.3f}"),
     ("mean_ttft_s", "mean TTFT (s)", "{:.3f}"),
     ("p50_ttft_s", "p50 TTFT (s)", "{:.3f}"),
     ("p99_ttft_s", "p99 TTFT (s)", "{:.3f}"),

@@ -190,19 +190,20 @@ def run(url, workload_path, model, model_from_dataset, endpoint, stream, replay_
         workload = load_workload_file(workload_path, opts.num_requests)
         workload_config = {"path": str(workload_path), "num_requests": workload.num_rows, "max_tokens": opts.max_tokens}
     else:
-        rate = opts.resolve_rate(None)
-        workload = build_workload_or_fail(opts)
-        workload_config = {**opts.to_dict(), "rate": rate, "num_requests": workload.num_rows}
+        spec = opts.spec(None)
+        workload = build_workload_or_fail(spec)
+        workload_config = {"options": opts.to_dict(), "spec": spec.to_dict()}
     out = Path(out_dir) if out_dir else default_out_dir()
     outcome = execute_run(client_config, workload, settings, out, workload_config)
     print_outcome(outcome, as_json)
 
 
-def build_workload_or_fail(opts: WorkloadOptions, capacity_rps: float | None = None) -> pa.Table:
+def build_workload_or_fail(spec) -> pa.Table:
+    """``build_workload(spec)``; a dataset or trace that cannot be read is a usage error (exit 2)."""
+    from loadgen.workload import build_workload
+
     try:
-        return opts.build(capacity_rps)
-    except ImportError as exc:
-        raise click.ClickException(f"the workload builder is not available ({exc}); use --workload FILE.parquet") from exc
+        return build_workload(spec)
     except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from exc
 

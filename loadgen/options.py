@@ -34,7 +34,7 @@ class WorkloadOptions:
     num_requests: int | None = field(default=None, metadata={"help": "Number of requests."})
     duration_s: float | None = field(default=None, metadata={"help": "Length of the arrival window; the count becomes ceil(rate * duration)."})
     seed: int = field(default=0, metadata={"help": "Seed of the prompt draw and the arrival process."})
-    max_tokens: int | None = field(default=None, metadata={"help": "Cap on output tokens per request (truth capped, and sent as max_tokens)."})
+    max_tokens: int | None = field(default=None, metadata={"help": "max_tokens sent with each request; dataset rows with longer true replies are dropped (None: the workload's default)."})
 
     def __post_init__(self):
         if self.rate is not None and self.load is not None:
@@ -65,39 +65,51 @@ class WorkloadOptions:
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
 
-    def resolve_rate(self, capacity_rps: float | None = None) -> float:
-        """Requests per second: ``rate`` as given, or ``load * capacity_rps``."""
+    def needs_rate(self) -> bool:
+        """Synthetic arrivals (poisson, gamma:CV) need a rate; a trace replays its own times without one."""
+        return self.trace == "poisson" or self.trace.startswith("gamma")
+
+    def resolve_rate(self, capacity_rps: float | None = None) -> float | None:
+        """Requests per second: ``rate`` as given, or ``load * capacity_rps``; None replays a trace's own times."""
         if self.rate is not None:
             return self.rate
         if self.load is not None:
             if capacity_rps is None:
                 raise click.UsageError("--load needs a known cluster capacity here; give --rate (requests/s)")
             return self.load * capacity_rps
-        raise click.UsageError("give an arrival rate: --rate REQUESTS_PER_S" + (" or --load FRACTION" if capacity_rps else ""))
+        if self.needs_rate():
+            hint = " or --load FRACTION" if capacity_rps else ""
+            raise click.UsageError(f"--trace {self.trace} needs an arrival rate: give --rate REQUESTS_PER_S{hint}")
+        return None
 
-    def resolve_num_requests(self, rate: float) -> int:
+    def resolve_num_requests(self, rate: float | None) -> int:
         if self.num_requests is not None:
             return self.num_requests
         if self.duration_s is not None:
+            if rate is None:
+                raise click.UsageError("--duration needs a rate to turn into a request count: give --rate or --num-requests")
             return max(1, math.ceil(rate * self.duration_s))
         return DEFAULT_NUM_REQUESTS
 
-    def build(self, capacity_rps: float | None = None):
-        """Build the workload table (``loadgen.workload.build_workload``) at the resolved rate."""
-        from loadgen.workload import WorkloadSpec, build_workload
+    def spec(self, capacity_rps: float | None = None):
+        """The ``loadgen.workload.WorkloadSpec`` of these options at the resolved rate."""
+        from loadgen.workload import WorkloadSpec
 
         rate = self.resolve_rate(capacity_rps)
-        spec_args = dict(
-            dataset=self.dataset, trace=self.trace, rate=rate,
-            num_requests=self.resolve_num_requests(rate), seed=self.seed,
-        )
+        spec_args = dict(dataset=self.dataset, trace=self.trace, rate=rate,
+                         num_requests=self.resolve_num_requests(rate), seed=self.seed)
         if self.max_tokens is not None:
-            spec_args["max_tokens_cap"] = self.max_tokens
+            spec_args["max_tokens"] = self.max_tokens
         try:
-            spec = WorkloadSpec(**spec_args)
+            return WorkloadSpec(**spec_args)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
-        return build_workload(spec)
+
+    def build(self, capacity_rps: float | None = None):
+        """Build the workload table (``loadgen.workload.build_workload``) at the resolved rate."""
+        from loadgen.workload import build_workload
+
+        return build_workload(self.spec(capacity_rps))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +129,8 @@ def workload_options(f=None, *, with_load: bool = True):
             click.option("--trace", default="azure-conv", show_default=True,
                          help="Arrivals: 'azure-conv', 'poisson', 'gamma:CV' or a trace file path."),
             click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-                         help="Mean arrival rate in requests per second."),
+                         help="Mean arrival rate in requests per second (needed for poisson and gamma; "
+                              "a trace without it replays its own times)."),
         ]
         if with_load:
             options.append(click.option(
@@ -131,7 +144,8 @@ def workload_options(f=None, *, with_load: bool = True):
             click.option("--seed", type=int, default=0, show_default=True,
                          help="Seed of the prompt draw and the arrival process."),
             click.option("--max-tokens", type=click.IntRange(min=1), default=None,
-                         help="Cap on output tokens per request."),
+                         help="max_tokens of every request; dataset rows with longer replies are left out "
+                              "[default: the workload's, 4096]."),
         ]
         for option in reversed(options):
             func = option(func)

@@ -2,7 +2,7 @@
 
 Layout of ``--out DIR``: ``records.parquet`` (one row per request, :data:`RECORD_SCHEMA`),
 ``config.json`` (everything needed to repeat the run), ``summary.json`` (:func:`summarize`).
-The summary is kept here, in one place, so it can follow ``loadgen.summary`` (the simulator's) and
+The summary builds on ``loadgen.summary`` (shared with the simulator), so live runs and simulations
 report the same keys: ``mean_jct_s``, ``p50_jct_s``, ``p90_jct_s``, ``p99_jct_s`` and so on.
 """
 
@@ -89,48 +89,50 @@ def run_label(path: str | Path) -> str:
     return str(label) if label else resolve_results(path).parent.name
 
 
-def _stats(prefix: str, values: np.ndarray, unit: str = "_s") -> dict:
-    values = values[~np.isnan(values)]
-    out = {f"mean_{prefix}{unit}": float(values.mean()) if values.size else None}
+def _stats(name: str, values: np.ndarray, out: dict) -> None:
+    """mean/p50/p90/p99/max of the finite values, as ``loadgen.summary`` names them."""
+    v = values[np.isfinite(values)]
+    out[f"mean_{name}"] = float(v.mean()) if v.size else None
     for q in PERCENTILES:
-        out[f"p{q}_{prefix}{unit}"] = float(np.percentile(values, q)) if values.size else None
-    return out
+        out[f"p{q}_{name}"] = float(np.percentile(v, q)) if v.size else None
+    out[f"max_{name}"] = float(v.max()) if v.size else None
 
 
-def _column(table: pa.Table, name: str, mask: np.ndarray) -> np.ndarray:
-    col = table.column(name).to_numpy(zero_copy_only=False)
-    return np.asarray(col, dtype=float)[mask]
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=float)
 
 
 def summarize(table: pa.Table) -> dict:
-    """Summary of one run's records: counts, throughput, JCT / TTFT / TPOT / max-gap percentiles.
+    """Summary of one run's records, with the keys of ``loadgen.summary`` (shared with simulate).
 
-    Latencies cover requests that ended ``ok``. Throughput is completed requests per second over
-    the whole run (first send to last end), not the paper's "done by the 25th percentile".
+    A request's arrival is its send time (the server cannot see it earlier; lateness of the client
+    is reported apart as send lag); requests that did not end ``ok`` count as failed, not as zeros.
+    Added for the live client: errors vs timeouts, TPOT, longest token gap, output tokens/s.
+    Throughput is completed requests per second over the whole run, not the paper's
+    "done by the 25th percentile".
     """
+    from loadgen.summary import summarize as summarize_times
+
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     ok = status == "ok"
-    n = len(status)
-    sent = np.asarray(table.column("sent_at").to_numpy(zero_copy_only=False), dtype=float)
-    done = np.asarray(table.column("done_at").to_numpy(zero_copy_only=False), dtype=float)
-    span = float(np.nanmax(done) - np.nanmin(sent)) if n and not np.all(np.isnan(sent)) else 0.0
-    tokens = _column(table, "num_output_tokens", ok)
-    num_tokens = int(np.nansum(tokens)) if tokens.size else 0
-    summary = {
-        "num_requests": n,
-        "num_ok": int(ok.sum()),
-        "num_errors": int((status == "error").sum()),
-        "num_timeouts": int((status == "timeout").sum()),
-        "duration_s": span,
-        "throughput_rps": (int(ok.sum()) / span) if span > 0 else None,
-        "output_tokens_per_s": (num_tokens / span) if span > 0 else None,
-        "num_output_tokens": num_tokens,
-    }
-    summary.update(_stats("jct", _column(table, "jct_s", ok)))
-    summary.update(_stats("ttft", _column(table, "ttft_s", ok)))
-    summary.update(_stats("tpot", _column(table, "tpot_s", ok)))
-    summary.update(_stats("max_gap", _column(table, "max_gap_s", ok)))
-    lag = _column(table, "send_lag_s", ~np.isnan(sent))
-    summary["p99_send_lag_s"] = float(np.percentile(lag, 99)) if lag.size else None
-    summary["max_send_lag_s"] = float(lag.max()) if lag.size else None
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    sent = _floats(table, "sent_at")
+    arrival = np.where(np.isnan(sent), _floats(table, "scheduled_at"), sent)
+    finished = np.where(ok, _floats(table, "done_at"), np.nan)
+    first = np.where(ok, _floats(table, "first_token_at"), np.nan)
+    truth = _floats(table, "expected_output_tokens")
+    if truth.size == 0 or not np.all(np.isfinite(truth)):
+        truth = None  # long-request JCT needs every request's true length
+    out = summarize_times(arrival, finished, first_token_at=first, output_tokens=truth)
+    out["num_errors"] = int((status == "error").sum())
+    out["num_timeouts"] = int((status == "timeout").sum())
+    _stats("tpot_s", np.where(ok, _floats(table, "tpot_s"), np.nan), out)
+    _stats("max_gap_s", np.where(ok, _floats(table, "max_gap_s"), np.nan), out)
+    tokens = np.where(ok, _floats(table, "num_output_tokens"), np.nan)
+    out["num_output_tokens"] = int(np.nansum(tokens)) if tokens.size else 0
+    span = out.get("duration_s") or 0.0
+    out["output_tokens_per_s"] = out["num_output_tokens"] / span if span > 0 else None
+    lag = _floats(table, "send_lag_s")
+    lag = lag[np.isfinite(lag)]
+    out["p99_send_lag_s"] = float(np.percentile(lag, 99)) if lag.size else None
+    out["max_send_lag_s"] = float(lag.max()) if lag.size else None
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
