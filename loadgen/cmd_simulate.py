@@ -1,0 +1,270 @@
+"""``loadgen simulate``: run one workload through the router core on simulated engines, per policy.
+
+Every policy in ``--policies`` runs on the identical workload (same prompts, arrival times and
+predictions). With ``--load``, the arrival rate is ``load x`` the saturation throughput that the
+simulator measures first for this workload, engine, replicas and batching (see
+:func:`loadgen.simulator.measure_saturation`); both numbers are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import numpy as np
+
+from loadgen.options import WorkloadOptions, workload_options
+from router import AgingRule, Balancer, BatchingMode, Policy, SchedulerConfig
+
+DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging,oracle"
+_DEFAULTS = SchedulerConfig()
+
+
+def _choices(enum_cls) -> list[str]:
+    return [m.value for m in enum_cls]
+
+
+def _parse_policies(value: str) -> list[Policy]:
+    names = [p.strip() for p in value.split(",") if p.strip()]
+    if not names:
+        raise click.BadParameter("give at least one policy", param_hint="--policies")
+    policies = []
+    for name in names:
+        try:
+            policy = Policy.parse(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--policies") from None
+        if policy in policies:
+            raise click.BadParameter(f"policy {name!r} is listed twice", param_hint="--policies")
+        policies.append(policy)
+    return policies
+
+
+@click.command("simulate")
+@workload_options
+@click.option("--replicas", type=click.IntRange(min=1), default=4, show_default=True, help="LLM replicas.")
+@click.option("--batching", type=click.Choice(_choices(BatchingMode)), default="none", show_default=True,
+              help="none: one request at a time; static: a batch runs until its longest member ends; "
+                   "continuous: slots refill every iteration.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Slots per replica for static/continuous batching.")
+@click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
+              help="Comma list of fcfs, ssjf, ssjf-aging, oracle (oracle: true lengths, a labelled baseline).")
+@click.option("--balancer", type=click.Choice(_choices(Balancer)), default=_DEFAULTS.balancer.value,
+              show_default=True, help="Which replica's queue a new request joins.")
+@click.option("--predictor", default="noisy:0.6", show_default=True,
+              help="oracle, noisy:TAU (synthetic, Kendall tau ~TAU), heuristic, constant[:N], "
+                   "file:PATH (predictions) or proxy:PATH (trained proxy artifact).")
+@click.option("--aging-rule", type=click.Choice(_choices(AgingRule)), default=_DEFAULTS.aging_rule.value,
+              show_default=True, help="ssjf-aging rule.")
+@click.option("--aging-rate", type=click.FloatRange(min=0), default=_DEFAULTS.aging_rate, show_default=True,
+              help="ssjf-aging (linear, response-ratio): predicted tokens forgiven per second of waiting.")
+@click.option("--aging-threshold-s", type=click.FloatRange(min=0), default=_DEFAULTS.aging_threshold_s,
+              show_default=True, help="ssjf-aging (threshold): after this wait a request goes first.")
+@click.option("--work-stealing/--no-work-stealing", default=_DEFAULTS.work_stealing, show_default=True,
+              help="An idle replica takes the best request of the longest other queue.")
+@click.option("--engine-profile", type=click.Path(dir_okay=False), default=None,
+              help="Engine cost profile JSON (default: Llama-2-7B on one A100, see docs/simulator.md).")
+@click.option("--saturation-requests", type=click.IntRange(min=1), default=None,
+              help="With --load: requests used to measure the saturation throughput [default: all].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write requests.parquet (per request and policy), config.json and summary.json here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def simulate(**kwargs):
+    """Simulate FCFS / SSJF / SSJF-aging / oracle on one workload through the router core."""
+    opts = WorkloadOptions.from_kwargs(kwargs)
+    policies = _parse_policies(kwargs["policies"])
+    from loadgen import predictors_sim
+    from loadgen.engine_model import EngineProfile
+
+    try:
+        predictor = predictors_sim.PredictorSpec.parse(kwargs["predictor"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--predictor") from None
+    if kwargs["engine_profile"]:
+        try:
+            engine = EngineProfile.load(kwargs["engine_profile"])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--engine-profile") from None
+    else:
+        engine = EngineProfile.default()
+    try:
+        base = SchedulerConfig(
+            policy=Policy.FCFS, balancer=kwargs["balancer"], batching=kwargs["batching"],
+            max_batch=kwargs["max_batch"], aging_rule=kwargs["aging_rule"], aging_rate=kwargs["aging_rate"],
+            aging_threshold_s=kwargs["aging_threshold_s"], work_stealing=kwargs["work_stealing"], seed=opts.seed,
+        )
+        if Policy.SSJF_AGING in policies and base.aging_rule is AgingRule.RESPONSE_RATIO and base.aging_rate <= 0:
+            raise ValueError("--aging-rule response-ratio needs --aging-rate > 0")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    result = run_simulation(opts, policies, predictor, engine, base, kwargs["replicas"],
+                            saturation_requests=kwargs["saturation_requests"], out_dir=kwargs["out_dir"])
+    if kwargs["as_json"]:
+        click.echo(json.dumps(result["summary"], indent=2, default=_json_default))
+    else:
+        click.echo(result["text"])
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _sim_workload(table, predicted):
+    from loadgen.simulator import SimWorkload
+
+    return SimWorkload(
+        request_id=table.column("request_id").to_pylist(),
+        arrival_s=table.column("arrival_s").to_numpy(),
+        num_prompt_tokens=table.column("num_prompt_tokens").to_numpy(),
+        output_tokens=table.column("output_tokens").to_numpy(),
+        predicted_tokens=predicted,
+        max_tokens=table.column("max_tokens").to_numpy(),
+        model=table.column("model").to_pylist(),
+    )
+
+
+def _predict(predictor, table, seed: int):
+    from loadgen import predictors_sim
+
+    try:
+        return predictors_sim.predict(predictor, table, truth=table.column("output_tokens").to_numpy(), seed=seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--predictor") from None
+
+
+def prepare_workload(opts: WorkloadOptions, predictor, engine, base: SchedulerConfig, replicas: int, *,
+                     saturation_requests: int | None = None):
+    """The workload table, its :class:`SimWorkload` (with predictions), the saturation measurement
+    (None unless ``--load``) and the resolved arrival rate."""
+    from loadgen.simulator import measure_saturation
+
+    saturation = None
+    if opts.load is not None:
+        # Capacity depends on the lengths, not the arrival times: measure it on the same prompt draw
+        # (the workload draws prompts and arrivals from independent streams of the seed).
+        pilot = replace(opts, rate=1.0, load=None).build()
+        pilot_work = _sim_workload(pilot, _predict(predictor, pilot, opts.seed))
+        n_sat = saturation_requests or len(pilot_work)
+        saturation = measure_saturation(pilot_work, base, engine, replicas, max_requests=n_sat)
+        table = opts.build(saturation["saturation_rps"])
+    else:
+        table = opts.build()
+    rate = opts.resolve_rate(saturation["saturation_rps"] if saturation else None)
+    work = _sim_workload(table, _predict(predictor, table, opts.seed))
+    return table, work, saturation, rate
+
+
+def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: SchedulerConfig, replicas: int, *,
+                   saturation_requests: int | None = None, out_dir: str | None = None) -> dict:
+    """Build the workload, resolve the rate, simulate every policy; returns the summary and a text table."""
+    from loadgen import predictors_sim
+    from loadgen.simulator import simulate
+    from loadgen.summary import compare, format_table, summarize
+
+    t0 = time.perf_counter()
+    table, work, saturation, rate = prepare_workload(opts, predictor, engine, base, replicas,
+                                                     saturation_requests=saturation_requests)
+    predicted = work.predicted_tokens
+    truth = work.output_tokens
+    n = len(work)
+    span = float(work.arrival_s[-1] - work.arrival_s[0]) if n > 1 else 0.0
+    offered = (n - 1) / span if span > 0 else math.inf
+
+    summaries: dict[str, dict] = {}
+    per_policy = {}
+    for policy in policies:
+        config = replace(base, policy=policy)
+        res = simulate(work, config, engine, replicas)
+        s = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
+                      first_token_at=res.first_token_at, output_tokens=truth)
+        s["sim_wall_s"] = res.wall_s
+        s["sim_requests_per_s"] = n / res.wall_s if res.wall_s > 0 else None
+        s["num_events"] = res.num_events
+        summaries[policy.value] = s
+        per_policy[policy.value] = res
+
+    tau = predictors_sim.kendall_tau(truth, predicted, seed=opts.seed)
+    summary = {
+        "workload": {**opts.to_dict(), "num_requests": n},
+        "rate_rps": rate,
+        "offered_rate_rps": offered,
+        "saturation_rps": saturation["saturation_rps"] if saturation else None,
+        "saturation_method": saturation["method"] if saturation else None,
+        "saturation_num_requests": saturation["num_requests"] if saturation else None,
+        "target_load": opts.load,
+        "applied_load": (offered / saturation["saturation_rps"]) if saturation else None,
+        "replicas": replicas,
+        "scheduler": {k: v for k, v in base.to_dict().items() if k != "policy"},
+        "engine": engine.to_dict(),
+        "predictor": str(predictor),
+        "predictor_kendall_tau": tau,
+        "policies": summaries,
+        "ratios_vs_fcfs": compare(summaries, "fcfs"),
+        "wall_s": time.perf_counter() - t0,
+    }
+    if out_dir is not None:
+        _write_out(Path(out_dir), table, predicted, per_policy, summary)
+
+    lines = [
+        f"workload: dataset={opts.dataset} trace={opts.trace} requests={n} seed={opts.seed}; "
+        f"replicas={replicas} batching={base.batching.value} max_batch={base.max_batch} balancer={base.balancer.value}",
+        f"engine: {engine.name}; predictor: {predictor} (Kendall tau {tau:.3f} vs truth)",
+    ]
+    if saturation:
+        lines.append(f"saturation {saturation['saturation_rps']:.4f} req/s (measured); target load {opts.load} -> "
+                     f"rate {rate:.4f} req/s; applied load {summary['applied_load']:.3f}")
+    else:
+        lines.append(f"rate {rate:.4f} req/s (offered {offered:.4f})")
+    if Policy.SSJF_AGING in policies:
+        lines.append(f"ssjf-aging: rule={base.aging_rule.value} rate={base.aging_rate:g} "
+                     f"threshold_s={base.aging_threshold_s:g}")
+    lines += ["", format_table(summaries, "fcfs"), "",
+              "JCT, wait (queueing delay) in seconds; 'oracle' knows the true lengths (a benchmark bound only)."]
+    if out_dir is not None:
+        lines.append(f"per-request results in {out_dir}/requests.parquet")
+    return {"summary": summary, "text": "\n".join(lines)}
+
+
+def _write_out(out: Path, table, predicted, per_policy: dict, summary: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for name, res in per_policy.items():
+        n = len(res.arrival_at)
+        parts.append(pa.table({
+            "policy": pa.array([name] * n, pa.string()),
+            "request_id": table.column("request_id"),
+            "model": table.column("model"),
+            "num_prompt_tokens": table.column("num_prompt_tokens"),
+            "output_tokens": table.column("output_tokens"),
+            "predicted_tokens": pa.array(predicted, pa.float64()),
+            "arrival_at": pa.array(res.arrival_at),
+            "dispatched_at": pa.array(res.dispatched_at),
+            "started_at": pa.array(res.started_at),
+            "first_token_at": pa.array(res.first_token_at),
+            "last_token_at": pa.array(res.last_token_at),
+            "finished_at": pa.array(res.finished_at),
+            "jct_s": pa.array(res.jct_s),
+            "queue_delay_s": pa.array(res.queue_delay_s),
+            "replica": pa.array([f"r{r}" for r in res.replica.tolist()], pa.string()),
+        }))
+    pq.write_table(pa.concat_tables(parts), out / "requests.parquet")
+    config = {k: summary[k] for k in ("workload", "rate_rps", "saturation_rps", "saturation_method", "target_load",
+                                      "replicas", "scheduler", "engine", "predictor")}
+    config["policies"] = list(per_policy)
+    config["command"] = " ".join(sys.argv)
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=_json_default) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
