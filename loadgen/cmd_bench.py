@@ -1,0 +1,407 @@
+"""``loadgen bench``: start the serving cluster once per policy on a local Ray, run the identical
+workload against each over HTTP, tear down, and compare.
+
+Per policy: ``ray.init`` (a fresh local instance, or ``--ray-address``), ``serve.start`` on a free
+loopback port, ``serve.run(build_app(config with router.policy = P))``, wait for ``/healthz``,
+a few unrecorded warm-up requests, then ``loadgen run`` (open loop, the same workload and seed for
+every policy), and shut down. With ``--sweep-load`` every load of the sweep runs on the same
+cluster before it is torn down; the goodput of a policy is the largest swept load at which the SLO
+holds (and held at every smaller load).
+
+``--load`` (a fraction of capacity) needs a known capacity: for the ``replay`` engine it is the
+saturation throughput that ``loadgen.simulator.measure_saturation`` computes for this workload's
+lengths on the config's replicas, batching and engine profile (scaled by ``llm.time_scale``). For
+real engines give ``--rate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import httpx
+
+from loadgen.client import ClientConfig
+from loadgen.cmd_report import emit_comparison, format_summary, plot_runs, ratios_to_baseline
+from loadgen.cmd_run import RunSettings, build_workload_or_fail, default_out_dir, execute_run
+from loadgen.options import WorkloadOptions, workload_options
+from loadgen.results import read_records
+
+DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging"
+SLO_METRICS = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "p90_ttft_s", "p99_ttft_s")
+
+
+# --- config ---------------------------------------------------------------------------------
+
+def read_app_config(path: str) -> dict:
+    """The app config dict of a YAML/JSON file: either ``build_app``'s dict itself, or a Serve
+    config (``applications: [{args: {...}}]``), whose first application's ``args`` is used."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{path} is not valid YAML: {exc}", param_hint="--config") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping, got {type(data).__name__}", param_hint="--config")
+    if "applications" in data:
+        apps = data["applications"] or []
+        if not apps:
+            raise click.BadParameter(f"{path} lists no applications", param_hint="--config")
+        data = dict(apps[0].get("args") or {})
+    return data
+
+
+def config_for_policy(config: dict, policy: str) -> dict:
+    """A copy of ``config`` whose router runs ``policy``, under an app name of its own (so a router
+    actor left by another policy's app can never be reused)."""
+    out = copy.deepcopy(config)
+    out.setdefault("router", {})["policy"] = policy
+    out["name"] = f"{config.get('name', 'ssjf')}-{policy}"
+    return out
+
+
+def validate_config(config: dict):
+    """``cluster.config.AppConfig`` of ``config`` (ValueError on a bad value), or None if that module is missing."""
+    try:
+        from cluster.config import AppConfig
+    except ImportError:
+        return None
+    return AppConfig.from_dict(config)
+
+
+def parse_policies(value: str) -> list[str]:
+    from router import Policy
+
+    names = [p.strip() for p in value.split(",") if p.strip()]
+    if not names:
+        raise click.BadParameter("give at least one policy", param_hint="--policies")
+    out = []
+    for name in names:
+        try:
+            policy = Policy.parse(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--policies") from None
+        if policy is Policy.ORACLE:
+            raise click.BadParameter("'oracle' needs the true lengths: it exists only in `loadgen simulate`",
+                                     param_hint="--policies")
+        if policy.value in out:
+            raise click.BadParameter(f"policy {name!r} is listed twice", param_hint="--policies")
+        out.append(policy.value)
+    return out
+
+
+def parse_sweep(value: str | None) -> list[float] | None:
+    """``START:STOP:STEP`` -> loads from START to STOP inclusive."""
+    if value is None:
+        return None
+    try:
+        start, stop, step = (float(x) for x in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"expected START:STOP:STEP (e.g. 0.3:1.0:0.1), got {value!r}",
+                                 param_hint="--sweep-load") from None
+    if not (start > 0 and stop >= start and step > 0):
+        raise click.BadParameter(f"need 0 < START <= STOP and STEP > 0, got {value!r}", param_hint="--sweep-load")
+    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return [round(start + i * step, 10) for i in range(n)]
+
+
+# --- capacity -------------------------------------------------------------------------------
+
+def replay_capacity(app, table, seed: int) -> dict:
+    """Saturation throughput of a replay cluster for this workload's lengths (see module docstring)."""
+    from loadgen.cmd_simulate import _predict, _sim_workload
+    from loadgen.engine_model import EngineProfile
+    from loadgen.predictors_sim import PredictorSpec
+    from loadgen.simulator import measure_saturation
+
+    profile = EngineProfile.load(app.llm.profile) if app.llm.profile else EngineProfile.default()
+    scale = app.llm.time_scale
+    scaled = replace(profile, **{name: getattr(profile, name) * scale for name in
+                                 ("overhead_s", "per_seq_s", "weights_floor_s", "per_token_s", "per_context_token_s")})
+    # FCFS saturation does not depend on predictions; the oracle's are cheapest.
+    work = _sim_workload(table, _predict(PredictorSpec.parse("oracle"), table, seed))
+    base = replace(app.scheduler_config(), policy="fcfs")
+    sat = measure_saturation(work, base, scaled, app.llm.num_replicas)
+    sat["engine"] = profile.to_dict()
+    sat["time_scale"] = scale
+    return sat
+
+
+# --- the cluster ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpus_needed(config: dict) -> float:
+    need = 1.0  # the router actor and slack
+    for section, default_cpus in (("llm", 1.0), ("proxy", 1.0), ("ingress", 0.5)):
+        part = config.get(section) or {}
+        replicas = part.get("num_replicas", 2 if section == "llm" else 1)
+        need += replicas * part.get("num_cpus", default_cpus)
+    return need
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(f"{url}/healthz", timeout=2.0)
+            if resp.status_code == 200:
+                return
+            last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5)
+    raise click.ClickException(f"cluster at {url} not healthy within {timeout_s:g} s (last: {last}); "
+                               "raise --ready-timeout or check the config")
+
+
+@contextmanager
+def serve_cluster(config: dict, *, ray_address: str | None, num_cpus: float | None, ready_timeout_s: float):
+    """Start (a local Ray and) the app on a free port; yield its URL; delete it (and stop Ray) after."""
+    import ray
+    from deployments.app import build_app
+    from ray import serve
+
+    started_ray = False
+    if not ray.is_initialized():
+        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        if ray_address:
+            kwargs["address"] = ray_address
+        else:
+            # Logical CPUs: the replay engine sleeps, so more replicas than cores is fine.
+            kwargs["num_cpus"] = num_cpus or max(os.cpu_count() or 1, math.ceil(_cpus_needed(config)))
+        ray.init(**kwargs)
+        started_ray = True
+    app_name = config.get("name", "ssjf")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(config), name=app_name, route_prefix="/")
+        wait_ready(url, ready_timeout_s)
+        yield url
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            _kill_router_actor(config)
+            if started_ray:
+                ray.shutdown()
+
+
+def _kill_router_actor(config: dict) -> None:
+    """The router actor is detached: on a shared Ray it would outlive the app."""
+    import ray
+
+    app = validate_config(config)
+    if app is None:
+        return
+    try:
+        ray.kill(ray.get_actor(app.router_actor_name, namespace=app.router.namespace))
+    except ValueError:
+        pass  # already gone
+
+
+def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
+    """Unrecorded requests so that first-call costs (model load, JIT, connections) stay out of the numbers."""
+    if n <= 0:
+        return
+    if model is None:
+        try:
+            from loadgen.client import default_model
+
+            model = default_model(httpx.get(f"{url}/v1/models", timeout=10).json().get("data") or []) or "warmup"
+        except (httpx.HTTPError, ValueError):
+            model = "warmup"
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": False}
+    for _ in range(n):
+        try:
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=timeout_s)
+        except httpx.HTTPError:
+            pass  # a failing warm-up shows again, counted, in the measured run
+
+
+# --- the command ----------------------------------------------------------------------------
+
+@click.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The cluster: build_app's config dict as YAML/JSON, or a Serve config (first application's args).")
+@click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
+              help="Comma list of fcfs, ssjf, ssjf-aging; the first is the baseline of the ratios.")
+@workload_options
+@click.option("--sweep-load", default=None, metavar="START:STOP:STEP",
+              help="Run every load of the sweep per policy and report goodput (needs --slo-jct-s).")
+@click.option("--slo-jct-s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Latency SLO in seconds for goodput: --slo-metric must stay at or below it.")
+@click.option("--slo-metric", type=click.Choice(SLO_METRICS), default="p90_jct_s", show_default=True,
+              help="Which summary metric the SLO bounds.")
+@click.option("--model", default=None, help="Model name sent [default: replay: each row's dataset model; else the first listed].")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Client cap on requests in flight [default: none].")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Per-request limit in seconds.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Unrecorded requests sent to each fresh cluster before measuring.")
+@click.option("--ready-timeout", "ready_timeout_s", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds to wait for a started cluster's /healthz.")
+@click.option("--ray-address", default=None, help="Use this Ray cluster instead of starting a local one per policy.")
+@click.option("--num-cpus", type=click.FloatRange(min=1), default=None,
+              help="Logical CPUs of the local Ray [default: enough for the config's replicas].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Results directory: one sub-directory per policy (and load) [default: results/bench-TIMESTAMP].")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Comparison PNG [default: OUT/compare.png].")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
+@click.option("--progress/--no-progress", default=None, help="Live progress bar on stderr [default: when stderr is a terminal].")
+def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, concurrency, timeout_s, warmup,
+          ready_timeout_s, ray_address, num_cpus, out_dir, plot_path, as_json, progress, **workload_kwargs):
+    """Start the cluster of --config once per policy, run the identical workload, compare FCFS vs SSJF."""
+    opts = WorkloadOptions.from_kwargs(workload_kwargs)
+    policy_names = parse_policies(policies)
+    loads = parse_sweep(sweep_load)
+    if loads is not None and slo_jct_s is None:
+        raise click.UsageError("--sweep-load needs --slo-jct-s (the SLO that defines goodput)")
+    if loads is not None and (opts.rate is not None or opts.load is not None):
+        raise click.UsageError("--sweep-load sets the load: drop --rate/--load")
+    base_config = read_app_config(config_path)
+    try:
+        apps = {p: validate_config(config_for_policy(base_config, p)) for p in policy_names}
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config") from None
+    app = apps[policy_names[0]]
+    engine = app.llm.engine if app is not None else (base_config.get("llm") or {}).get("engine", "hf")
+    is_replay = engine == "replay"
+    if (opts.load is not None or loads is not None) and not is_replay:
+        raise click.UsageError(f"--load/--sweep-load need a known capacity, which only the replay engine has "
+                               f"(this config runs {engine!r}); give --rate")
+
+    # The workload: prompts are drawn once; rates come from the capacity where loads are asked for.
+    capacity = None
+    if opts.load is not None or loads is not None:
+        pilot = build_workload_or_fail(replace(opts, rate=1.0, load=None).spec())
+        capacity = replay_capacity(app, pilot, opts.seed)
+    runs = [(None, opts)] if loads is None else [(x, replace(opts, rate=None, load=x)) for x in loads]
+    workloads = []
+    for load, o in runs:
+        spec = o.spec(capacity["saturation_rps"] if capacity else None)
+        workloads.append((load, spec, build_workload_or_fail(spec)))
+
+    out = Path(out_dir) if out_dir else default_out_dir("bench")
+    settings = RunSettings(model=model, model_from_dataset=is_replay and model is None, replay_lengths=is_replay,
+                           max_tokens=opts.max_tokens,
+                           progress=sys.stderr.isatty() if progress is None else progress)
+    client_config = ClientConfig(url="http://placeholder", timeout_s=timeout_s, max_concurrency=concurrency)
+    facts = cluster_facts(base_config, app, config_path, capacity)
+    results: dict[str, list[tuple[float | None, Path, dict]]] = {}
+    for policy in policy_names:
+        cfg = config_for_policy(base_config, policy)
+        click.echo(f"[bench] {policy}: starting the cluster", err=True)
+        with serve_cluster(cfg, ray_address=ray_address, num_cpus=num_cpus, ready_timeout_s=ready_timeout_s) as url:
+            warm_up(url, model, warmup, timeout_s)
+            for load, spec, table in workloads:
+                name = policy if load is None else f"{policy}@{load:g}"
+                run_dir = out / (policy if load is None else f"{policy}/load-{load:g}")
+                click.echo(f"[bench] {name}: {table.num_rows} requests at {spec.rate or 'trace'} req/s", err=True)
+                outcome = execute_run(
+                    replace(client_config, url=url), table, replace(settings, label=name), run_dir,
+                    {"spec": spec.to_dict(), "options": opts.to_dict()},
+                    extra_config={"command": "bench", "policy": policy, "load": load, "cluster": facts},
+                )
+                results.setdefault(policy, []).append((load, run_dir, outcome.summary))
+    report_bench(results, loads, facts, workloads, out, plot_path, as_json, slo_metric, slo_jct_s)
+
+
+def cluster_facts(config: dict, app, config_path: str, capacity: dict | None) -> dict:
+    facts = {"config_path": str(config_path), "config": app.to_dict() if app is not None else config}
+    if app is not None:
+        facts.update(engine=app.llm.engine, num_replicas=app.llm.num_replicas, batching=app.llm.batching,
+                     max_batch=app.llm.max_batch, predictor=app.proxy.predictor, balancer=app.router.balancer)
+        if app.llm.engine == "replay":
+            facts["emulated"] = True  # replay engines emulate generation at a profile's cost
+            facts["time_scale"] = app.llm.time_scale
+    if capacity is not None:
+        facts["saturation_rps"] = capacity["saturation_rps"]
+        facts["saturation_method"] = capacity["method"]
+    try:
+        import ray
+
+        facts["ray_version"] = ray.__version__
+    except ImportError:
+        pass
+    return facts
+
+
+def goodput(points: list[tuple[float, dict]], metric: str, slo_s: float) -> float | None:
+    """The largest load at which the SLO held, with every request completed, at it and every smaller load."""
+    best = None
+    for load, summary in sorted(points, key=lambda p: p[0]):
+        value = summary.get(metric)
+        if value is None or value > slo_s or summary.get("num_failed", 0) > 0:
+            break
+        best = load
+    return best
+
+
+def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json, slo_metric, slo_jct_s) -> None:
+    from loadgen.summary import compare
+
+    ratio_keys = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "mean_ttft_s", "p99_ttft_s",
+                  "mean_jct_long_s", "p99_jct_long_s")
+    spec_rates = {load: spec.rate for load, spec, _ in workloads}
+    if loads is None:
+        summaries = {p: runs[0][2] for p, runs in results.items()}
+        tables = {p: read_records(runs[0][1]) for p, runs in results.items()}
+        png = Path(plot_path) if plot_path else out / "compare.png"
+        plot_runs(tables, png, title=" vs ".join(tables) + f" ({facts.get('engine', '?')}, live)")
+        baseline = next(iter(summaries))
+        summary = {
+            "workload": workloads[0][1].to_dict(), "rate_rps": spec_rates[None],
+            "saturation_rps": facts.get("saturation_rps"), "cluster": facts, "policies": summaries,
+            f"ratios_vs_{baseline}": compare(summaries, baseline, keys=ratio_keys),
+            "results_dirs": {p: str(runs[0][1]) for p, runs in results.items()},
+        }
+        (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        if as_json:
+            click.echo(json.dumps({**summary, "plot": str(png)}, indent=2, default=str))
+        else:
+            emit_comparison(tables, summaries, ratios_to_baseline(summaries), False, png)
+        return
+
+    sweep = {p: [{"load": load, "rate_rps": spec_rates[load], "results_dir": str(d), **s} for load, d, s in runs]
+             for p, runs in results.items()}
+    good = {}
+    for p, runs in results.items():
+        g = goodput([(load, s) for load, _, s in runs], slo_metric, slo_jct_s)
+        good[p] = {"load": g, "rate_rps": spec_rates.get(g) if g is not None else None}
+    summary = {"workload": workloads[0][1].to_dict(), "cluster": facts, "saturation_rps": facts.get("saturation_rps"),
+               "slo": {"metric": slo_metric, "max_s": slo_jct_s}, "goodput": good, "sweep": sweep}
+    (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    for load in loads:
+        click.echo(f"load {load:g} ({spec_rates[load]:.3f} req/s):")
+        per = {p: next(s for x, _, s in runs if x == load) for p, runs in results.items()}
+        click.echo(format_summary(per, ratios_to_baseline(per)))
+        click.echo()
+    click.echo(f"goodput (largest load with {slo_metric} <= {slo_jct_s:g} s and no failures, at it and below):")
+    for p, g in good.items():
+        click.echo(f"  {p}: " + ("none" if g["load"] is None else f"load {g['load']:g} = {g['rate_rps']:.3f} req/s"))
+    click.echo(f"results: {out}")

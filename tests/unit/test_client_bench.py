@@ -1,0 +1,97 @@
+"""``loadgen bench``'s pure parts (config per policy, sweep parsing, goodput, capacity) and its
+argument errors, which all come before any cluster starts."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from loadgen.cli import main
+from loadgen.cmd_bench import config_for_policy, goodput, parse_sweep, read_app_config
+
+REPLAY = {"name": "demo", "llm": {"engine": "replay", "num_replicas": 2, "batching": "none", "time_scale": 0.5},
+          "proxy": {"predictor": "heuristic"}}
+
+
+def test_config_for_policy_sets_the_router_policy_and_a_name_of_its_own():
+    cfg = config_for_policy(REPLAY, "ssjf-aging")
+    assert cfg["router"]["policy"] == "ssjf-aging" and cfg["name"] == "demo-ssjf-aging"
+    assert "router" not in REPLAY  # the input is left alone
+
+
+def test_read_app_config_accepts_a_serve_config_or_the_dict(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(REPLAY))
+    serve_cfg = tmp_path / "serve.yaml"
+    serve_cfg.write_text(yaml.safe_dump({"applications": [{"name": "x", "import_path": "deployments.app:app",
+                                                            "args": REPLAY}]}))
+    assert read_app_config(str(plain)) == REPLAY
+    assert read_app_config(str(serve_cfg)) == REPLAY
+
+
+def test_parse_sweep_is_inclusive():
+    assert parse_sweep("0.3:1.0:0.1") == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert parse_sweep("0.5:0.5:0.1") == [0.5]
+    assert parse_sweep(None) is None
+
+
+def test_goodput_is_the_largest_load_before_the_first_violation():
+    points = [(0.9, {"p90_jct_s": 3.0, "num_failed": 0}), (0.5, {"p90_jct_s": 1.0, "num_failed": 0}),
+              (0.7, {"p90_jct_s": 1.9, "num_failed": 0}), (1.0, {"p90_jct_s": 1.5, "num_failed": 0})]
+    assert goodput(points, "p90_jct_s", 2.0) == 0.7  # 1.0 meets the SLO again, but 0.9 did not
+    assert goodput(points, "p90_jct_s", 0.5) is None
+    failed = [(0.5, {"p90_jct_s": 1.0, "num_failed": 0}), (0.7, {"p90_jct_s": 1.0, "num_failed": 3})]
+    assert goodput(failed, "p90_jct_s", 2.0) == 0.5  # failures break the SLO
+
+
+def test_replay_capacity_scales_with_time_scale_and_replicas():
+    pytest.importorskip("cluster.config")
+    from cluster.config import AppConfig
+    from loadgen.cmd_bench import replay_capacity
+    from loadgen.workload import WorkloadSpec, build_workload
+
+    table = build_workload(WorkloadSpec(dataset="arena", trace="poisson", rate=1.0, num_requests=60, seed=1))
+    one = replay_capacity(AppConfig.from_dict({"llm": {"engine": "replay", "num_replicas": 1, "batching": "none"}}),
+                          table, 1)["saturation_rps"]
+    fast = replay_capacity(AppConfig.from_dict({"llm": {"engine": "replay", "num_replicas": 1, "batching": "none",
+                                                        "time_scale": 0.25}}), table, 1)["saturation_rps"]
+    two = replay_capacity(AppConfig.from_dict({"llm": {"engine": "replay", "num_replicas": 2, "batching": "none"}}),
+                          table, 1)["saturation_rps"]
+    assert fast == pytest.approx(4 * one)
+    assert two > 1.5 * one
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    def write(cfg):
+        path = tmp_path / "cluster.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return str(path)
+    return write
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--policies", "fcfs,oracle"), "exists only in `loadgen simulate`"),
+    (("--policies", "fcfs,lifo"), "unknown policy 'lifo'"),
+    (("--policies", "fcfs,fcfs"), "listed twice"),
+    (("--sweep-load", "0.3:1.0"), "START:STOP:STEP"),
+    (("--sweep-load", "0.9:0.3:0.1"), "START <= STOP"),
+    (("--sweep-load", "0.3:1.0:0.1"), "needs --slo-jct-s"),
+    (("--sweep-load", "0.3:1.0:0.1", "--slo-jct-s", "5", "--rate", "2"), "drop --rate"),
+    (("--rate", "1", "--load", "0.5"), "not both"),
+])
+def test_bench_rejects_bad_arguments(config_file, args, message):
+    result = CliRunner().invoke(main, ["bench", "--config", config_file(REPLAY), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_bench_rejects_a_bad_config_and_load_without_capacity(config_file):
+    pytest.importorskip("cluster.config")
+    result = CliRunner().invoke(main, ["bench", "--config", config_file({"llm": {"engine": "tpu"}}), "--rate", "1"])
+    assert result.exit_code == 2 and "tpu" in result.output
+    hf = {"llm": {"engine": "hf", "num_replicas": 1}}
+    result = CliRunner().invoke(main, ["bench", "--config", config_file(hf), "--load", "0.9"])
+    assert result.exit_code == 2 and "give --rate" in result.output
+    assert CliRunner().invoke(main, ["bench", "--rate", "1"]).exit_code == 2  # no --config
