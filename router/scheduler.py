@@ -75,6 +75,12 @@ class Scheduler:
         self._rng = random.Random(self.config.seed)
         self.replicas: dict[str, ReplicaState] = {}
         self._ids: list[str] = []
+        # Per replica, in ``_ids`` order: load (outstanding work per slot) and queue length, kept in
+        # step with every change (``_sync``) so that least-work and work stealing pick with one C-level
+        # min/max instead of a Python call per replica (the simulator runs millions of requests).
+        self._pos: dict[str, int] = {}
+        self._loads: list[float] = []
+        self._qlens: list[int] = []
         self._rr_next = 0
         self._shared = self._new_queue()
         # Replicas with at least one free slot, oldest-free first (dict as an ordered set).
@@ -103,9 +109,13 @@ class Scheduler:
         if replica is None:
             replica = ReplicaState(replica_id, slots, self._new_queue())
             self.replicas[replica_id] = replica
+            self._pos[replica_id] = len(self._ids)
             self._ids.append(replica_id)
+            self._loads.append(0.0)
+            self._qlens.append(0)
         else:
             replica.num_slots = slots
+        self._sync(replica)
         self._update_free(replica)
         return self._dispatch()
 
@@ -119,6 +129,9 @@ class Scheduler:
         if replica is None:
             return [], []
         self._ids.remove(replica_id)
+        self._pos = {rid: i for i, rid in enumerate(self._ids)}
+        self._loads = [self._load(rid) for rid in self._ids]
+        self._qlens = [len(self.replicas[rid].queue) for rid in self._ids]
         self._free.pop(replica_id, None)
         orphans = []
         for state in replica.running.values():
@@ -173,6 +186,7 @@ class Scheduler:
                 replica.running_work -= state.meta.expected_tokens
                 if not replica.running:
                     replica.running_work = 0.0
+                self._sync(replica)
                 self._update_free(replica)
             return self._dispatch()
         if status is RequestStatus.FINISHED:
@@ -180,11 +194,21 @@ class Scheduler:
             raise ValueError(f"request {request_id!r} is queued, not running: it cannot complete")
         state.status = status
         self.num_queued -= 1
-        queue = self._shared if state.queue_replica_id is None else self.replicas[state.queue_replica_id].queue
-        queue.remove(request_id)
+        if state.queue_replica_id is None:
+            self._shared.remove(request_id)
+        else:
+            replica = self.replicas[state.queue_replica_id]
+            replica.queue.remove(request_id)
+            self._sync(replica)
         return []
 
     # ---- internals ------------------------------------------------------------------------
+    def _sync(self, replica: ReplicaState) -> None:
+        """Refresh the cached load and queue length of ``replica`` after its queue or running set changed."""
+        pos = self._pos[replica.replica_id]
+        self._loads[pos] = (replica.queue.queued_work + replica.running_work) / replica.num_slots
+        self._qlens[pos] = len(replica.queue)
+
     def _update_free(self, replica: ReplicaState) -> None:
         if replica.free_slots(self.config.batching) > 0:
             if replica.replica_id not in self._free:
@@ -200,6 +224,7 @@ class Scheduler:
         replica = self.replicas[self._choose_replica()]
         state.queue_replica_id = replica.replica_id
         replica.queue.push(state)
+        self._sync(replica)
 
     def _choose_replica(self) -> str:
         ids = self._ids
@@ -213,7 +238,8 @@ class Scheduler:
         if balancer is Balancer.POWER_OF_TWO:
             a, b = self._rng.sample(ids, 2)
             return a if self._load(a) <= self._load(b) else b
-        return min(ids, key=self._load)  # least-work; ties go to the first registered
+        loads = self._loads  # least-work; ties go to the first registered (list.index finds the first)
+        return ids[loads.index(min(loads))]
 
     def _load(self, replica_id: str) -> float:
         replica = self.replicas[replica_id]
@@ -221,12 +247,19 @@ class Scheduler:
 
     def _take(self, replica: ReplicaState, now: float) -> RequestState | None:
         state = replica.queue.pop(now)
-        if state is None and len(self._shared):
-            state = self._shared.pop(now)
-        if state is None and self.config.work_stealing:
-            victim = max(self.replicas.values(), key=lambda r: len(r.queue))
-            if len(victim.queue):
+        if state is not None:
+            self._sync(replica)
+            return state
+        if len(self._shared):
+            return self._shared.pop(now)
+        if self.config.work_stealing:
+            # The longest queue (the first registered among equals).
+            qlens = self._qlens
+            longest = max(qlens)
+            if longest:
+                victim = self.replicas[self._ids[qlens.index(longest)]]
                 state = victim.queue.pop(now)
+                self._sync(victim)
         return state
 
     def _dispatch(self) -> list[Assignment]:
@@ -255,6 +288,7 @@ class Scheduler:
                 self.num_queued -= 1
                 self.num_running += 1
                 assignments.append(Assignment(state.meta.request_id, replica_id, batch_id))
+            self._sync(replica)
             self._update_free(replica)
         return assignments
 
