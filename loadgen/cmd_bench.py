@@ -120,24 +120,77 @@ def parse_sweep(value: str | None) -> list[float] | None:
 
 # --- capacity -------------------------------------------------------------------------------
 
-def replay_capacity(app, table, seed: int) -> dict:
-    """Saturation throughput of a replay cluster for this workload's lengths (see module docstring)."""
-    from loadgen.cmd_simulate import _predict, _sim_workload
+def replay_profile(app):
+    """The replay engine's cost profile as it runs: the config's profile times ``llm.time_scale``
+    (every term of the iteration time is linear in the profile's coefficients)."""
     from loadgen.engine_model import EngineProfile
-    from loadgen.predictors_sim import PredictorSpec
-    from loadgen.simulator import measure_saturation
 
     profile = EngineProfile.load(app.llm.profile) if app.llm.profile else EngineProfile.default()
     scale = app.llm.time_scale
-    scaled = replace(profile, **{name: getattr(profile, name) * scale for name in
-                                 ("overhead_s", "per_seq_s", "weights_floor_s", "per_token_s", "per_context_token_s")})
+    return replace(profile, **{name: getattr(profile, name) * scale for name in
+                               ("overhead_s", "per_seq_s", "weights_floor_s", "per_token_s", "per_context_token_s")})
+
+
+def replay_capacity(app, table, seed: int) -> dict:
+    """Saturation throughput of a replay cluster for this workload's lengths (see module docstring)."""
+    from loadgen.cmd_simulate import _predict, _sim_workload
+    from loadgen.predictors_sim import PredictorSpec
+    from loadgen.simulator import measure_saturation
+
     # FCFS saturation does not depend on predictions; the oracle's are cheapest.
     work = _sim_workload(table, _predict(PredictorSpec.parse("oracle"), table, seed))
     base = replace(app.scheduler_config(), policy="fcfs")
-    sat = measure_saturation(work, base, scaled, app.llm.num_replicas)
-    sat["engine"] = profile.to_dict()
-    sat["time_scale"] = scale
+    sat = measure_saturation(work, base, replay_profile(app), app.llm.num_replicas)
+    sat["time_scale"] = app.llm.time_scale
     return sat
+
+
+def simulator_predictor(app) -> str | None:
+    """The ``loadgen simulate --predictor`` that matches the cluster's proxy pool (None: no match)."""
+    proxy = app.proxy
+    if proxy.predictor in ("learned", "auto") and Path(proxy.artifact_path).exists():
+        return f"proxy:{proxy.artifact_path}"
+    if proxy.predictor in ("heuristic", "auto"):
+        return "heuristic"
+    if proxy.predictor == "constant":
+        return f"constant:{proxy.constant_tokens:g}"
+    return None  # "marker" reads test prompts; "learned" without its artifact fails in the cluster too
+
+
+def simulate_same(app, table, policies: list[str], seed: int) -> dict | None:
+    """What ``loadgen simulate`` predicts for this very workload, cluster shape, engine profile and
+    predictor, per policy: the yardstick for the live gain. None when the predictor has no match."""
+    from loadgen.cmd_simulate import _predict, _sim_workload
+    from loadgen.predictors_sim import PredictorSpec
+    from loadgen.simulator import simulate
+    from loadgen.summary import summarize
+
+    spec = simulator_predictor(app)
+    if spec is None:
+        return None
+    work = _sim_workload(table, _predict(PredictorSpec.parse(spec), table, seed))
+    engine = replay_profile(app)
+    summaries = {}
+    for policy in policies:
+        res = simulate(work, replace(app.scheduler_config(), policy=policy), engine, app.llm.num_replicas)
+        summaries[policy] = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
+                                      first_token_at=res.first_token_at, output_tokens=work.output_tokens)
+    return {"predictor": spec, "policies": summaries}
+
+
+def live_vs_simulated(live: dict[str, dict], sim: dict[str, dict], key: str = "mean_jct_s") -> dict:
+    """Per policy: the gain over the baseline (1 - policy / baseline) live and simulated, and live / simulated."""
+    baseline = next(iter(live))
+    out = {}
+    for policy in list(live)[1:]:
+        gains = {}
+        for name, runs in (("live", live), ("simulated", sim)):
+            a, b = runs[baseline].get(key), runs[policy].get(key)
+            gains[name] = (1 - b / a) if a and b is not None else None
+        ratio = gains["live"] / gains["simulated"] if gains["live"] is not None and gains["simulated"] else None
+        out[policy] = {f"{key}_gain_live": gains["live"], f"{key}_gain_simulated": gains["simulated"],
+                       "live_over_simulated": ratio}
+    return out
 
 
 # --- the cluster ----------------------------------------------------------------------------
@@ -261,6 +314,9 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="Unrecorded requests sent to each fresh cluster before measuring.")
 @click.option("--ready-timeout", "ready_timeout_s", type=click.FloatRange(min=0, min_open=True), default=600.0,
               show_default=True, help="Seconds to wait for a started cluster's /healthz.")
+@click.option("--simulate/--no-simulate", "with_simulation", default=True, show_default=True,
+              help="Replay clusters: also simulate the same workload, profile and predictor, and report the live "
+                   "gain as a fraction of the simulated one.")
 @click.option("--ray-address", default=None, help="Use this Ray cluster instead of starting a local one per policy.")
 @click.option("--num-cpus", type=click.FloatRange(min=1), default=None,
               help="Logical CPUs of the local Ray [default: enough for the config's replicas].")
@@ -271,7 +327,8 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Live progress bar on stderr [default: when stderr is a terminal].")
 def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, concurrency, timeout_s, warmup,
-          ready_timeout_s, ray_address, num_cpus, out_dir, plot_path, as_json, progress, **workload_kwargs):
+          ready_timeout_s, with_simulation, ray_address, num_cpus, out_dir, plot_path, as_json, progress,
+          **workload_kwargs):
     """Start the cluster of --config once per policy, run the identical workload, compare FCFS vs SSJF."""
     opts = WorkloadOptions.from_kwargs(workload_kwargs)
     policy_names = parse_policies(policies)
@@ -325,7 +382,11 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, concu
                     extra_config={"command": "bench", "policy": policy, "load": load, "cluster": facts},
                 )
                 results.setdefault(policy, []).append((load, run_dir, outcome.summary))
-    report_bench(results, loads, facts, workloads, out, plot_path, as_json, slo_metric, slo_jct_s)
+    simulated = None
+    if with_simulation and is_replay and app is not None:
+        simulated = {load: simulate_same(app, table, policy_names, opts.seed) for load, _, table in workloads}
+    report_bench(results, loads, facts, workloads, out, plot_path, as_json, slo_metric, slo_jct_s, simulated,
+                 target_load=opts.load)
 
 
 def cluster_facts(config: dict, app, config_path: str, capacity: dict | None) -> dict:
@@ -348,6 +409,14 @@ def cluster_facts(config: dict, app, config_path: str, capacity: dict | None) ->
     return facts
 
 
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _fmt_ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def goodput(points: list[tuple[float, dict]], metric: str, slo_s: float) -> float | None:
     """The largest load at which the SLO held, with every request completed, at it and every smaller load."""
     best = None
@@ -359,7 +428,8 @@ def goodput(points: list[tuple[float, dict]], metric: str, slo_s: float) -> floa
     return best
 
 
-def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json, slo_metric, slo_jct_s) -> None:
+def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json, slo_metric, slo_jct_s,
+                 simulated: dict | None = None, target_load: float | None = None) -> None:
     from loadgen.summary import compare
 
     ratio_keys = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "mean_ttft_s", "p99_ttft_s",
@@ -372,24 +442,42 @@ def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json
         plot_runs(tables, png, title=" vs ".join(tables) + f" ({facts.get('engine', '?')}, live)")
         baseline = next(iter(summaries))
         summary = {
-            "workload": workloads[0][1].to_dict(), "rate_rps": spec_rates[None],
+            "workload": workloads[0][1].to_dict(), "rate_rps": spec_rates[None], "target_load": target_load,
             "saturation_rps": facts.get("saturation_rps"), "cluster": facts, "policies": summaries,
             f"ratios_vs_{baseline}": compare(summaries, baseline, keys=ratio_keys),
             "results_dirs": {p: str(runs[0][1]) for p, runs in results.items()},
         }
+        sim = (simulated or {}).get(None)
+        if sim is not None:
+            summary["simulated"] = {**sim, "live_vs_simulated": live_vs_simulated(summaries, sim["policies"])}
         (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if as_json:
             click.echo(json.dumps({**summary, "plot": str(png)}, indent=2, default=str))
         else:
             emit_comparison(tables, summaries, ratios_to_baseline(summaries), False, png)
+            if sim is not None:
+                click.echo(f"\nsimulated, same workload (predictor {sim['predictor']}), mean JCT gain over {baseline}:")
+                for policy, row in summary["simulated"]["live_vs_simulated"].items():
+                    click.echo(f"  {policy}: live {_pct(row['mean_jct_s_gain_live'])}, simulated "
+                               f"{_pct(row['mean_jct_s_gain_simulated'])}, live/simulated "
+                               f"{_fmt_ratio(row['live_over_simulated'])}")
+            click.echo(f"results: {out}")
         return
 
+    for p, runs in results.items():
+        for load, _, run_summary in runs:
+            sim = (simulated or {}).get(load)
+            if sim is not None:
+                run_summary["simulated_mean_jct_s"] = sim["policies"][p].get("mean_jct_s")
     sweep = {p: [{"load": load, "rate_rps": spec_rates[load], "results_dir": str(d), **s} for load, d, s in runs]
              for p, runs in results.items()}
     good = {}
     for p, runs in results.items():
         g = goodput([(load, s) for load, _, s in runs], slo_metric, slo_jct_s)
         good[p] = {"load": g, "rate_rps": spec_rates.get(g) if g is not None else None}
+        if simulated and all(simulated.get(load) for load in loads):
+            good[p]["load_simulated"] = goodput([(load, simulated[load]["policies"][p]) for load in loads],
+                                                slo_metric, slo_jct_s)
     summary = {"workload": workloads[0][1].to_dict(), "cluster": facts, "saturation_rps": facts.get("saturation_rps"),
                "slo": {"metric": slo_metric, "max_s": slo_jct_s}, "goodput": good, "sweep": sweep}
     (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -403,5 +491,8 @@ def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json
         click.echo()
     click.echo(f"goodput (largest load with {slo_metric} <= {slo_jct_s:g} s and no failures, at it and below):")
     for p, g in good.items():
-        click.echo(f"  {p}: " + ("none" if g["load"] is None else f"load {g['load']:g} = {g['rate_rps']:.3f} req/s"))
+        line = "none" if g["load"] is None else f"load {g['load']:g} = {g['rate_rps']:.3f} req/s"
+        if "load_simulated" in g:
+            line += f" (simulated: {'none' if g['load_simulated'] is None else format(g['load_simulated'], 'g')})"
+        click.echo(f"  {p}: {line}")
     click.echo(f"results: {out}")

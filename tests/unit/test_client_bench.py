@@ -95,3 +95,24 @@ def test_bench_rejects_a_bad_config_and_load_without_capacity(config_file):
     result = CliRunner().invoke(main, ["bench", "--config", config_file(hf), "--load", "0.9"])
     assert result.exit_code == 2 and "give --rate" in result.output
     assert CliRunner().invoke(main, ["bench", "--rate", "1"]).exit_code == 2  # no --config
+
+
+def test_simulate_same_and_live_vs_simulated():
+    pytest.importorskip("cluster.config")
+    pytest.importorskip("proxy_model.predictor")
+    from cluster.config import AppConfig
+    from loadgen.cmd_bench import live_vs_simulated, simulate_same
+    from loadgen.workload import WorkloadSpec, build_workload
+
+    app = AppConfig.from_dict({"llm": {"engine": "replay", "num_replicas": 1, "batching": "none", "time_scale": 0.01},
+                               "proxy": {"predictor": "constant", "constant_tokens": 100}})
+    table = build_workload(WorkloadSpec(dataset="arena", trace="poisson", rate=50.0, num_requests=40, seed=2))
+    sim = simulate_same(app, table, ["fcfs", "ssjf"], seed=2)
+    assert sim["predictor"] == "constant:100"
+    # A constant prediction gives SSJF nothing to sort by: it runs in FCFS order.
+    assert sim["policies"]["ssjf"]["mean_jct_s"] == pytest.approx(sim["policies"]["fcfs"]["mean_jct_s"])
+    rows = live_vs_simulated({"fcfs": {"mean_jct_s": 10.0}, "ssjf": {"mean_jct_s": 7.0}},
+                             {"fcfs": {"mean_jct_s": 10.0}, "ssjf": {"mean_jct_s": 6.0}})
+    assert rows["ssjf"]["mean_jct_s_gain_live"] == pytest.approx(0.3)
+    assert rows["ssjf"]["mean_jct_s_gain_simulated"] == pytest.approx(0.4)
+    assert rows["ssjf"]["live_over_simulated"] == pytest.approx(0.75)
