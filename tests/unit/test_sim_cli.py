@@ -1,0 +1,62 @@
+"""`loadgen simulate` end to end on the bundled workload (small), and its usage errors."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from loadgen.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["simulate", *args], catch_exceptions=False)
+
+
+def test_json_summary_has_every_policy_on_the_identical_workload_and_the_applied_load(tmp_path):
+    result = run("--dataset", "arena", "--trace", "poisson", "--seed", "0", "--batching", "continuous",
+                 "--max-batch", "4", "--replicas", "2", "--load", "0.8", "--num-requests", "400",
+                 "--policies", "fcfs,ssjf,ssjf-aging,oracle", "--predictor", "noisy:0.8", "--json",
+                 "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.output)
+    assert set(s["policies"]) == {"fcfs", "ssjf", "ssjf-aging", "oracle"}
+    for summary in s["policies"].values():
+        for key in ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "mean_queue_delay_s", "throughput_rps"):
+            assert summary[key] > 0
+        assert summary["num_completed"] == 400
+    assert s["saturation_rps"] > 0 and s["target_load"] == 0.8
+    assert s["rate_rps"] == pytest.approx(0.8 * s["saturation_rps"])
+    assert 0.5 < s["applied_load"] < 1.2  # realised over 400 Poisson gaps
+    assert s["predictor"] == "noisy:0.8" and 0.6 < s["predictor_kendall_tau"] < 1.0
+    rows = pq.read_table(tmp_path / "out" / "requests.parquet")
+    assert rows.num_rows == 4 * 400
+    by_policy = {}
+    for rec in rows.select(["policy", "request_id", "arrival_at", "output_tokens"]).to_pylist():
+        by_policy.setdefault(rec["policy"], []).append((rec["request_id"], rec["arrival_at"], rec["output_tokens"]))
+    assert by_policy["fcfs"] == by_policy["ssjf"] == by_policy["oracle"]  # identical workload
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["scheduler"]["batching"] == "continuous" and config["engine"]["name"]
+
+
+def test_text_output_names_the_oracle_as_a_bound_and_a_fixed_rate_works():
+    result = run("--trace", "poisson", "--rate", "0.5", "--num-requests", "60", "--policies", "fcfs,ssjf")
+    assert result.exit_code == 0, result.output
+    assert "fcfs" in result.output and "ssjf" in result.output and "rate 0.5000" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--policies", "fcfs,sjf"], "unknown policy 'sjf'"),
+    (["--policies", "fcfs,fcfs"], "listed twice"),
+    (["--predictor", "psychic"], "unknown predictor"),
+    (["--batching", "dynamic"], "dynamic"),
+    (["--rate", "1", "--load", "0.5"], "not both"),
+    (["--replicas", "0"], "0"),
+    (["--engine-profile", "missing.json"], "not found"),
+    (["--aging-rule", "response-ratio", "--aging-rate", "0", "--policies", "ssjf-aging", "--rate", "1"],
+     "aging-rate > 0"),
+])
+def test_bad_arguments_are_usage_errors_with_exit_code_2(args, message):
+    result = CliRunner().invoke(main, ["simulate", "--trace", "poisson", "--num-requests", "10", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
