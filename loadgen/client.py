@@ -275,12 +275,9 @@ class LoadClient:
         rec.sent_at = self._clock() - t0
         rec.status, rec.error = RecordStatus.OK.value, None
         try:
-            async with asyncio.timeout(cfg.timeout_s):
-                if cfg.stream:
-                    await self._stream(req, t0, rec)
-                else:
-                    await self._unary(req, rec)
-        except TimeoutError:
+            exchange = self._stream(req, t0, rec) if cfg.stream else self._unary(req, rec)
+            await asyncio.wait_for(exchange, cfg.timeout_s)  # (asyncio.timeout needs Python 3.11)
+        except asyncio.TimeoutError:
             rec.fail(RecordStatus.TIMEOUT, f"no complete answer within {cfg.timeout_s:g} s")
         except httpx.TimeoutException as exc:
             rec.fail(RecordStatus.TIMEOUT, f"{type(exc).__name__}: {exc}")
