@@ -1,0 +1,266 @@
+"""Typed configuration of the serving cluster: one dataclass per part, every knob documented.
+
+``AppConfig.from_dict`` is what ``deployments.app.build_app(config)`` and the ``args:`` of the
+YAML files in ``cluster/`` go through: unknown keys and bad values fail at build time with a
+message that shows them, not later inside a replica. Pure Python: no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from router.config import BatchingMode, SchedulerConfig
+from router.policies import Policy, _parse_enum
+
+
+class EngineKind(enum.Enum):
+    """What generates the tokens on an LLM replica."""
+
+    HF = "hf"  # transformers
+    DEEPSPEED = "deepspeed"  # the hf model wrapped by deepspeed.init_inference
+    REPLAY = "replay"  # emulated: exact benchmark lengths at a profile's per-iteration cost
+
+    @classmethod
+    def parse(cls, name) -> EngineKind:
+        return _parse_enum(cls, name, "engine")
+
+
+class PredictorKind(enum.Enum):
+    """Which length predictor the proxy pool runs."""
+
+    AUTO = "auto"  # learned if artifact_path exists, else heuristic
+    LEARNED = "learned"  # proxy_model.predictor.LengthPredictor.load(artifact_path)
+    HEURISTIC = "heuristic"  # prompt-length heuristic, pure Python
+    CONSTANT = "constant"  # every request predicts constant_tokens (SSJF degenerates to FCFS)
+    MARKER = "marker"  # tests/demos: "[[predict:N]]" in the prompt predicts N tokens
+
+    @classmethod
+    def parse(cls, name) -> PredictorKind:
+        return _parse_enum(cls, name, "predictor")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _from_dict(cls, data: dict | None, section: str):
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys with the valid ones listed."""
+    data = dict(data or {})
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config section {section!r}; valid keys: {names}")
+    return cls(**data)
+
+
+@dataclass
+class RouterSettings:
+    """The central router actor: the scheduling core's knobs plus the actor's own."""
+
+    policy: str = field(default="ssjf", metadata={"help": "fcfs, ssjf or ssjf-aging (oracle is simulator-only)."})
+    balancer: str = field(default="least-work", metadata={"help": "round-robin, least-work, power-of-two or late-binding."})
+    aging_rule: str = field(default="linear", metadata={"help": "ssjf-aging rule: linear, threshold or response-ratio."})
+    aging_rate: float = field(default=50.0, metadata={"help": "ssjf-aging: predicted tokens forgiven per second of waiting."})
+    aging_threshold_s: float = field(default=30.0, metadata={"help": "ssjf-aging threshold rule: wait after which a request goes first."})
+    work_stealing: bool = field(default=True, metadata={"help": "An idle replica takes the best request of the longest queue."})
+    max_queued: int | None = field(default=1000, metadata={"help": "Cap on waiting requests; past it the ingress answers 429 with Retry-After. None: no cap."})
+    seed: int = field(default=0, metadata={"help": "Seed of the power-of-two balancer."})
+    retry_after_s: float = field(default=1.0, metadata={"help": "Retry-After (seconds) sent with a 429 when the queue is full."})
+    replica_timeout_s: float = field(default=15.0, metadata={"help": "A replica silent for this long (no heartbeat) is dropped and its queue moves elsewhere."})
+    lease_s: float = field(default=30.0, metadata={"help": "A dispatched request that its replica has not reported running within this long is freed (its ingress died)."})
+    actor_name: str | None = field(default=None, metadata={"help": "Name of the detached router actor; default ssjf-router-<app name>."})
+    namespace: str = field(default="ssjf", metadata={"help": "Ray namespace of the router actor."})
+    max_restarts: int = field(default=-1, metadata={"help": "Restarts of the router actor after a crash (-1: forever)."})
+    orphan_timeout_s: float = field(default=120.0, metadata={"help": "The router actor exits after this long with no replica or ingress heartbeat (app deleted)."})
+
+    def __post_init__(self):
+        policy = Policy.parse(self.policy)
+        _check(policy is not Policy.ORACLE,
+               "policy 'oracle' needs the true lengths: it exists only in the simulator; choose fcfs, ssjf or ssjf-aging")
+        for name in ("retry_after_s", "replica_timeout_s", "lease_s", "orphan_timeout_s"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and value > 0, f"router.{name} must be > 0, got {value!r}")
+        _check(self.max_restarts >= -1, f"router.max_restarts must be >= -1, got {self.max_restarts}")
+        # Validate the scheduler knobs now, with the core's own messages.
+        self.scheduler_config(BatchingMode.NONE, 1)
+
+    def scheduler_config(self, batching: BatchingMode | str, max_batch: int) -> SchedulerConfig:
+        return SchedulerConfig(
+            policy=self.policy, balancer=self.balancer, batching=batching, max_batch=max_batch,
+            aging_rule=self.aging_rule, aging_rate=self.aging_rate, aging_threshold_s=self.aging_threshold_s,
+            work_stealing=self.work_stealing, max_queued=self.max_queued, seed=self.seed,
+        )
+
+
+@dataclass
+class ProxySettings:
+    """The proxy pool: replicas that predict output length, batched with ``@serve.batch``."""
+
+    predictor: str = field(default="auto", metadata={"help": "auto, learned, heuristic, constant or marker (tests)."})
+    artifact_path: str = field(default="artifacts/proxy-default", metadata={"help": "Trained LengthPredictor artifact (learned/auto); relative to the working directory."})
+    constant_tokens: float = field(default=128.0, metadata={"help": "Prediction of the constant predictor and the marker predictor's default."})
+    num_replicas: int = field(default=1, metadata={"help": "Proxy replicas."})
+    num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per proxy replica."})
+    num_gpus: float = field(default=0.0, metadata={"help": "GPUs (fractions allowed) per proxy replica."})
+    max_batch_size: int = field(default=32, metadata={"help": "@serve.batch: most prompts per predictor call."})
+    batch_wait_timeout_s: float = field(default=0.005, metadata={"help": "@serve.batch: longest wait to fill a batch."})
+    timeout_s: float = field(default=0.5, metadata={"help": "The ingress waits this long for a prediction, then uses the heuristic."})
+
+    def __post_init__(self):
+        PredictorKind.parse(self.predictor)
+        _check(self.num_replicas >= 1, f"proxy.num_replicas must be >= 1, got {self.num_replicas}")
+        _check(self.max_batch_size >= 1, f"proxy.max_batch_size must be >= 1, got {self.max_batch_size}")
+        _check(self.batch_wait_timeout_s >= 0, f"proxy.batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        _check(self.timeout_s > 0, f"proxy.timeout_s must be > 0, got {self.timeout_s}")
+        _check(self.constant_tokens >= 0, f"proxy.constant_tokens must be >= 0, got {self.constant_tokens}")
+        _check(self.num_cpus >= 0 and self.num_gpus >= 0,
+               f"proxy.num_cpus and num_gpus must be >= 0, got {self.num_cpus}, {self.num_gpus}")
+
+
+@dataclass
+class LLMSettings:
+    """The LLM replicas: engine, model, batching mode and slots."""
+
+    engine: str = field(default="hf", metadata={"help": "hf, deepspeed or replay (emulated)."})
+    model: str = field(default="smollm2", metadata={"help": "hf/deepspeed: built-in alias (smollm2), hub name or local path. replay: unused."})
+    served_models: list[str] | None = field(default=None, metadata={"help": "Model names requests may ask for; default [model]. Replay: '*' accepts any name."})
+    num_replicas: int = field(default=2, metadata={"help": "LLM replicas."})
+    batching: str = field(default="continuous", metadata={"help": "none (one at a time), static (batch runs until its longest ends) or continuous."})
+    max_batch: int = field(default=4, metadata={"help": "Slots per replica for static/continuous batching (none: 1)."})
+    context_length: int | None = field(default=None, metadata={"help": "Prompt + max_tokens limit; default the model config's max_position_embeddings (replay: 8192)."})
+    dtype: str = field(default="float32", metadata={"help": "hf/deepspeed weights dtype: float32, bfloat16 or float16."})
+    device: str = field(default="auto", metadata={"help": "hf/deepspeed device: auto (cuda if visible, else cpu), cpu or cuda."})
+    torch_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads in each replica (None: torch's default)."})
+    static_batch_wait_s: float = field(default=0.01, metadata={"help": "static batching: how long a replica gathers the calls of one router batch."})
+    kv_pages: int = field(default=256, metadata={"help": "hf continuous: KV-cache pages of cb_page_size tokens per replica."})
+    cb_page_size: int = field(default=64, metadata={"help": "hf continuous: tokens per KV-cache page."})
+    max_batch_tokens: int = field(default=2048, metadata={"help": "hf continuous: most tokens (prefill + decode) per engine step."})
+    tensor_parallel: int = field(default=1, metadata={"help": "deepspeed: tensor-parallel degree (GPUs per replica)."})
+    kernel_inject: bool | None = field(default=None, metadata={"help": "deepspeed: kernel injection (None: on GPU only; never on CPU)."})
+    profile: str | None = field(default=None, metadata={"help": "replay: EngineProfile JSON path (None: EngineProfile.default(), 7B on A100)."})
+    time_scale: float = field(default=1.0, metadata={"help": "replay: multiplies every emulated iteration time (0.01 runs 100x faster)."})
+    num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per LLM replica."})
+    num_gpus: float = field(default=0.0, metadata={"help": "GPUs per LLM replica (deepspeed TP: tensor_parallel)."})
+    max_ongoing_requests: int | None = field(default=None, metadata={"help": "Serve's cap of calls in flight per replica; default 4 x slots + 8 (the router, not Serve, admits work)."})
+    heartbeat_s: float = field(default=1.0, metadata={"help": "How often a replica (re-)registers with the router actor."})
+
+    def __post_init__(self):
+        kind = EngineKind.parse(self.engine)
+        batching = BatchingMode.parse(self.batching)
+        if batching is BatchingMode.NONE:
+            self.max_batch = 1
+        _check(self.max_batch >= 1, f"llm.max_batch must be >= 1, got {self.max_batch}")
+        _check(self.num_replicas >= 1, f"llm.num_replicas must be >= 1, got {self.num_replicas}")
+        if self.served_models is None:
+            self.served_models = ["*"] if kind is EngineKind.REPLAY else [self.model]
+        _check(isinstance(self.served_models, list) and self.served_models and all(isinstance(m, str) and m for m in self.served_models),
+               f"llm.served_models must be a non-empty list of names, got {self.served_models!r}")
+        _check(kind is EngineKind.REPLAY or "*" not in self.served_models,
+               f"llm.served_models '*' (any name) is for the replay engine only, got engine {self.engine!r}")
+        _check(self.context_length is None or self.context_length >= 2,
+               f"llm.context_length must be >= 2 or None, got {self.context_length}")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), f"llm.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        _check(self.device in ("auto", "cpu", "cuda"), f"llm.device must be auto, cpu or cuda, got {self.device!r}")
+        _check(self.time_scale > 0 and math.isfinite(self.time_scale), f"llm.time_scale must be > 0, got {self.time_scale}")
+        _check(self.tensor_parallel >= 1, f"llm.tensor_parallel must be >= 1, got {self.tensor_parallel}")
+        _check(self.static_batch_wait_s >= 0, f"llm.static_batch_wait_s must be >= 0, got {self.static_batch_wait_s}")
+        _check(self.kv_pages >= 1 and self.cb_page_size >= 4 and self.max_batch_tokens >= 1,
+               f"llm.kv_pages >= 1, cb_page_size >= 4 and max_batch_tokens >= 1 needed, got "
+               f"{self.kv_pages}, {self.cb_page_size}, {self.max_batch_tokens}")
+        _check(self.heartbeat_s > 0, f"llm.heartbeat_s must be > 0, got {self.heartbeat_s}")
+        _check(self.max_ongoing_requests is None or self.max_ongoing_requests > self.max_batch,
+               f"llm.max_ongoing_requests must exceed max_batch ({self.max_batch}), got {self.max_ongoing_requests}")
+        if kind is EngineKind.DEEPSPEED:
+            _check(batching is not BatchingMode.CONTINUOUS,
+                   "llm.engine 'deepspeed' supports batching none or static (transformers' continuous batching "
+                   "manager does not run DeepSpeed-injected kernels); use engine 'hf' for continuous")
+
+    @property
+    def engine_kind(self) -> EngineKind:
+        return EngineKind.parse(self.engine)
+
+    @property
+    def batching_mode(self) -> BatchingMode:
+        return BatchingMode.parse(self.batching)
+
+    @property
+    def serve_max_ongoing_requests(self) -> int:
+        return self.max_ongoing_requests or 4 * self.max_batch + 8
+
+    def accepts(self, model: str) -> bool:
+        return "*" in self.served_models or model in self.served_models
+
+
+@dataclass
+class IngressSettings:
+    """The OpenAI-compatible HTTP ingress."""
+
+    num_replicas: int = field(default=1, metadata={"help": "Ingress replicas."})
+    num_cpus: float = field(default=0.5, metadata={"help": "CPUs reserved per ingress replica."})
+    max_ongoing_requests: int = field(default=2000, metadata={"help": "Serve's cap of requests in flight per ingress replica."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer for counting and chat templates: 'approx' (4 characters a token), an hf name/path; default: the LLM's model (replay: approx)."})
+    default_max_tokens: int = field(default=256, metadata={"help": "max_tokens of a chat request that sets none (completions default to 16, as OpenAI)."})
+    max_retries: int = field(default=2, metadata={"help": "Re-dispatches of a request whose replica died before it streamed anything."})
+    pin_grace_s: float = field(default=3.0, metadata={"help": "How long a call waits for its pinned replica to appear in Serve's replica list before it is sent elsewhere and bounced (then re-dispatched)."})
+    router_timeout_s: float = field(default=60.0, metadata={"help": "How long a request waits for a restarting router actor before it gets a 503."})
+    first_chunk_timeout_s: float = field(default=30.0, metadata={"help": "A pinned call that has not started on its replica within this long is treated as lost and re-dispatched."})
+
+    def __post_init__(self):
+        _check(self.num_replicas >= 1, f"ingress.num_replicas must be >= 1, got {self.num_replicas}")
+        _check(self.default_max_tokens >= 1, f"ingress.default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        _check(self.max_retries >= 0, f"ingress.max_retries must be >= 0, got {self.max_retries}")
+        for name in ("pin_grace_s", "router_timeout_s", "first_chunk_timeout_s"):
+            value = getattr(self, name)
+            _check(value > 0, f"ingress.{name} must be > 0, got {value!r}")
+
+
+@dataclass
+class AppConfig:
+    """The whole application: ``build_app(AppConfig.from_dict(d).to_dict())``."""
+
+    name: str = field(default="ssjf", metadata={"help": "Serve application name (also names the router actor)."})
+    router: RouterSettings = field(default_factory=RouterSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    ingress: IngressSettings = field(default_factory=IngressSettings)
+
+    def __post_init__(self):
+        _check(isinstance(self.name, str) and self.name.replace("-", "").replace("_", "").isalnum(),
+               f"name must be letters, digits, '-' or '_', got {self.name!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> AppConfig:
+        data = dict(data or {})
+        sections = {"router": RouterSettings, "proxy": ProxySettings, "llm": LLMSettings, "ingress": IngressSettings}
+        valid = ["name", *sections]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {valid}")
+        kwargs = {k: _from_dict(t, data.get(k), k) for k, t in sections.items()}
+        return cls(name=data.get("name", "ssjf"), **kwargs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def router_actor_name(self) -> str:
+        return self.router.actor_name or f"ssjf-router-{self.name}"
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return self.router.scheduler_config(self.llm.batching_mode, self.llm.max_batch)
+
+
+def describe(cls=AppConfig) -> list[tuple[str, str, str]]:
+    """(key, default, help) for every knob: the source of docs/serving.md's table."""
+    rows = []
+    for f in fields(cls):
+        if f.default_factory is not MISSING and f.name in ("router", "proxy", "llm", "ingress"):
+            for sub in fields(f.default_factory):
+                default = sub.default if sub.default is not MISSING else sub.default_factory()
+                rows.append((f"{f.name}.{sub.name}", repr(default), sub.metadata.get("help", "")))
+        else:
+            rows.append((f.name, repr(f.default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,72 @@
+"""The application builder: ``build_app(config)`` for Python and for ``serve run cluster/*.yaml``.
+
+The config is validated here (``cluster.config.AppConfig``), before any replica starts. Three
+deployments: ``ingress`` (HTTP), ``proxy`` (length predictions) and ``llm`` (engines, with the
+pinning request router). The central router actor is not a deployment: the first ingress or LLM
+replica to start creates it (a detached named actor); :func:`shutdown_router` removes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.serve.config import RequestRouterConfig
+
+from cluster.config import AppConfig
+from deployments.ingress import Ingress
+from deployments.llm import LLMServer
+from deployments.proxy_pool import ProxyPool
+from router.serve_router import PinnedRequestRouter
+
+
+def resolve_config(config: dict | AppConfig | None) -> AppConfig:
+    """Validate, and make relative paths absolute here (replicas may run in another directory)."""
+    cfg = config if isinstance(config, AppConfig) else AppConfig.from_dict(config)
+    if not Path(cfg.proxy.artifact_path).is_absolute():
+        cfg.proxy.artifact_path = str(Path(cfg.proxy.artifact_path).resolve())
+    if cfg.llm.profile and not Path(cfg.llm.profile).is_absolute():
+        cfg.llm.profile = str(Path(cfg.llm.profile).resolve())
+    model = Path(cfg.llm.model)
+    if model.exists() and not model.is_absolute():
+        cfg.llm.model = str(model.resolve())
+    return cfg
+
+
+def build_app(config: dict | None = None):
+    """The Serve application for ``config`` (a dict shaped like ``AppConfig``; see docs/serving.md)."""
+    cfg = resolve_config(config)
+    d = cfg.to_dict()
+    llm = LLMServer.options(
+        num_replicas=cfg.llm.num_replicas,
+        max_ongoing_requests=cfg.llm.serve_max_ongoing_requests,
+        ray_actor_options={"num_cpus": cfg.llm.num_cpus, "num_gpus": cfg.llm.num_gpus},
+        request_router_config=RequestRouterConfig(
+            request_router_class=PinnedRequestRouter,
+            request_router_kwargs={"pin_grace_s": cfg.ingress.pin_grace_s},
+        ),
+        # Model loading on a busy CPU box can take a while.
+        health_check_timeout_s=60,
+    ).bind(d)
+    proxy = ProxyPool.options(
+        num_replicas=cfg.proxy.num_replicas,
+        max_ongoing_requests=max(64, 4 * cfg.proxy.max_batch_size),
+        ray_actor_options={"num_cpus": cfg.proxy.num_cpus, "num_gpus": cfg.proxy.num_gpus},
+    ).bind(d)
+    return Ingress.options(
+        num_replicas=cfg.ingress.num_replicas,
+        max_ongoing_requests=cfg.ingress.max_ongoing_requests,
+        ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
+    ).bind(d, proxy, llm)
+
+
+def shutdown_router(config: dict | AppConfig | None = None) -> bool:
+    """Kill the app's router actor (after ``serve.delete``); True if one was running."""
+    import ray
+
+    cfg = config if isinstance(config, AppConfig) else AppConfig.from_dict(config)
+    try:
+        actor = ray.get_actor(cfg.router_actor_name, namespace=cfg.router.namespace)
+    except ValueError:
+        return False
+    ray.kill(actor, no_restart=True)
+    return True

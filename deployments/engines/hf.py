@@ -1,0 +1,312 @@
+"""The ``hf`` engine: a transformers causal LM, streaming tokens, in three batching modes.
+
+- ``none``: one request at a time (``model.generate`` on a worker thread).
+- ``static``: the calls of one router batch (arriving within ``static_batch_wait_s``) run as one
+  padded ``generate``; rows stream independently, the batch's slots free when it ends.
+- ``continuous``: transformers' continuous batching manager (paged KV cache, a background
+  generation thread); requests join and leave at every step, cancellation frees their pages.
+
+Per-request ``temperature``/``top_p`` are honoured in ``none`` and ``static``; ``continuous``
+decodes greedily (the manager applies one generation config to all requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from cluster.config import LLMSettings
+from deployments.engines.base import Delta, DeltaStream, Engine, GenerationRequest
+from router.config import BatchingMode
+
+logger = logging.getLogger(__name__)
+
+
+class _Seq:
+    """One request inside a ``generate`` batch (none/static modes)."""
+
+    __slots__ = ("req", "prompt_ids", "stream", "cancelled", "finished", "arrived_at", "num_out")
+
+    def __init__(self, req: GenerationRequest, prompt_ids: list[int], stream: DeltaStream, arrived_at: float):
+        self.req = req
+        self.prompt_ids = prompt_ids
+        self.stream = stream
+        self.cancelled = False
+        self.finished = False
+        self.arrived_at = arrived_at
+        self.num_out = 0
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class HFEngine(Engine):
+    """transformers generation behind the :class:`Engine` interface."""
+
+    kind = "hf"
+
+    def __init__(self, settings: LLMSettings):
+        self.settings = settings
+        self.batching = settings.batching_mode
+        self.num_slots = settings.max_batch
+        self.tokenizer = None
+        self.model = None
+        self.device = "cpu"
+        self.eos_ids: set[int] = set()
+        self.pad_id = 0
+        self._manager = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._waiting: list[_Seq] = []
+        self._batcher: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+
+    # ---- loading -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        if self.batching is BatchingMode.CONTINUOUS:
+            await asyncio.to_thread(self._start_manager)
+        else:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="hf-generate")
+            self._wake = asyncio.Event()
+            self._batcher = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        from proxy_model.offline_models import resolve_model_name
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        path, kwargs = resolve_model_name(self.settings.model)
+        self.device = resolve_device(self.settings.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        self.model = self._load_model(path, kwargs)
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        self.eos_ids = set(eos)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (eos[0] if eos else 0)
+
+    def _load_model(self, path: str, kwargs: dict):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        dtype = getattr(torch, self.settings.dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        return model.to(self.device).eval()
+
+    def _start_manager(self) -> None:
+        from transformers import ContinuousBatchingConfig, GenerationConfig
+
+        s = self.settings
+        gen = GenerationConfig(do_sample=False, max_new_tokens=256, pad_token_id=self.pad_id,
+                               eos_token_id=sorted(self.eos_ids) or -1)
+        cb = ContinuousBatchingConfig(page_size=s.cb_page_size, num_blocks=s.kv_pages, max_batch_tokens=s.max_batch_tokens,
+                                      max_requests_per_batch=s.max_batch, allow_block_sharing=False)
+        self._manager = self.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+        self._manager.start()
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def prompt_ids(self, req: GenerationRequest) -> list[int]:
+        if req.prompt_token_ids is not None:
+            return list(req.prompt_token_ids)
+        return self.tokenizer(req.prompt)["input_ids"]
+
+    # ---- generation --------------------------------------------------------------------------
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if self._manager is not None:
+            async for d in self._generate_continuous(request):
+                yield d
+            return
+        stream = DeltaStream(asyncio.get_running_loop(), self._decode, request.max_tokens)
+        seq = _Seq(request, self.prompt_ids(request), stream, time.monotonic())
+        self._waiting.append(seq)
+        self._wake.set()
+        try:
+            async for d in stream.deltas(self.eos_ids):
+                yield d
+        finally:
+            seq.cancelled = True  # stops its row (or its whole generate when alone)
+            if seq in self._waiting:
+                self._waiting.remove(seq)
+
+    async def _generate_continuous(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        manager = self._manager
+        loop = asyncio.get_running_loop()
+        stream = DeltaStream(loop, self._decode, request.max_tokens)
+        cb_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"  # a retry may land on the same replica
+        seen = 0
+
+        def on_output(output) -> None:  # runs on this event loop (call_soon_threadsafe)
+            nonlocal seen
+            tokens = output.generated_tokens
+            new, seen = tokens[seen:], len(tokens)
+            error = output.error if output.error else None
+            stream.push(new, finished=output.is_finished(), error=error)
+
+        manager.register_result_handler(cb_id, on_output)
+        finished = False
+        try:
+            added = await asyncio.to_thread(manager.add_request, self.prompt_ids(request), request_id=cb_id,
+                                            max_new_tokens=request.max_tokens, streaming=True)
+            if added is None:
+                raise RuntimeError("the continuous batching manager refused the request (stopping or failed)")
+            async for d in stream.deltas(self.eos_ids):
+                finished = d.finish_reason is not None
+                yield d
+        finally:
+            if not finished:
+                manager.cancel_request(cb_id)
+            # A cancelled request gets no final output, so its handler would never be dropped.
+            with manager.output_router._lock:
+                manager.output_router.result_handlers.pop(cb_id, None)
+
+    async def _batch_loop(self) -> None:
+        """none/static: start a batch whenever the engine is idle and requests wait."""
+        loop = asyncio.get_running_loop()
+        static = self.batching is BatchingMode.STATIC
+        while True:
+            self._waiting = [s for s in self._waiting if not s.cancelled]
+            if not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if static and self.settings.static_batch_wait_s > 0:
+                wait = self._waiting[0].arrived_at + self.settings.static_batch_wait_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            batch = [s for s in self._waiting if not s.cancelled][: self.num_slots]
+            self._waiting = [s for s in self._waiting if s not in batch]
+            if not batch:
+                continue
+            try:
+                await loop.run_in_executor(self._executor, self._run_batch, batch)
+            except Exception as e:
+                logger.exception("generation failed for %s", [s.req.request_id for s in batch])
+                for s in batch:
+                    s.stream.push([], finished=True, error=repr(e))
+
+    def _run_batch(self, batch: list[_Seq]) -> None:
+        """One padded ``generate`` on the worker thread; each row streams to its own request."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        width = max(len(s.prompt_ids) for s in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, s in enumerate(batch):  # left padding: every row's next token is at the end
+            n = len(s.prompt_ids)
+            if n:
+                input_ids[i, width - n:] = torch.tensor(s.prompt_ids, dtype=torch.long)
+                mask[i, width - n:] = 1
+        sampling = any(s.req.temperature > 0 for s in batch)
+        seed = batch[0].req.seed
+        if seed is not None:
+            torch.manual_seed(seed)
+        kwargs = dict(
+            max_new_tokens=max(s.req.max_tokens for s in batch), pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids) or None, streamer=_RowStreamer(batch, self.eos_ids),
+            stopping_criteria=StoppingCriteriaList([_RowsDone(batch)]), do_sample=sampling,
+        )
+        if sampling:
+            kwargs.update(temperature=1.0, top_p=1.0, top_k=None,
+                          logits_processor=LogitsProcessorList([_PerRowSampling(batch)]))
+        try:
+            with torch.inference_mode():
+                self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        finally:
+            for s in batch:
+                if not s.finished:
+                    s.finished = True
+                    s.stream.push([], finished=True)
+
+    def check_health(self) -> None:
+        m = self._manager
+        if m is not None and (not m.is_running() or m.background_thread_status.fatal_error is not None):
+            raise RuntimeError("the continuous batching manager stopped")
+        if self._batcher is not None and self._batcher.done():
+            raise RuntimeError("the batching loop stopped")
+
+    async def stop(self) -> None:
+        if self._manager is not None:
+            await asyncio.to_thread(self._manager.stop, True, 5.0)
+        if self._batcher is not None:
+            self._batcher.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _RowStreamer:
+    """A transformers streamer that routes each row's new token to its request."""
+
+    def __init__(self, batch: list[_Seq], eos_ids: set[int]):
+        self.batch = batch
+        self.eos_ids = eos_ids
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # the first call carries the prompt
+            self._prompt_seen = True
+            return
+        tokens = value.reshape(len(self.batch), -1)[:, -1].tolist()
+        for s, t in zip(self.batch, tokens, strict=True):
+            if s.finished or s.cancelled:
+                continue
+            s.num_out += 1
+            s.finished = t in self.eos_ids or s.num_out >= s.req.max_tokens
+            s.stream.push([t], finished=s.finished)
+
+    def end(self) -> None:
+        pass
+
+
+class _RowsDone:
+    """Stopping criterion per row: finished, cancelled or at its own max_tokens."""
+
+    def __init__(self, batch: list[_Seq]):
+        self.batch = batch
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.tensor([s.finished or s.cancelled for s in self.batch], device=input_ids.device)
+
+
+class _PerRowSampling:
+    """Per-row temperature and top-p (temperature 0: that row decodes greedily)."""
+
+    def __init__(self, batch: list[_Seq]):
+        self.temps = [s.req.temperature for s in batch]
+        self.top_ps = [s.req.top_p for s in batch]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        device = scores.device
+        temps = torch.tensor(self.temps, device=device, dtype=scores.dtype).unsqueeze(1)
+        greedy = temps.squeeze(1) <= 0
+        scores = scores / temps.clamp(min=1e-5)
+        top_p = torch.tensor(self.top_ps, device=device, dtype=scores.dtype).unsqueeze(1)
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        drop = (probs.cumsum(dim=-1) - probs) > top_p  # always keeps the top token
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
+        if greedy.any():
+            best = scores[greedy].argmax(dim=-1, keepdim=True)
+            scores[greedy] = torch.full_like(scores[greedy], float("-inf")).scatter(-1, best, 0.0)
+        return scores

@@ -1,0 +1,182 @@
+"""The replay engine: EMULATED generation for benchmarks at cluster scale without GPUs.
+
+Each request emits exactly its benchmark-only ``replay_output_tokens`` (capped by max_tokens;
+``max_tokens`` when absent), one token per engine iteration. An iteration lasts
+``EngineProfile.iteration_time_s(prefill tokens, batch size, context tokens) * time_scale``, so a
+replica behaves like the profiled GPU engine (7B on an A100 by default) under the configured
+batching mode, ``time_scale`` times faster or slower. No model runs: results from this engine
+are always labelled emulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+from cluster.config import LLMSettings
+from deployments.engines.base import Delta, Engine, GenerationRequest
+from router.config import BatchingMode
+
+logger = logging.getLogger(__name__)
+
+_WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do")
+_MAX_CATCH_UP_S = 0.05  # after a late wake-up, run this much behind schedule at most (then reset)
+
+
+class _Seq:
+    __slots__ = ("req", "target", "emitted", "context", "prefilled", "queue", "cancelled", "done",
+                 "arrived_at", "reason")
+
+    def __init__(self, req: GenerationRequest, arrived_at: float):
+        self.req = req
+        wanted = req.replay_output_tokens
+        if wanted is None:
+            self.target, self.reason = req.max_tokens, "length"
+        elif wanted > req.max_tokens:
+            self.target, self.reason = req.max_tokens, "length"
+        else:
+            self.target, self.reason = wanted, "stop"
+        self.emitted = 0
+        self.context = 0
+        self.prefilled = False
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False
+        self.done = False
+        self.arrived_at = arrived_at
+
+
+class ReplayEngine(Engine):
+    """An iteration loop over the running sequences, timed by an engine profile (emulated)."""
+
+    kind = "replay"
+
+    def __init__(self, profile, batching: BatchingMode | str = BatchingMode.CONTINUOUS, max_batch: int = 4,
+                 time_scale: float = 1.0, static_batch_wait_s: float = 0.01, clock=time.monotonic, sleep=asyncio.sleep):
+        self.profile = profile
+        self.batching = BatchingMode.parse(batching)
+        self.num_slots = 1 if self.batching is BatchingMode.NONE else max_batch
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        self.time_scale = time_scale
+        self.static_batch_wait_s = static_batch_wait_s
+        self._clock = clock
+        self._sleep = sleep
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []
+        self._task: asyncio.Task | None = None
+        self._next_at = 0.0
+        self.num_iterations = 0
+        self._error: BaseException | None = None
+
+    @classmethod
+    def from_settings(cls, settings: LLMSettings) -> ReplayEngine:
+        from loadgen.engine_model import EngineProfile
+
+        profile = EngineProfile.load(settings.profile) if settings.profile else EngineProfile.default()
+        return cls(profile, settings.batching_mode, settings.max_batch, settings.time_scale, settings.static_batch_wait_s)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        seq = _Seq(request, self._clock())
+        self._waiting.append(seq)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        received = 0
+        try:
+            while True:
+                items = [await seq.queue.get()]
+                while not seq.queue.empty():
+                    items.append(seq.queue.get_nowait())
+                n = sum(k for k, _ in items)
+                if any(isinstance(f, BaseException) for _, f in items):
+                    raise RuntimeError("replay engine loop failed") from self._error
+                finished = any(f for _, f in items)
+                text = "".join(" " + _WORDS[(received + i) % len(_WORDS)] for i in range(n))
+                received += n
+                if finished:
+                    yield Delta(text, n, seq.reason)
+                    return
+                yield Delta(text, n)
+        finally:
+            if not seq.done:
+                seq.cancelled = True
+                try:
+                    self._waiting.remove(seq)
+                except ValueError:
+                    pass
+
+    # ---- the iteration loop ------------------------------------------------------------------
+    def _admit(self) -> list[_Seq]:
+        self._waiting = deque(s for s in self._waiting if not s.cancelled)
+        admitted = []
+        if self.batching is BatchingMode.CONTINUOUS:
+            room = self.num_slots - len(self._running)
+        else:  # none and static start only when idle; a static batch holds its slots until all end
+            room = 0 if self._running else self.num_slots
+        while room > 0 and self._waiting:
+            admitted.append(self._waiting.popleft())
+            room -= 1
+        self._running.extend(admitted)
+        return admitted
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting or self._running:
+                if (self.batching is BatchingMode.STATIC and not self._running and self._waiting
+                        and self.static_batch_wait_s > 0):
+                    # Gather the router's batch: its calls arrive within moments of each other.
+                    wait = self._waiting[0].arrived_at + self.static_batch_wait_s - self._clock()
+                    if wait > 0:
+                        await self._sleep(wait)
+                self._admit()
+                self._running = [s for s in self._running if not s.cancelled]
+                if not self._running:
+                    await self._sleep(0)
+                    continue
+                await self._iteration()
+        except Exception as e:  # never leave a client hanging: fail everyone still here
+            logger.exception("replay engine loop failed")
+            self._error = e
+            for s in [*self._running, *self._waiting]:
+                s.queue.put_nowait((0, e))
+            self._running.clear()
+            self._waiting.clear()
+
+    async def _iteration(self) -> None:
+        active = [s for s in self._running if not s.done]
+        prefill = sum(s.req.num_prompt_tokens for s in active if not s.prefilled)
+        # Static batching computes the whole padded batch until its longest member ends.
+        batch = len(self._running) if self.batching is BatchingMode.STATIC else len(active)
+        context = sum(s.context for s in active if s.prefilled)
+        dt = self.profile.iteration_time_s(prefill, batch, context) * self.time_scale
+        now = self._clock()
+        if self._next_at < now - _MAX_CATCH_UP_S:
+            self._next_at = now
+        self._next_at += dt
+        delay = self._next_at - now
+        await self._sleep(delay if delay > 0 else 0)
+        self.num_iterations += 1
+        for s in active:
+            if s.cancelled:
+                continue
+            if not s.prefilled:
+                s.prefilled = True
+                s.context = s.req.num_prompt_tokens
+            new = 0
+            if s.emitted < s.target:
+                s.emitted += 1
+                s.context += 1
+                new = 1
+            s.done = s.emitted >= s.target
+            s.queue.put_nowait((new, s.done))
+        if self.batching is BatchingMode.STATIC:
+            if all(s.done or s.cancelled for s in self._running):
+                self._running.clear()
+        else:
+            self._running = [s for s in self._running if not (s.done or s.cancelled)]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,368 @@
+"""The OpenAI-compatible HTTP ingress (FastAPI under Serve): the data flow of one request.
+
+1. Parse and validate at the edge (bad input: a 4xx with an OpenAI-style body).
+2. Render the prompt and count its tokens; check the context length.
+3. Ask the proxy pool for the predicted output length (bounded wait, heuristic fallback).
+4. ``enqueue`` the request's metadata at the router actor; it answers when the policy dispatches
+   it, with the replica id (queue full: 429 with Retry-After; router restarting: retry).
+5. Call that replica (the LLM deployment's request router pins the call there) and stream.
+   A replica that dies or bounces the call before output is produced: ask the router again.
+
+No ``from __future__ import annotations`` here: FastAPI must resolve the endpoint annotations.
+"""
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cluster.config import AppConfig, EngineKind
+from deployments.metrics import IngressMetrics
+from deployments.predictors import heuristic_predictor
+from deployments.prompts import PromptRenderer
+from deployments.protocol import (
+    SSE_DONE,
+    APIError,
+    StopMatcher,
+    completion_response,
+    parse_chat,
+    parse_completion,
+    parse_json,
+    sse,
+    stream_chunk,
+    usage,
+)
+from router.actor import CANCELLED, DISPATCHED, QUEUE_FULL, RouterClient
+from router.request import RequestMeta
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(title="ssjf-serve", docs_url=None, redoc_url=None)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind).body(), status_code=exc.status_code)
+
+
+def error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class _Retry(Exception):
+    """The call never ran (its replica died, vanished or bounced it): dispatch again."""
+
+    def __init__(self, reason: str, replica_dead: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.replica_dead = replica_dead
+
+
+def _replica_gone(error: BaseException) -> bool:
+    import ray.exceptions as rex
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    return isinstance(error, (rex.RayActorError, rex.ActorUnavailableError, ReplicaUnavailableError))
+
+
+class _Run:
+    """One request's trip through router and replica, as events: ("started", replica_id), then
+    ("delta", chunk) ... ; ("reset",) when a non-streaming request restarts after its replica died."""
+
+    def __init__(self, ingress: "Ingress", meta: RequestMeta, payload: dict, restart_after_output: bool):
+        self.ingress = ingress
+        self.meta = meta
+        self.payload = payload
+        self.restart_after_output = restart_after_output
+        self.finished = False
+        self.replica_id: str | None = None
+        self.dispatched_at: float | None = None
+        self.num_retries = 0
+
+    async def _dispatch(self, requeue: bool) -> tuple[str, int | None]:
+        ing = self.ingress
+        deadline = time.time() + ing.cfg.ingress.router_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                handle = ing.router.handle
+                call = handle.requeue if requeue else handle.enqueue
+                answer = await call.remote(self.meta)
+            except Exception as e:
+                if not RouterClient.is_actor_failure(e):
+                    raise
+                # The router died: its restart forgot us. Enqueue again (same id and arrival time).
+                ing.metrics.retries.labels("router_restart").inc()
+                ing.router.reset()
+                if time.time() > deadline:
+                    raise APIError(503, "the router is unavailable; retry later", type="server_error",
+                                   code="router_unavailable", headers={"Retry-After": "1"}) from None
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+                continue
+            if answer[0] == DISPATCHED:
+                return answer[1], answer[2]
+            if answer[0] == QUEUE_FULL:
+                retry_after = max(1, math.ceil(answer[1]))
+                raise APIError(429, "the server is at capacity: too many requests are waiting; retry later",
+                               type="rate_limit_error", code="queue_full", headers={"Retry-After": str(retry_after)})
+            if answer[0] == CANCELLED:  # our place was dropped (e.g. its replica vanished): ask again
+                requeue = False
+                continue
+            raise RuntimeError(f"unexpected router answer {answer!r}")
+
+    async def events(self):
+        ing = self.ingress
+        cfg = ing.cfg.ingress
+        attempt = 0
+        started = False
+        gen = None
+        try:
+            while True:
+                replica_id, batch_id = await self._dispatch(requeue=attempt > 0)
+                self.replica_id = replica_id
+                self.dispatched_at = time.time()
+                payload = self.payload if batch_id is None else {**self.payload, "batch_id": batch_id}
+                gen = ing.llm.generate.remote(payload, target_replica_id=replica_id)
+                produced = False
+                try:
+                    try:
+                        first = await asyncio.wait_for(gen.__anext__(), timeout=cfg.first_chunk_timeout_s)
+                    except asyncio.TimeoutError:
+                        raise _Retry("first_chunk_timeout") from None
+                    if first.get("event") == "misrouted":
+                        raise _Retry("misrouted")
+                    if not started:
+                        started = True
+                        yield ("started", replica_id)
+                    async for chunk in gen:
+                        produced = produced or chunk["num_tokens"] > 0
+                        yield ("delta", chunk)
+                        if chunk["finish_reason"] is not None:
+                            self.finished = True
+                            return
+                    raise _Retry("stream_ended_early")
+                except Exception as e:
+                    if isinstance(e, _Retry):
+                        retry = e
+                    elif _replica_gone(e):
+                        retry = _Retry("replica_died", replica_dead=True)
+                    else:
+                        raise
+                    gen.cancel()
+                    gen = None
+                    if retry.replica_dead:
+                        ing.router.fire("remove_replica", replica_id)
+                    ing.metrics.retries.labels(retry.reason).inc()
+                    if produced and not self.restart_after_output:
+                        raise APIError(502, f"the replica serving this request failed mid-stream ({retry.reason})",
+                                       type="server_error", code="replica_failed") from None
+                    attempt += 1
+                    self.num_retries = attempt
+                    if attempt > cfg.max_retries:
+                        raise APIError(503, f"no replica could serve this request ({retry.reason}, "
+                                       f"{attempt} tries; ingress.max_retries={cfg.max_retries})",
+                                       type="server_error", code="replica_failed",
+                                       headers={"Retry-After": "1"}) from None
+                    if produced:
+                        yield ("reset",)
+        finally:
+            if not self.finished:
+                if gen is not None:
+                    gen.cancel()
+                ing.router.fire("cancel", self.meta.request_id)
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(app)
+class Ingress:
+    async def __init__(self, config: dict, proxy, llm):
+        self.cfg = AppConfig.from_dict(config)
+        self.proxy = proxy
+        self.llm = llm.options(stream=True)
+        self.renderer = await asyncio.to_thread(PromptRenderer.from_config, self.cfg)
+        r = self.cfg.router
+        self.router = RouterClient(
+            self.cfg.router_actor_name, r.namespace, self.cfg.scheduler_config().to_dict(), max_restarts=r.max_restarts,
+            actor_kwargs=dict(retry_after_s=r.retry_after_s, replica_timeout_s=r.replica_timeout_s,
+                              lease_s=r.lease_s, orphan_timeout_s=r.orphan_timeout_s),
+        )
+        await self.router.handle.ping.remote()  # create it now, so replicas find it at once
+        self.fallback = heuristic_predictor()
+        self.metrics = IngressMetrics()
+        self.engine = self.cfg.llm.engine_kind
+
+    # ---- endpoints ---------------------------------------------------------------------------
+    @app.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._handle(request, "completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._handle(request, "chat")
+
+    @app.get("/v1/models")
+    async def models(self):
+        owned_by = "ssjf-serve (replay engine, emulated)" if self.engine is EngineKind.REPLAY else "ssjf-serve"
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": owned_by, "engine": self.engine.value,
+                 "max_model_len": self.renderer.context_length} for name in self.cfg.llm.served_models]
+        return {"object": "list", "data": data}
+
+    @app.get("/healthz")
+    async def healthz(self):
+        try:
+            snap = await asyncio.wait_for(self.router.handle.snapshot.remote(), timeout=2.0)
+        except Exception as e:
+            self.router.reset()
+            return JSONResponse({"status": "unavailable", "error": f"router: {e!r}"}, status_code=503)
+        return {"status": "ok", "num_replicas": len(snap["replicas"]), "num_queued": snap["num_queued"],
+                "num_running": snap["num_running"]}
+
+    @app.get("/metrics")
+    async def metrics_endpoint(self):
+        try:
+            snap = await asyncio.wait_for(self.router.handle.snapshot.remote(), timeout=1.0)
+            self.metrics.observe_router(snap)
+        except Exception:
+            pass  # serve the ingress's own metrics anyway
+        body, content_type = self.metrics.render()
+        return Response(content=body, media_type=content_type)
+
+    # ---- one request -------------------------------------------------------------------------
+    async def _predict(self, text: str, model: str) -> float:
+        try:
+            value = await asyncio.wait_for(self.proxy.predict.remote(text, model), timeout=self.cfg.proxy.timeout_s)
+            return float(value)
+        except Exception as e:  # slow or failed proxy: never block serving on it
+            self.metrics.proxy_fallbacks.inc()
+            logger.debug("proxy prediction failed (%r): heuristic fallback", e)
+            return float(self.fallback.predict([text], [model])[0])
+
+    def _prepare(self, raw: bytes, kind: str):
+        parsed = parse_completion(parse_json(raw)) if kind == "completion" else parse_chat(parse_json(raw))
+        if not self.cfg.llm.accepts(parsed.model):
+            raise APIError(404, f"the model {parsed.model!r} does not exist; served: {self.cfg.llm.served_models}",
+                           type="not_found_error", param="model", code="model_not_found")
+        prompt = self.renderer.render(parsed)
+        context = self.renderer.context_length
+        if prompt.num_tokens >= context:
+            raise APIError(400, f"the prompt has {prompt.num_tokens} tokens; this model's context length is {context}",
+                           param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
+        max_tokens = parsed.max_tokens
+        if max_tokens is None:
+            max_tokens = 16 if kind == "completion" else self.cfg.ingress.default_max_tokens
+            max_tokens = min(max_tokens, context - prompt.num_tokens)
+        elif prompt.num_tokens + max_tokens > context:
+            raise APIError(400, f"prompt ({prompt.num_tokens} tokens) + max_tokens ({max_tokens}) exceeds this "
+                           f"model's context length ({context})", param="max_tokens", code="context_length_exceeded")
+        return parsed, prompt, max_tokens
+
+    async def _handle(self, request: Request, kind: str):
+        t0 = time.time()
+        endpoint = "chat" if kind == "chat" else "completions"
+        try:
+            parsed, prompt, max_tokens = self._prepare(await request.body(), kind)
+        except APIError as e:
+            self.metrics.requests.labels(endpoint, str(e.status)).inc()
+            return error_response(e)
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        predicted = await self._predict(parsed.proxy_text, parsed.model)
+        meta = RequestMeta(rid, parsed.model, prompt.num_tokens, predicted, max_tokens, t0)
+        payload = dict(request_id=rid, prompt=prompt.text, prompt_token_ids=prompt.token_ids,
+                       num_prompt_tokens=prompt.num_tokens, max_tokens=max_tokens, temperature=parsed.temperature,
+                       top_p=parsed.top_p, seed=parsed.seed, replay_output_tokens=parsed.replay_output_tokens)
+        run = _Run(self, meta, payload, restart_after_output=not parsed.stream)
+        events = run.events()
+        try:
+            await events.__anext__()  # ("started", replica): dispatched and running
+        except APIError as e:
+            await events.aclose()
+            self.metrics.requests.labels(endpoint, str(e.status)).inc()
+            return error_response(e)
+        self.metrics.queue_wait.observe(run.dispatched_at - t0)
+        self.metrics.predicted.observe(predicted)
+        headers = {"x-ssjf-request-id": rid, "x-replica-id": run.replica_id or "", "x-predicted-tokens": f"{predicted:.1f}"}
+        if parsed.stream:
+            return StreamingResponse(self._sse(parsed, rid, prompt.num_tokens, run, events, t0, endpoint),
+                                     media_type="text/event-stream", headers=headers)
+        return await self._collect(parsed, rid, prompt.num_tokens, run, events, t0, endpoint, headers)
+
+    async def _collect(self, parsed, rid, num_prompt, run, events, t0, endpoint, headers):
+        parts: list[str] = []
+        num_out = 0
+        finish = None
+        stop = StopMatcher(parsed.stop)
+        try:
+            async for event in events:
+                if event[0] == "reset":
+                    parts, num_out, stop = [], 0, StopMatcher(parsed.stop)
+                    continue
+                chunk = event[1]
+                num_out += chunk["num_tokens"]
+                parts.append(stop.feed(chunk["text"]))
+                if stop.stopped:
+                    finish = "stop"
+                    break
+                if chunk["finish_reason"] is not None:
+                    parts.append(stop.flush())
+                    finish = chunk["finish_reason"]
+                    break
+        except APIError as e:
+            self.metrics.requests.labels(endpoint, str(e.status)).inc()
+            return error_response(e)
+        finally:
+            await events.aclose()
+        self.metrics.requests.labels(endpoint, "200").inc()
+        self.metrics.e2e.observe(time.time() - t0)
+        body = completion_response(rid, parsed.model, parsed.kind, "".join(parts), finish or "stop", num_prompt, num_out)
+        return JSONResponse(body, headers=headers)
+
+    async def _sse(self, parsed, rid, num_prompt, run, events, t0, endpoint):
+        created = int(time.time())
+        model, kind = parsed.model, parsed.kind
+        stop = StopMatcher(parsed.stop)
+        num_out = 0
+        finish = None
+        first_token = True
+        status = "200"
+        try:
+            if kind == "chat":
+                yield sse(stream_chunk(rid, model, kind, created, role=True))
+            async for event in events:
+                chunk = event[1]
+                num_out += chunk["num_tokens"]
+                text = stop.feed(chunk["text"])
+                if stop.stopped:
+                    finish = "stop"
+                elif chunk["finish_reason"] is not None:
+                    text += stop.flush()
+                    finish = chunk["finish_reason"]
+                if text:
+                    if first_token:
+                        first_token = False
+                        self.metrics.ttft.observe(time.time() - t0)
+                    yield sse(stream_chunk(rid, model, kind, created, text=text))
+                if finish is not None:
+                    break
+            yield sse(stream_chunk(rid, model, kind, created, finish_reason=finish or "stop"))
+            if parsed.include_usage:
+                yield sse(stream_chunk(rid, model, kind, created, usage_dict=usage(num_prompt, num_out), no_choices=True))
+            yield SSE_DONE
+            self.metrics.e2e.observe(time.time() - t0)
+        except APIError as e:  # headers are gone: the error travels in the stream
+            status = str(e.status)
+            yield sse(e.body())
+            yield SSE_DONE
+        except asyncio.CancelledError:
+            status = "499"  # the client went away
+            raise
+        finally:
+            self.metrics.requests.labels(endpoint, status).inc()
+            await events.aclose()

@@ -1,0 +1,340 @@
+"""The OpenAI-compatible wire format: request parsing at the edge, response and chunk builders.
+
+Pure Python (no FastAPI, no Ray), so every rule is unit-tested. A caller's mistake raises
+:class:`APIError` with an HTTP status and an OpenAI-style body; nothing here ever raises anything
+else for bad input. Unknown fields are ignored as OpenAI does, except options we cannot honour
+(``n > 1``, ``logprobs``, ``echo``...), which are refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+class APIError(Exception):
+    """An error answered to the client: ``status`` plus the OpenAI ``{"error": {...}}`` body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated completion or chat request."""
+
+    kind: str  # "completion" or "chat"
+    model: str
+    prompt: str | None = None  # completion
+    messages: tuple[ChatMessage, ...] | None = None  # chat
+    max_tokens: int | None = None  # None: the endpoint's default
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stream: bool = False
+    include_usage: bool = False
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    replay_output_tokens: int | None = None  # benchmark-only: read by the replay engine alone
+
+    @property
+    def proxy_text(self) -> str:
+        """What the length predictor sees: the prompt, or the last user turn (as in training data)."""
+        if self.prompt is not None:
+            return self.prompt
+        for message in reversed(self.messages or ()):
+            if message.role == "user":
+                return message.content
+        return self.messages[-1].content if self.messages else ""
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    return body
+
+
+# ---- field readers: each checks one type and names the field in its message ------------------
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _str(body: dict, key: str, *, required: bool = False, default=None):
+    if key not in body or body[key] is None:
+        if required:
+            raise bad_request(f"missing required field {key!r}", param=key, code="missing_field")
+        return default
+    value = body[key]
+    if not isinstance(value, str):
+        raise bad_request(f"{key!r} must be a string, got {_type_name(value)}", param=key, code="invalid_type")
+    return value
+
+
+def _int(body: dict, key: str, *, default=None, minimum: int | None = None):
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"{key!r} must be an integer, got {_type_name(value)}", param=key, code="invalid_type")
+    if minimum is not None and value < minimum:
+        raise bad_request(f"{key!r} must be >= {minimum}, got {value}", param=key, code="invalid_value")
+    return value
+
+
+def _number(body: dict, key: str, *, default: float, low: float, high: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad_request(f"{key!r} must be a number, got {_type_name(value)}", param=key, code="invalid_type")
+    if not low <= value <= high:
+        raise bad_request(f"{key!r} must be between {low} and {high}, got {value}", param=key, code="invalid_value")
+    return float(value)
+
+
+def _bool(body: dict, key: str, default: bool = False) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise bad_request(f"{key!r} must be a boolean, got {_type_name(value)}", param=key, code="invalid_type")
+    return value
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value) or len(value) > 4:
+        raise bad_request("'stop' must be a string or a list of up to 4 strings", param="stop", code="invalid_type")
+    return tuple(s for s in value if s)
+
+
+def _stream_options(body: dict, stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise bad_request(f"'stream_options' must be an object, got {_type_name(options)}",
+                          param="stream_options", code="invalid_type")
+    if not stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    return _bool(options, "include_usage")
+
+
+def _refuse_unsupported(body: dict, kind: str) -> None:
+    n = _int(body, "n", default=1)
+    if n != 1:
+        raise bad_request(f"'n' must be 1 (one choice per request), got {n}", param="n", code="unsupported")
+    best_of = _int(body, "best_of", default=1)
+    if best_of != 1:
+        raise bad_request(f"'best_of' must be 1, got {best_of}", param="best_of", code="unsupported")
+    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") not in (None, 0):
+        raise bad_request("'logprobs' is not supported", param="logprobs", code="unsupported")
+    if kind == "completion" and body.get("echo") not in (None, False):
+        raise bad_request("'echo' is not supported", param="echo", code="unsupported")
+    if kind == "completion" and body.get("suffix") not in (None, ""):
+        raise bad_request("'suffix' is not supported", param="suffix", code="unsupported")
+    if kind == "chat" and body.get("tools"):
+        raise bad_request("'tools' is not supported", param="tools", code="unsupported")
+
+
+def _common(body: dict, kind: str) -> dict:
+    _refuse_unsupported(body, kind)
+    stream = _bool(body, "stream")
+    return dict(
+        model=_str(body, "model", required=True),
+        temperature=_number(body, "temperature", default=1.0, low=0.0, high=2.0),
+        top_p=_number(body, "top_p", default=1.0, low=0.0, high=1.0),
+        stream=stream,
+        include_usage=_stream_options(body, stream),
+        stop=_stop(body),
+        seed=_int(body, "seed"),
+        replay_output_tokens=_int(body, "replay_output_tokens", minimum=0),
+    )
+
+
+def _max_tokens(body: dict, *keys: str) -> int | None:
+    for key in keys:
+        value = _int(body, key)
+        if value is not None:
+            if value <= 0:
+                raise bad_request(f"{key!r} must be a positive integer, got {value}", param=key, code="invalid_value")
+            return value
+    return None
+
+
+def parse_completion(body: dict) -> ParsedRequest:
+    """``POST /v1/completions``: ``prompt`` is a string (or a list holding one string)."""
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise bad_request("missing required field 'prompt'", param="prompt", code="missing_field")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        raise bad_request(f"'prompt' must hold exactly one string (batched prompts are not supported), got {len(prompt)}",
+                          param="prompt", code="unsupported")
+    if not isinstance(prompt, str):
+        raise bad_request(f"'prompt' must be a string, got {_type_name(prompt)}", param="prompt", code="invalid_type")
+    return ParsedRequest(kind="completion", prompt=prompt, max_tokens=_max_tokens(body, "max_tokens"),
+                         **_common(body, "completion"))
+
+
+def _content(message: dict, i: int) -> str:
+    content = message.get("content")
+    param = f"messages[{i}].content"
+    if content is None:
+        if message.get("role") == "assistant":
+            return ""
+        raise bad_request(f"missing required field {param!r}", param=param, code="missing_field")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise bad_request(f"{param}[{j}] must be a text part {{'type': 'text', 'text': ...}}",
+                                  param=param, code="invalid_type")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise bad_request(f"{param!r} must be a string or a list of text parts, got {_type_name(content)}",
+                      param=param, code="invalid_type")
+
+
+def parse_chat(body: dict) -> ParsedRequest:
+    """``POST /v1/chat/completions``: ``messages`` is a non-empty list of ``{role, content}``."""
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("missing required field 'messages'", param="messages", code="missing_field")
+    if not isinstance(messages, list):
+        raise bad_request(f"'messages' must be a list, got {_type_name(messages)}", param="messages", code="invalid_type")
+    if not messages:
+        raise bad_request("'messages' must not be empty", param="messages", code="invalid_value")
+    parsed = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"messages[{i}] must be an object, got {_type_name(message)}",
+                              param=f"messages[{i}]", code="invalid_type")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise bad_request(f"messages[{i}].role must be one of {list(CHAT_ROLES)}, got {role!r}",
+                              param=f"messages[{i}].role", code="invalid_value")
+        parsed.append(ChatMessage(role, _content(message, i)))
+    return ParsedRequest(kind="chat", messages=tuple(parsed),
+                         max_tokens=_max_tokens(body, "max_completion_tokens", "max_tokens"), **_common(body, "chat"))
+
+
+# ---- responses ---------------------------------------------------------------------------
+def usage(num_prompt_tokens: int, num_output_tokens: int) -> dict:
+    return {"prompt_tokens": num_prompt_tokens, "completion_tokens": num_output_tokens,
+            "total_tokens": num_prompt_tokens + num_output_tokens}
+
+
+def completion_response(req_id: str, model: str, kind: str, text: str, finish_reason: str,
+                        num_prompt_tokens: int, num_output_tokens: int, created: int | None = None) -> dict:
+    created = int(time.time()) if created is None else created
+    if kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": finish_reason}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    return {"id": req_id, "object": obj, "created": created, "model": model, "choices": [choice],
+            "usage": usage(num_prompt_tokens, num_output_tokens)}
+
+
+def stream_chunk(req_id: str, model: str, kind: str, created: int, *, text: str | None = None,
+                 finish_reason: str | None = None, role: bool = False, usage_dict: dict | None = None,
+                 no_choices: bool = False) -> dict:
+    """One SSE payload. ``role`` opens a chat stream; ``no_choices`` is the trailing usage chunk."""
+    if kind == "chat":
+        obj = "chat.completion.chunk"
+        delta: dict = {}
+        if role:
+            delta["role"] = "assistant"
+            delta["content"] = ""
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    else:
+        obj = "text_completion"
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+    chunk = {"id": req_id, "object": obj, "created": created, "model": model,
+             "choices": [] if no_choices else [choice]}
+    if usage_dict is not None:
+        chunk["usage"] = usage_dict
+    return chunk
+
+
+def sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+SSE_DONE = sse("[DONE]")
+
+
+class StopMatcher:
+    """Cuts a text stream at the first stop string, holding back a tail that may start one."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = tuple(s for s in stops if s)
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Returns the text that is safe to emit now; sets ``stopped`` when a stop string appears."""
+        if not self.stops:
+            return text
+        if self.stopped:
+            return ""
+        buf = self._pending + text
+        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return buf[:cut]
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), 0, -1):
+                if buf.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        self._pending = buf[len(buf) - hold:] if hold else ""
+        return buf[: len(buf) - hold]
+
+    def flush(self) -> str:
+        out, self._pending = self._pending, ""
+        return "" if self.stopped else out

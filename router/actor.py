@@ -1,0 +1,306 @@
+"""The central router: the scheduling core behind an async, restartable Ray actor.
+
+:class:`RouterService` applies the core's decisions for callers that wait on them: ``enqueue``
+parks an ``asyncio.Future`` per request and resolves it when an :class:`Assignment` for that
+request comes out of any call (enqueue, complete, cancel, heartbeat, replica removal). It is pure
+asyncio (no Ray) and unit-tested with an injected clock. :class:`RouterActor` is the thin actor
+around it (a detached named actor with ``max_restarts``), adding the periodic sweep; and
+:class:`RouterClient` is how the ingress and the LLM replicas find, create and call it.
+
+Restarts: a restarted actor starts empty. Replicas re-register on their next heartbeat; an
+ingress whose ``enqueue`` failed because the actor died enqueues again (same id, same arrival
+time, so the request keeps its place); requests already running finish on their replicas and
+their completion reports are ignored (the new router never knew them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from router.config import SchedulerConfig
+from router.request import Assignment, RequestMeta, RequestStatus
+from router.scheduler import QueueFullError, Scheduler
+
+logger = logging.getLogger(__name__)
+
+# What ``enqueue`` answers (small tuples: they cross a process boundary on every request).
+DISPATCHED = "ok"  # ("ok", replica_id, batch_id)
+QUEUE_FULL = "full"  # ("full", retry_after_s)
+CANCELLED = "cancelled"  # ("cancelled",): cancelled or its replica vanished before dispatch
+
+
+class RouterService:
+    """Per-request futures over a :class:`~router.scheduler.Scheduler`; decisions applied as they appear."""
+
+    def __init__(self, config: SchedulerConfig, *, retry_after_s: float = 1.0, replica_timeout_s: float = 15.0,
+                 lease_s: float = 30.0, clock: Callable[[], float] = time.time, history: int = 10_000):
+        # Wall-clock time: arrival_at is stamped by the ingress, in another process.
+        self.scheduler = Scheduler(config, clock=clock)
+        self.clock = clock
+        self.retry_after_s = retry_after_s
+        self.replica_timeout_s = replica_timeout_s
+        self.lease_s = lease_s
+        self._waiters: dict[str, asyncio.Future] = {}
+        self._last_seen: dict[str, float] = {}
+        self.started_at = clock()
+        self.last_heartbeat_at = self.started_at
+        self.dispatch_log: deque = deque(maxlen=history)  # (request_id, replica_id, at, predicted)
+        self.counters = {"enqueued": 0, "dispatched": 0, "completed": 0, "cancelled": 0, "failed": 0,
+                         "rejected": 0, "requeued": 0, "replicas_removed": 0, "leases_expired": 0}
+
+    # ---- requests ----------------------------------------------------------------------------
+    async def enqueue(self, meta: RequestMeta) -> tuple:
+        """Wait until the policy dispatches ``meta``; answer ``("ok", replica_id, batch_id)``."""
+        rid = meta.request_id
+        existing = self.scheduler.requests.get(rid)
+        if existing is not None:  # a caller retrying a call that did reach us: join the first one
+            if existing.status is RequestStatus.RUNNING:
+                return (DISPATCHED, existing.replica_id, None)
+            fut = self._waiters.get(rid)
+            if fut is None:
+                fut = self._waiters[rid] = asyncio.get_running_loop().create_future()
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        try:
+            assignments = self.scheduler.enqueue(meta)
+        except QueueFullError:
+            del self._waiters[rid]
+            self.counters["rejected"] += 1
+            return (QUEUE_FULL, self.retry_after_s)
+        self.counters["enqueued"] += 1
+        self._apply(assignments)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The caller went away while waiting (its call was cancelled): free its place.
+            if not fut.done():
+                self._waiters.pop(rid, None)
+            self._apply(self.scheduler.cancel(rid))
+            raise
+
+    async def requeue(self, meta: RequestMeta) -> tuple:
+        """Its replica died or bounced the call before it produced output: forget the run, wait again."""
+        self.counters["requeued"] += 1
+        self._apply(self.scheduler.fail(meta.request_id))
+        return await self.enqueue(meta)
+
+    def complete(self, request_id: str, num_output_tokens: int | None = None) -> None:
+        if request_id in self.scheduler.requests:
+            self.counters["completed"] += 1
+        self._apply(self.scheduler.complete(request_id, num_output_tokens))
+
+    def cancel(self, request_id: str) -> None:
+        if request_id in self.scheduler.requests:
+            self.counters["cancelled"] += 1
+        self._resolve(request_id, (CANCELLED,))
+        self._apply(self.scheduler.cancel(request_id))
+
+    def fail(self, request_id: str) -> None:
+        if request_id in self.scheduler.requests:
+            self.counters["failed"] += 1
+        self._resolve(request_id, (CANCELLED,))
+        self._apply(self.scheduler.fail(request_id))
+
+    # ---- replicas ----------------------------------------------------------------------------
+    def heartbeat(self, replica_id: str, num_slots: int, running_ids: list[str] | None = None) -> None:
+        """A replica is alive with ``num_slots``: (re-)register it; reconcile what it runs."""
+        now = self.clock()
+        self.last_heartbeat_at = now
+        self._last_seen[replica_id] = now
+        replica = self.scheduler.replicas.get(replica_id)
+        if replica is None or replica.num_slots != num_slots:
+            self._apply(self.scheduler.add_replica(replica_id, num_slots))
+            replica = self.scheduler.replicas[replica_id]
+        if running_ids is None:
+            return
+        # A request dispatched here long ago that the replica does not run: its ingress died or
+        # lost the call. Free the slot so the queue behind it moves.
+        running = set(running_ids)
+        expired = [rid for rid, state in replica.running.items()
+                   if rid not in running and state.dispatched_at is not None
+                   and now - state.dispatched_at > self.lease_s]
+        for rid in expired:
+            self.counters["leases_expired"] += 1
+            self._apply(self.scheduler.fail(rid))
+
+    def remove_replica(self, replica_id: str) -> None:
+        """A replica died (a caller saw it) or left: its queue moves to the others."""
+        self._last_seen.pop(replica_id, None)
+        if replica_id not in self.scheduler.replicas:
+            return
+        self.counters["replicas_removed"] += 1
+        orphans, assignments = self.scheduler.remove_replica(replica_id)
+        # Orphans were running there; their callers see the failure on the call itself and requeue.
+        self._apply(assignments)
+
+    def sweep(self) -> None:
+        """Drop replicas silent for ``replica_timeout_s``."""
+        cutoff = self.clock() - self.replica_timeout_s
+        for replica_id, seen in list(self._last_seen.items()):
+            if seen < cutoff:
+                logger.warning("replica %s sent no heartbeat for %.0f s: dropping it (router.replica_timeout_s)",
+                               replica_id, self.replica_timeout_s)
+                self.remove_replica(replica_id)
+
+    # ---- applying decisions ------------------------------------------------------------------
+    def _resolve(self, request_id: str, answer: tuple) -> bool:
+        fut = self._waiters.pop(request_id, None)
+        if fut is None or fut.done():
+            return False
+        fut.set_result(answer)
+        return True
+
+    def _apply(self, assignments: list[Assignment]) -> None:
+        now = self.clock()
+        pending = list(assignments)
+        while pending:
+            more: list[Assignment] = []
+            for a in pending:
+                if self._resolve(a.request_id, (DISPATCHED, a.replica_id, a.batch_id)):
+                    self.counters["dispatched"] += 1
+                    state = self.scheduler.requests.get(a.request_id)
+                    predicted = state.meta.predicted_tokens if state is not None else None
+                    self.dispatch_log.append((a.request_id, a.replica_id, now, predicted))
+                else:
+                    # Nobody waits for it any more: give the slot straight back.
+                    more.extend(self.scheduler.cancel(a.request_id))
+            pending = more
+
+    # ---- views -------------------------------------------------------------------------------
+    def snapshot(self, dispatch_log: bool = False) -> dict:
+        snap = self.scheduler.snapshot()
+        snap["counters"] = dict(self.counters)
+        snap["num_waiters"] = len(self._waiters)
+        snap["started_at"] = self.started_at
+        snap["config"] = self.scheduler.config.to_dict()
+        if dispatch_log:
+            snap["dispatch_log"] = list(self.dispatch_log)
+        return snap
+
+
+class RouterActor:
+    """The Ray actor (created through :func:`router_actor_options`): a :class:`RouterService` plus a sweeper."""
+
+    def __init__(self, config: dict, retry_after_s: float = 1.0, replica_timeout_s: float = 15.0,
+                 lease_s: float = 30.0, orphan_timeout_s: float = 120.0):
+        self.service = RouterService(SchedulerConfig(**config), retry_after_s=retry_after_s,
+                                     replica_timeout_s=replica_timeout_s, lease_s=lease_s)
+        self.orphan_timeout_s = orphan_timeout_s
+        self._sweeper: asyncio.Task | None = None
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def _sweep_loop(self) -> None:
+        period = max(0.2, min(self.service.replica_timeout_s / 3, 5.0))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.service.sweep()
+                if self.service.clock() - self.service.last_heartbeat_at > self.orphan_timeout_s:
+                    # Nobody heartbeats: the app was deleted. A detached actor must end itself.
+                    logger.warning("no heartbeat for %.0f s: router actor exits (router.orphan_timeout_s)",
+                                   self.orphan_timeout_s)
+                    import ray
+
+                    ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            except Exception:
+                logger.exception("router sweep failed")
+
+    async def enqueue(self, meta: RequestMeta) -> tuple:
+        self._ensure_sweeper()
+        return await self.service.enqueue(meta)
+
+    async def requeue(self, meta: RequestMeta) -> tuple:
+        self._ensure_sweeper()
+        return await self.service.requeue(meta)
+
+    async def complete(self, request_id: str, num_output_tokens: int | None = None) -> None:
+        self.service.complete(request_id, num_output_tokens)
+
+    async def cancel(self, request_id: str) -> None:
+        self.service.cancel(request_id)
+
+    async def fail(self, request_id: str) -> None:
+        self.service.fail(request_id)
+
+    async def heartbeat(self, replica_id: str, num_slots: int, running_ids: list[str] | None = None) -> None:
+        self._ensure_sweeper()
+        self.service.heartbeat(replica_id, num_slots, running_ids)
+
+    async def remove_replica(self, replica_id: str) -> None:
+        self.service.remove_replica(replica_id)
+
+    async def snapshot(self, dispatch_log: bool = False) -> dict:
+        return self.service.snapshot(dispatch_log)
+
+    async def ping(self) -> float:
+        return self.service.started_at
+
+
+def router_actor_options(name: str, namespace: str, max_restarts: int = -1) -> dict:
+    """Ray options of the router actor: detached and named (both the ingress and the replicas may
+    create it; the first wins), no CPU reserved (it is light and must fit beside replicas), many
+    concurrent waiting calls (one per queued request), never retried (callers decide)."""
+    return dict(name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
+                max_restarts=max_restarts, max_task_retries=0, num_cpus=0, max_concurrency=100_000)
+
+
+class RouterClient:
+    """Finds or creates the router actor and survives its restarts. For the ingress and replicas."""
+
+    def __init__(self, name: str, namespace: str, scheduler_config: dict, *, max_restarts: int = -1,
+                 actor_kwargs: dict | None = None):
+        self.name = name
+        self.namespace = namespace
+        self.scheduler_config = scheduler_config
+        self.max_restarts = max_restarts
+        self.actor_kwargs = actor_kwargs or {}
+        self._handle = None
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            self._handle = self.get_or_create()
+        return self._handle
+
+    def get_or_create(self):
+        import ray
+
+        cls = ray.remote(RouterActor)
+        return cls.options(**router_actor_options(self.name, self.namespace, self.max_restarts)).remote(
+            self.scheduler_config, **self.actor_kwargs)
+
+    def reset(self) -> None:
+        """Look the actor up again on next use (after it died for good, a new one is created)."""
+        self._handle = None
+
+    @staticmethod
+    def is_actor_failure(error: BaseException) -> bool:
+        import ray.exceptions as rex
+
+        return isinstance(error, (rex.RayActorError, rex.ActorUnavailableError))
+
+    def fire(self, method: str, *args) -> None:
+        """Call without waiting for the answer (reports); errors are logged, never raised."""
+        try:
+            ref = getattr(self.handle, method).remote(*args)
+        except Exception as e:  # handle lookup failed: the next heartbeat retries
+            logger.debug("router %s(%s) not sent: %r", method, args[:1], e)
+            self.reset()
+            return
+        asyncio.get_running_loop().create_task(self._swallow(ref, method))
+
+    async def _swallow(self, ref, method: str) -> None:
+        try:
+            await ref
+        except Exception as e:
+            if self.is_actor_failure(e):
+                self.reset()
+            logger.debug("router %s failed: %r", method, e)
