@@ -43,9 +43,9 @@ STATE_SIGNAL = "ssjf_signal"
 @dataclass(frozen=True)
 class WorkScalingConfig:
     target_work_per_replica: float = field(default=5000.0, metadata={"help": "Predicted tokens (queued + running) one replica should hold."})
-    router_name: str = field(default="ssjf-router", metadata={"help": "Name of the router actor (ray.get_actor)."})
-    router_namespace: str | None = field(default=None, metadata={"help": "Its namespace; None: the controller's own (Serve's)."})
-    router_method: str = field(default="outstanding_work", metadata={"help": "Router method returning predicted tokens (a number, or a mapping with 'total' or numeric values to sum)."})
+    router_name: str = field(default="ssjf-router-ssjf", metadata={"help": "Name of the router actor (ray.get_actor): ssjf-router-<app name> unless router.actor_name is set."})
+    router_namespace: str | None = field(default="ssjf", metadata={"help": "Its namespace (router.namespace); None: the Serve controller's own."})
+    router_method: str = field(default="outstanding_work", metadata={"help": "Router method answering predicted tokens: a number, a mapping with 'total', or a snapshot (its replicas' outstanding_work summed). A router without it is read through 'snapshot'."})
     poll_interval_s: float = field(default=1.0, metadata={"help": "Least time between two reads of the router."})
     max_signal_age_s: float = field(default=10.0, metadata={"help": "An answer older than this is stale: fall back to ongoing requests."})
 
@@ -78,12 +78,16 @@ def ongoing_requests_fallback(ctx: Any) -> float:
 
 
 def total_work(answer: Any) -> float:
-    """The router's answer as one number: a number, or a mapping (per model or per replica) whose
-    'total' entry, else the sum of its numeric values, is the total."""
+    """The router's answer as one number: a number; a mapping with a 'total'; a scheduler snapshot
+    (``{"replicas": [{"outstanding_work": ...}, ...]}``, plus ``shared_queued_work`` if present);
+    else a mapping whose numeric values are summed (per model or per replica)."""
     if isinstance(answer, Mapping):
         if "total" in answer:
             return float(answer["total"])
-        return float(sum(v for v in answer.values() if isinstance(v, (int, float))))
+        if isinstance(answer.get("replicas"), list):
+            return float(sum(r.get("outstanding_work", 0.0) for r in answer["replicas"])
+                         + answer.get("shared_queued_work", 0.0))
+        return float(sum(v for v in answer.values() if isinstance(v, (int, float)) and not isinstance(v, bool)))
     return float(answer)
 
 
@@ -99,6 +103,7 @@ class RouterWorkReader:
         self._handle = None
         self._ref = None
         self._last_call_at = -math.inf
+        self._method_name = config.router_method
         self.value: float | None = None
         self.value_at: float | None = None
 
@@ -122,8 +127,19 @@ class RouterWorkReader:
                     self._handle = ray.get_actor(self.config.router_name, namespace=self.config.router_namespace)
                 except ValueError:
                     return self.value, self.value_at  # not started yet
-            self._ref = getattr(self._handle, self.config.router_method).remote()
+            self._ref = self._method().remote()
         return self.value, self.value_at
+
+    def _method(self):
+        try:
+            return getattr(self._handle, self._method_name)
+        except AttributeError:
+            if self._method_name == "snapshot":
+                raise
+            logger.warning("SSJF autoscaling: router %s has no method %s; reading its snapshot instead",
+                           self.config.router_name, self._method_name)
+            self._method_name = "snapshot"
+            return self._handle.snapshot
 
 
 class OutstandingWorkPolicy:

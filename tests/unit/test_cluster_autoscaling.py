@@ -106,9 +106,13 @@ def test_policy_polls_with_the_context_clock():
     assert p.reader.polled_at == [123.0, 124.5]
 
 
-@pytest.mark.parametrize("answer, total", [(12.5, 12.5), (7, 7.0), ({"total": 9}, 9.0),
-                                           ({"r1": 3, "r2": 4.5, "note": "x"}, 7.5)])
-def test_total_work_accepts_number_or_mapping(answer, total):
+@pytest.mark.parametrize("answer, total", [
+    (12.5, 12.5), (7, 7.0), ({"total": 9}, 9.0), ({"r1": 3, "r2": 4.5, "note": "x"}, 7.5),
+    # A router snapshot (Scheduler.snapshot() shape): its replicas' predicted outstanding tokens.
+    ({"num_queued": 3, "num_running": 2, "replicas": [{"replica_id": "a", "outstanding_work": 100.0},
+                                                      {"replica_id": "b", "outstanding_work": 50.5}]}, 150.5),
+])
+def test_total_work_accepts_number_mapping_or_snapshot(answer, total):
     assert total_work(answer) == total
 
 

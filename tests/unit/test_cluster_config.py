@@ -204,3 +204,55 @@ def test_node_type_copies_and_fits():
     assert t.copies({"CPU": 1, "GPU": 2, "llm_node": 1}) == 2
     assert t.fits({"GPU": 5}) is False and t.fits({"CPU": 1, "llm_node": 2}) is True
     assert NodeType("h", {"router_node": 1}, 0, 0, True).fits({"CPU": 1, "router_node": 1}) is None
+
+
+# ---- the shipped Serve configs against the shipped cluster configs --------------------------
+SERVE_YAMLS = [ROOT / "cluster" / "serve_gpu_hf.yaml", ROOT / "cluster" / "serve_gpu_deepspeed.yaml"]
+
+
+@pytest.mark.parametrize("serve_yaml", SERVE_YAMLS, ids=lambda p: p.name)
+def test_gpu_serve_configs_place_every_deployment_on_its_node_type(cluster_config, serve_yaml):
+    findings = tools.check(cluster_config, tools.load_serve_config(serve_yaml))
+    assert [f for f in findings if f.level is not Level.OK] == []
+    placed = {f.message.split("deployment ")[1].split(" ")[0]: f.message.rsplit("-> ", 1)[1] for f in findings}
+    assert placed == {"'ingress'": "cpu_worker", "'proxy'": "cpu_worker", "'llm'": "gpu_worker, gpu_worker_x4"}
+
+
+@pytest.mark.parametrize("serve_yaml", SERVE_YAMLS, ids=lambda p: p.name)
+def test_gpu_serve_configs_autoscale_llm_on_predicted_work(serve_yaml):
+    from ray.serve.config import AutoscalingConfig
+
+    from cluster.autoscaling import OutstandingWorkPolicy
+
+    app = tools.load_serve_config(serve_yaml)["applications"][0]
+    llm = next(d for d in app["deployments"] if d["name"] == "llm")
+    auto = AutoscalingConfig(**llm["autoscaling_config"])  # Serve's own validation
+    assert auto.policy.get_policy() is OutstandingWorkPolicy
+    policy = OutstandingWorkPolicy(**auto.policy.policy_kwargs)
+    # The router the policy reads is the one the app creates: ssjf-router-<name> in router.namespace.
+    assert policy.config.router_name == f"ssjf-router-{app['args']['name']}"
+    assert policy.config.router_namespace == app["args"]["router"].get("namespace", "ssjf")
+    # The GPUs a replica reserves match what its engine uses.
+    assert llm["ray_actor_options"]["num_gpus"] == app["args"]["llm"]["num_gpus"] == app["args"]["llm"].get("tensor_parallel", 1)
+
+
+def test_cli_check_exit_codes(tmp_path):
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    runner = CliRunner()
+    ok = runner.invoke(main, ["check", str(CLUSTER_YAMLS[0]), "--no-build"])
+    assert ok.exit_code == 0, ok.output
+    assert "cpu_worker" in ok.output and ok.output.rstrip().endswith("ok")
+
+    bad = yaml.safe_load(SERVE_YAMLS[0].read_text())
+    bad["applications"][0]["deployments"][2]["ray_actor_options"]["resources"] = {"llm_nodes": 1}
+    res = runner.invoke(main, ["check", str(CLUSTER_YAMLS[0]), str(_write(tmp_path, bad, "s.yaml")), "--no-build"])
+    assert res.exit_code == 1 and "llm_nodes" in res.output
+
+    missing = runner.invoke(main, ["check", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+
+    not_serve = runner.invoke(main, ["check", str(CLUSTER_YAMLS[0]), str(CLUSTER_YAMLS[0])])
+    assert not_serve.exit_code == 2 and "not a valid Serve config" in not_serve.output
