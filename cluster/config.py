@@ -75,6 +75,7 @@ class RouterSettings:
     namespace: str = field(default="ssjf", metadata={"help": "Ray namespace of the router actor."})
     max_restarts: int = field(default=-1, metadata={"help": "Restarts of the router actor after a crash (-1: forever)."})
     orphan_timeout_s: float = field(default=120.0, metadata={"help": "The router actor exits after this long with no replica or ingress heartbeat (app deleted)."})
+    resources: dict[str, float] | None = field(default=None, metadata={"help": "Custom resources the router actor asks for, to place it (e.g. {router_node: 0.01}: the head of ray_cluster.yaml)."})
 
     def __post_init__(self):
         policy = Policy.parse(self.policy)
@@ -84,6 +85,9 @@ class RouterSettings:
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value > 0, f"router.{name} must be > 0, got {value!r}")
         _check(self.max_restarts >= -1, f"router.max_restarts must be >= -1, got {self.max_restarts}")
+        _check(self.resources is None or (isinstance(self.resources, dict) and all(
+            isinstance(v, (int, float)) and v >= 0 for v in self.resources.values())),
+            f"router.resources must map resource names to amounts >= 0, got {self.resources!r}")
         # Validate the scheduler knobs now, with the core's own messages.
         self.scheduler_config(BatchingMode.NONE, 1)
 

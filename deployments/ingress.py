@@ -193,6 +193,7 @@ class Ingress:
             self.cfg.router_actor_name, r.namespace, self.cfg.scheduler_config().to_dict(), max_restarts=r.max_restarts,
             actor_kwargs=dict(retry_after_s=r.retry_after_s, replica_timeout_s=r.replica_timeout_s,
                               lease_s=r.lease_s, orphan_timeout_s=r.orphan_timeout_s),
+            resources=r.resources,
         )
         await self.router.handle.ping.remote()  # create it now, so replicas find it at once
         self.fallback = heuristic_predictor()

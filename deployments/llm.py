@@ -35,6 +35,7 @@ class LLMServer:
             max_restarts=cfg.router.max_restarts,
             actor_kwargs=dict(retry_after_s=cfg.router.retry_after_s, replica_timeout_s=cfg.router.replica_timeout_s,
                               lease_s=cfg.router.lease_s, orphan_timeout_s=cfg.router.orphan_timeout_s),
+            resources=cfg.router.resources,
         )
         self.running: dict[str, float] = {}  # request_id -> started_at
         self.num_served = 0

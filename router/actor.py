@@ -243,21 +243,29 @@ class RouterActor:
     async def ping(self) -> float:
         return self.service.started_at
 
+    async def outstanding_work(self) -> float:
+        """Predicted tokens queued or running: the signal of cluster.autoscaling's policy."""
+        return self.service.scheduler.outstanding_work()
 
-def router_actor_options(name: str, namespace: str, max_restarts: int = -1) -> dict:
+
+def router_actor_options(name: str, namespace: str, max_restarts: int = -1, resources: dict | None = None) -> dict:
     """Ray options of the router actor: detached and named (both the ingress and the replicas may
     create it; the first wins), no CPU reserved (it is light and must fit beside replicas), many
     concurrent waiting calls (one per queued request), never retried (callers decide)."""
-    return dict(name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
-                max_restarts=max_restarts, max_task_retries=0, num_cpus=0, max_concurrency=100_000)
+    options = dict(name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
+                   max_restarts=max_restarts, max_task_retries=0, num_cpus=0, max_concurrency=100_000)
+    if resources:  # placement by custom resource, e.g. {"router_node": 0.01} on the head
+        options["resources"] = dict(resources)
+    return options
 
 
 class RouterClient:
     """Finds or creates the router actor and survives its restarts. For the ingress and replicas."""
 
     def __init__(self, name: str, namespace: str, scheduler_config: dict, *, max_restarts: int = -1,
-                 actor_kwargs: dict | None = None):
+                 actor_kwargs: dict | None = None, resources: dict | None = None):
         self.name = name
+        self.resources = resources
         self.namespace = namespace
         self.scheduler_config = scheduler_config
         self.max_restarts = max_restarts
@@ -274,7 +282,7 @@ class RouterClient:
         import ray
 
         cls = ray.remote(RouterActor)
-        return cls.options(**router_actor_options(self.name, self.namespace, self.max_restarts)).remote(
+        return cls.options(**router_actor_options(self.name, self.namespace, self.max_restarts, self.resources)).remote(
             self.scheduler_config, **self.actor_kwargs)
 
     def reset(self) -> None:
