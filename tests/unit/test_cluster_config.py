@@ -214,8 +214,9 @@ SERVE_YAMLS = [ROOT / "cluster" / "serve_gpu_hf.yaml", ROOT / "cluster" / "serve
 def test_gpu_serve_configs_place_every_deployment_on_its_node_type(cluster_config, serve_yaml):
     findings = tools.check(cluster_config, tools.load_serve_config(serve_yaml))
     assert [f for f in findings if f.level is not Level.OK] == []
-    placed = {f.message.split("deployment ")[1].split(" ")[0]: f.message.rsplit("-> ", 1)[1] for f in findings}
-    assert placed == {"'ingress'": "cpu_worker", "'proxy'": "cpu_worker", "'llm'": "gpu_worker, gpu_worker_x4"}
+    placed = {f.message.split(" (")[0].removeprefix("app 'ssjf' "): f.message.rsplit("-> ", 1)[1] for f in findings}
+    assert placed == {"deployment 'ingress'": "cpu_worker", "deployment 'proxy'": "cpu_worker",
+                      "deployment 'llm'": "gpu_worker, gpu_worker_x4", "args.router": "head"}
 
 
 @pytest.mark.parametrize("serve_yaml", SERVE_YAMLS, ids=lambda p: p.name)
