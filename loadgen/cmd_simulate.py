@@ -23,10 +23,28 @@ from router import AgingRule, Balancer, BatchingMode, Policy, SchedulerConfig
 
 DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging,oracle"
 _DEFAULTS = SchedulerConfig()
+# ``--aging-threshold-s auto``: the wait budget of the threshold rule is this multiple of the FCFS p99 JCT on
+# the identical workload ("no request waits much longer than FCFS's tail"). Chosen from the aging
+# frontier (benchmarks/sim_aging_frontier.py, docs/simulator.md): 1.3 keeps p99 within 1.5x FCFS and
+# >= 60% of SSJF's mean gain in all three reference scenarios over seeds 0-2.
+AUTO_THRESHOLD_FACTOR = 1.3
 
 
 def _choices(enum_cls) -> list[str]:
     return [m.value for m in enum_cls]
+
+
+def _parse_threshold(value: str) -> float | None:
+    """A number of seconds, or ``auto`` (None)."""
+    if value == "auto":
+        return None
+    try:
+        t = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected seconds >= 0 or 'auto', got {value!r}", param_hint="--aging-threshold-s") from None
+    if not t >= 0:
+        raise click.BadParameter(f"expected seconds >= 0 or 'auto', got {value!r}", param_hint="--aging-threshold-s")
+    return t
 
 
 def _parse_policies(value: str) -> list[Policy]:
@@ -64,8 +82,9 @@ def _parse_policies(value: str) -> list[Policy]:
               show_default=True, help="ssjf-aging rule.")
 @click.option("--aging-rate", type=click.FloatRange(min=0), default=_DEFAULTS.aging_rate, show_default=True,
               help="ssjf-aging (linear, response-ratio): predicted tokens forgiven per second of waiting.")
-@click.option("--aging-threshold-s", type=click.FloatRange(min=0), default=_DEFAULTS.aging_threshold_s,
-              show_default=True, help="ssjf-aging (threshold): after this wait a request goes first.")
+@click.option("--aging-threshold-s", default="auto", show_default=True,
+              help=f"ssjf-aging (threshold): after this wait (s) a request goes first, oldest first. 'auto': "
+                   f"{AUTO_THRESHOLD_FACTOR} x the FCFS p99 JCT on the same workload (a tail budget no worse than FCFS's).")
 @click.option("--work-stealing/--no-work-stealing", default=_DEFAULTS.work_stealing, show_default=True,
               help="An idle replica takes the best request of the longest other queue.")
 @click.option("--engine-profile", type=click.Path(dir_okay=False), default=None,
@@ -79,6 +98,7 @@ def simulate(**kwargs):
     """Simulate FCFS / SSJF / SSJF-aging / oracle on one workload through the router core."""
     opts = WorkloadOptions.from_kwargs(kwargs)
     policies = _parse_policies(kwargs["policies"])
+    threshold = _parse_threshold(kwargs["aging_threshold_s"])
     from loadgen import predictors_sim
     from loadgen.engine_model import EngineProfile
 
@@ -97,7 +117,8 @@ def simulate(**kwargs):
         base = SchedulerConfig(
             policy=Policy.FCFS, balancer=kwargs["balancer"], batching=kwargs["batching"],
             max_batch=kwargs["max_batch"], aging_rule=kwargs["aging_rule"], aging_rate=kwargs["aging_rate"],
-            aging_threshold_s=kwargs["aging_threshold_s"], work_stealing=kwargs["work_stealing"], seed=opts.seed,
+            aging_threshold_s=_DEFAULTS.aging_threshold_s if threshold is None else threshold,
+            work_stealing=kwargs["work_stealing"], seed=opts.seed,
         )
         if Policy.SSJF_AGING in policies and base.aging_rule is AgingRule.RESPONSE_RATIO and base.aging_rate <= 0:
             raise ValueError("--aging-rule response-ratio needs --aging-rate > 0")
@@ -105,7 +126,8 @@ def simulate(**kwargs):
         raise click.UsageError(str(exc)) from None
 
     result = run_simulation(opts, policies, predictor, engine, base, kwargs["replicas"],
-                            saturation_requests=kwargs["saturation_requests"], out_dir=kwargs["out_dir"])
+                            saturation_requests=kwargs["saturation_requests"], out_dir=kwargs["out_dir"],
+                            auto_threshold=threshold is None)
     if kwargs["as_json"]:
         click.echo(json.dumps(result["summary"], indent=2, default=_json_default))
     else:
@@ -166,8 +188,13 @@ def prepare_workload(opts: WorkloadOptions, predictor, engine, base: SchedulerCo
 
 
 def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: SchedulerConfig, replicas: int, *,
-                   saturation_requests: int | None = None, out_dir: str | None = None) -> dict:
-    """Build the workload, resolve the rate, simulate every policy; returns the summary and a text table."""
+                   saturation_requests: int | None = None, out_dir: str | None = None,
+                   auto_threshold: bool = False) -> dict:
+    """Build the workload, resolve the rate, simulate every policy; returns the summary and a text table.
+
+    ``auto_threshold``: the threshold aging rule's wait budget becomes ``AUTO_THRESHOLD_FACTOR`` x the
+    FCFS p99 JCT of this workload (FCFS runs first; it is simulated even when not listed).
+    """
     from loadgen import predictors_sim
     from loadgen.simulator import simulate
     from loadgen.summary import compare, format_table, summarize
@@ -181,18 +208,33 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     span = float(work.arrival_s[-1] - work.arrival_s[0]) if n > 1 else 0.0
     offered = (n - 1) / span if span > 0 else math.inf
 
-    summaries: dict[str, dict] = {}
+    aging = {"rule": base.aging_rule.value, "rate": base.aging_rate, "threshold_s": base.aging_threshold_s,
+             "threshold_source": "given"}
+    use_auto = (auto_threshold and Policy.SSJF_AGING in policies and base.aging_rule is AgingRule.THRESHOLD)
+    order = sorted(policies, key=lambda p: p is not Policy.FCFS) if use_auto else list(policies)
+    if use_auto and Policy.FCFS not in order:
+        order.insert(0, Policy.FCFS)
+
+    results: dict[str, dict] = {}
     per_policy = {}
-    for policy in policies:
+    for policy in order:
         config = replace(base, policy=policy)
+        if policy is Policy.SSJF_AGING and use_auto:
+            p99_fcfs = results[Policy.FCFS.value]["p99_jct_s"]
+            base = replace(base, aging_threshold_s=AUTO_THRESHOLD_FACTOR * p99_fcfs)
+            config = replace(base, policy=policy)
+            aging.update(threshold_s=base.aging_threshold_s,
+                         threshold_source=f"auto: {AUTO_THRESHOLD_FACTOR} x FCFS p99 JCT ({p99_fcfs:.3f} s)")
         res = simulate(work, config, engine, replicas)
         s = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
                       first_token_at=res.first_token_at, output_tokens=truth)
         s["sim_wall_s"] = res.wall_s
         s["sim_requests_per_s"] = n / res.wall_s if res.wall_s > 0 else None
         s["num_events"] = res.num_events
-        summaries[policy.value] = s
+        results[policy.value] = s
         per_policy[policy.value] = res
+    summaries = {p.value: results[p.value] for p in policies}
+    per_policy = {p.value: per_policy[p.value] for p in policies}
 
     tau = predictors_sim.kendall_tau(truth, predicted, seed=opts.seed)
     summary = {
@@ -206,6 +248,7 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
         "applied_load": (offered / saturation["saturation_rps"]) if saturation else None,
         "replicas": replicas,
         "scheduler": {k: v for k, v in base.to_dict().items() if k != "policy"},
+        "aging": aging,
         "engine": engine.to_dict(),
         "predictor": str(predictor),
         "predictor_kendall_tau": tau,
@@ -227,8 +270,10 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     else:
         lines.append(f"rate {rate:.4f} req/s (offered {offered:.4f})")
     if Policy.SSJF_AGING in policies:
-        lines.append(f"ssjf-aging: rule={base.aging_rule.value} rate={base.aging_rate:g} "
-                     f"threshold_s={base.aging_threshold_s:g}")
+        if base.aging_rule is AgingRule.THRESHOLD:
+            lines.append(f"ssjf-aging: rule=threshold threshold_s={base.aging_threshold_s:.1f} ({aging['threshold_source']})")
+        else:
+            lines.append(f"ssjf-aging: rule={base.aging_rule.value} rate={base.aging_rate:g} tokens/s")
     lines += ["", format_table(summaries, "fcfs"), "",
               "JCT, wait (queueing delay) in seconds; 'oracle' knows the true lengths (a benchmark bound only)."]
     if out_dir is not None:
@@ -263,7 +308,7 @@ def _write_out(out: Path, table, predicted, per_policy: dict, summary: dict) -> 
         }))
     pq.write_table(pa.concat_tables(parts), out / "requests.parquet")
     config = {k: summary[k] for k in ("workload", "rate_rps", "saturation_rps", "saturation_method", "target_load",
-                                      "replicas", "scheduler", "engine", "predictor")}
+                                      "replicas", "scheduler", "aging", "engine", "predictor")}
     config["policies"] = list(per_policy)
     config["command"] = " ".join(sys.argv)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=_json_default) + "\n")

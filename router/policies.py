@@ -6,10 +6,10 @@ The scheduler only pushes, peeks and pops; the ordering lives here. Every key en
 - ``fcfs``: arrival order.
 - ``ssjf``: shortest *predicted* output first (prediction capped at max_tokens).
 - ``ssjf-aging``: SSJF whose priority improves with waiting, so no request starves. Rules:
-  ``linear`` (default): effective length = predicted - rate * wait_s. Because every waiting request
+  ``linear``: effective length = predicted - rate * wait_s. Because every waiting request
   ages at the same rate, this equals a static key ``predicted + rate * arrival_at``: a request that
   has waited ``L / rate`` seconds longer than another beats it even if it is ``L`` tokens longer.
-  ``threshold``: a request that has waited at least ``threshold_s`` jumps ahead (in arrival order)
+  ``threshold`` (default, see SchedulerConfig): a request that has waited at least ``threshold_s`` jumps ahead (in arrival order)
   of all SSJF-ordered requests. ``response-ratio`` (HRRN): highest ``1 + rate * wait_s / predicted``
   first; time dependent, so a pop scans the queue (O(n)).
 - ``oracle``: shortest *true* output first. Benchmarks only: the truth comes from a lookup the
