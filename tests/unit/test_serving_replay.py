@@ -1,0 +1,112 @@
+"""The replay engine on a virtual clock: exact lengths, per-iteration cost, batching modes, cancellation."""
+
+import asyncio
+
+import pytest
+
+from deployments.engines.base import GenerationRequest
+from deployments.engines.replay import ReplayEngine
+
+
+class VirtualTime:
+    """A clock that sleeping advances: the engine's emulated time, measured exactly."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self):
+        return self.now
+
+    async def sleep(self, dt):
+        for _ in range(3):  # let consumers read what the last iteration produced, at its time
+            await asyncio.sleep(0)
+        self.now += max(0.0, dt)
+
+
+class Profile:
+    """1 s per iteration, plus 0.01 s per prefill token and 0.5 s per extra sequence in the batch."""
+
+    def iteration_time_s(self, num_prefill_tokens, batch_size, num_context_tokens):
+        return 1.0 + 0.01 * num_prefill_tokens + 0.5 * max(0, batch_size - 1)
+
+
+def engine(batching="continuous", max_batch=4, time_scale=1.0, t=None):
+    t = t or VirtualTime()
+    return ReplayEngine(Profile(), batching, max_batch, time_scale, static_batch_wait_s=0.0,
+                        clock=t.clock, sleep=t.sleep), t
+
+
+def req(rid, replay, max_tokens=100, prompt_tokens=0):
+    return GenerationRequest(rid, "p", max_tokens, num_prompt_tokens=prompt_tokens, replay_output_tokens=replay)
+
+
+async def run(eng, r, t, log):
+    n = 0
+    async for d in eng.generate(r):
+        n += d.num_tokens
+        log.append((t.now, r.request_id, d.num_tokens, d.finish_reason))
+        last = d
+    return n, last.finish_reason, t.now
+
+
+@pytest.mark.parametrize("replay, max_tokens, want, reason", [
+    (5, 100, 5, "stop"), (500, 100, 100, "length"), (None, 7, 7, "length"), (0, 10, 0, "stop"),
+])
+async def test_emits_exactly_the_replay_length(replay, max_tokens, want, reason):
+    eng, t = engine()
+    n, finish, _ = await run(eng, req("a", replay, max_tokens), t, [])
+    assert (n, finish) == (want, reason)
+
+
+async def test_one_request_costs_its_iterations():
+    eng, t = engine("none")
+    _, _, end = await run(eng, req("a", 10, prompt_tokens=100), t, [])
+    assert end == pytest.approx(10 * 1.0 + 0.01 * 100)  # prefill rides on the first iteration
+    eng2, t2 = engine("none", time_scale=0.25)
+    _, _, end2 = await run(eng2, req("a", 10, prompt_tokens=100), t2, [])
+    assert end2 == pytest.approx(end * 0.25)
+
+
+async def test_none_runs_one_at_a_time_continuous_overlaps():
+    eng, t = engine("none")
+    log = []
+    (_, _, end_a), (_, _, end_b) = await asyncio.gather(run(eng, req("a", 4), t, log), run(eng, req("b", 4), t, log))
+    first_b = min(at for at, rid, *_ in log if rid == "b")
+    assert end_a == pytest.approx(4.0) and first_b > end_a and end_b == pytest.approx(8.0)
+
+    eng, t = engine("continuous", max_batch=2)
+    (_, _, end_a), (_, _, end_b) = await asyncio.gather(run(eng, req("a", 4), t, []), run(eng, req("b", 4), t, []))
+    assert end_a == end_b == pytest.approx(4 * 1.5)  # one shared iteration per token, batch of two
+
+
+async def test_continuous_slot_frees_when_its_request_ends():
+    eng, t = engine("continuous", max_batch=2)
+    log = []
+    await asyncio.gather(run(eng, req("short", 2), t, log), run(eng, req("long", 6), t, log),
+                         run(eng, req("late", 2), t, log))
+    start_late = min(at for at, rid, *_ in log if rid == "late")
+    end_short = max(at for at, rid, *_ in log if rid == "short")
+    end_long = max(at for at, rid, *_ in log if rid == "long")
+    assert end_short < start_late < end_long  # joined the running batch at once
+
+
+async def test_static_batch_holds_its_slots_until_the_longest_ends():
+    eng, t = engine("static", max_batch=2)
+    log = []
+    await asyncio.gather(run(eng, req("short", 2), t, log), run(eng, req("long", 6), t, log),
+                         run(eng, req("late", 2), t, log))
+    start_late = min(at for at, rid, *_ in log if rid == "late")
+    end_short = max(at for at, rid, *_ in log if rid == "short")
+    end_long = max(at for at, rid, *_ in log if rid == "long")
+    assert end_short < end_long < start_late
+    assert end_long == pytest.approx(6 * 1.5)  # the finished row still occupies the padded batch
+
+
+async def test_cancelling_frees_the_engine():
+    eng, t = engine("none")
+    gen = eng.generate(req("a", 10_000))
+    await gen.__anext__()
+    await gen.aclose()
+    n, finish, _ = await asyncio.wait_for(run(eng, req("b", 3), t, []), timeout=5)
+    assert (n, finish) == (3, "stop")
+    assert eng.num_iterations < 10

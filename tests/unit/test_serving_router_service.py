@@ -1,0 +1,199 @@
+"""RouterService: the actor's logic without Ray. enqueue answers when the policy dispatches."""
+
+import asyncio
+
+import pytest
+
+from router.actor import CANCELLED, DISPATCHED, QUEUE_FULL, RouterService
+from router.config import SchedulerConfig
+from router.request import RequestMeta, RequestStatus
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def meta(rid, predicted, arrival, max_tokens=1000):
+    return RequestMeta(rid, "m", 10, predicted, max_tokens, arrival)
+
+
+def service(clock=None, **kw):
+    opts = {k: kw.pop(k) for k in ("retry_after_s", "replica_timeout_s", "lease_s") if k in kw}
+    return RouterService(SchedulerConfig(**kw), clock=clock or Clock(), **opts)
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_enqueue_waits_for_dispatch_and_ssjf_orders_the_queue():
+    svc = service(policy="ssjf")
+    svc.heartbeat("r1", 1)
+    first = asyncio.create_task(svc.enqueue(meta("a", 50, 1)))
+    assert await first == (DISPATCHED, "r1", None)  # a free slot: dispatched at once
+    waiting = {rid: asyncio.create_task(svc.enqueue(meta(rid, p, t)))
+               for rid, p, t in [("b", 50, 2), ("c", 5, 3), ("d", 20, 4)]}
+    await settle()
+    assert not any(t.done() for t in waiting.values())
+    order = []
+    running = "a"
+    for _ in range(3):
+        svc.complete(running, 10)
+        await settle()
+        done = [rid for rid, t in waiting.items() if t.done() and rid not in order]
+        assert len(done) == 1
+        order.append(done[0])
+        running = done[0]
+    assert order == ["c", "d", "b"]
+    assert svc.snapshot()["counters"]["dispatched"] == 4
+
+
+async def test_fcfs_keeps_arrival_order():
+    svc = service(policy="fcfs")
+    svc.heartbeat("r1", 1)
+    await svc.enqueue(meta("a", 1, 1))
+    tasks = {rid: asyncio.create_task(svc.enqueue(meta(rid, p, t))) for rid, p, t in [("b", 50, 2), ("c", 5, 3)]}
+    await settle()
+    svc.complete("a")
+    await settle()
+    assert tasks["b"].done() and not tasks["c"].done()
+    svc.complete("b")
+    assert await tasks["c"] == (DISPATCHED, "r1", None)
+
+
+async def test_requests_wait_for_a_replica_to_register():
+    svc = service()
+    task = asyncio.create_task(svc.enqueue(meta("a", 5, 1)))
+    await settle()
+    assert not task.done() and svc.snapshot()["num_shared_queued"] == 1
+    svc.heartbeat("r9", 2)
+    assert await task == (DISPATCHED, "r9", None)
+
+
+async def test_queue_cap_answers_full_with_retry_after():
+    svc = service(max_queued=1, retry_after_s=2.5)
+    svc.heartbeat("r1", 1)
+    await svc.enqueue(meta("a", 5, 1))
+    queued = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
+    await settle()
+    assert await svc.enqueue(meta("c", 5, 3)) == (QUEUE_FULL, 2.5)
+    assert svc.snapshot()["counters"]["rejected"] == 1
+    svc.complete("a")
+    assert (await queued)[0] == DISPATCHED
+
+
+async def test_cancel_while_waiting_resolves_and_while_running_frees_the_slot():
+    svc = service()
+    svc.heartbeat("r1", 1)
+    await svc.enqueue(meta("a", 5, 1))
+    b = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
+    c = asyncio.create_task(svc.enqueue(meta("c", 5, 3)))
+    await settle()
+    svc.cancel("b")
+    assert await b == (CANCELLED,)
+    svc.cancel("a")  # the client of a running request left: its slot goes to c
+    assert await c == (DISPATCHED, "r1", None)
+
+
+async def test_a_caller_that_goes_away_gives_its_slot_back():
+    svc = service()
+    svc.heartbeat("r1", 1)
+    await svc.enqueue(meta("a", 5, 1))
+    b = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
+    c = asyncio.create_task(svc.enqueue(meta("c", 9, 3)))
+    await settle()
+    b.cancel()  # e.g. Ray cancelled the actor call
+    await settle()
+    svc.complete("a")
+    assert await c == (DISPATCHED, "r1", None)
+    assert svc.snapshot()["num_running"] == 1
+
+
+async def test_requeue_after_a_dead_replica_runs_elsewhere_keeping_its_place():
+    svc = service()
+    svc.heartbeat("r1", 1)
+    svc.heartbeat("r2", 1)
+    a = await svc.enqueue(meta("a", 5, 1))
+    b = await svc.enqueue(meta("b", 5, 2))
+    assert {a[1], b[1]} == {"r1", "r2"}
+    later = asyncio.create_task(svc.enqueue(meta("c", 50, 3)))
+    await settle()
+    dead = a[1]
+    svc.remove_replica(dead)
+    again = asyncio.create_task(svc.requeue(meta("a", 5, 1)))
+    await settle()
+    live = b[1]
+    svc.complete("b")
+    await settle()
+    # "a" (5 tokens) goes before "c" (50 tokens) on the surviving replica.
+    assert again.done() and await again == (DISPATCHED, live, None)
+    assert not later.done()
+    assert svc.snapshot()["counters"]["requeued"] == 1
+
+
+async def test_silent_replica_is_dropped_and_its_queue_moves():
+    clock = Clock()
+    svc = service(clock, replica_timeout_s=5.0, balancer="round-robin", work_stealing=False)
+    svc.heartbeat("r1", 1)
+    svc.heartbeat("r2", 1)
+    await svc.enqueue(meta("a", 5, 1))
+    await svc.enqueue(meta("b", 5, 2))
+    waiting = [asyncio.create_task(svc.enqueue(meta(f"q{i}", 5, 3 + i))) for i in range(2)]
+    await settle()
+    clock.now += 3
+    svc.heartbeat("r2", 1)
+    clock.now += 3
+    svc.sweep()  # r1 silent for 6 s > 5 s
+    assert [r["replica_id"] for r in svc.snapshot()["replicas"]] == ["r2"]
+    assert svc.snapshot()["num_queued"] == 2
+    svc.complete("b")
+    await settle()
+    assert sum(t.done() for t in waiting) == 1
+
+
+async def test_lease_expiry_frees_a_slot_nobody_uses():
+    clock = Clock()
+    svc = service(clock, lease_s=10.0)
+    svc.heartbeat("r1", 1)
+    await svc.enqueue(meta("a", 5, 1))  # dispatched, but its caller never reaches the replica
+    b = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
+    await settle()
+    clock.now += 5
+    svc.heartbeat("r1", 1, running_ids=[])
+    await settle()
+    assert not b.done()  # still within the lease
+    clock.now += 6
+    svc.heartbeat("r1", 1, running_ids=[])
+    assert await b == (DISPATCHED, "r1", None)
+    assert svc.snapshot()["counters"]["leases_expired"] == 1
+
+
+async def test_enqueue_is_idempotent_for_a_retried_call():
+    svc = service()
+    svc.heartbeat("r1", 1)
+    assert await svc.enqueue(meta("a", 5, 1)) == (DISPATCHED, "r1", None)
+    assert await svc.enqueue(meta("a", 5, 1)) == (DISPATCHED, "r1", None)
+    assert svc.snapshot()["num_running"] == 1
+
+
+@pytest.mark.parametrize("balancer", ["least-work", "round-robin", "late-binding"])
+async def test_no_replica_idles_while_another_has_a_queue(balancer):
+    svc = service(balancer=balancer)
+    for r in ("r1", "r2", "r3"):
+        svc.heartbeat(r, 1)
+    tasks = [asyncio.create_task(svc.enqueue(meta(f"q{i}", 10 * (i % 4) + 1, i))) for i in range(12)]
+    await settle()
+    for step in range(12):
+        snap = svc.snapshot()
+        idle = [r for r in snap["replicas"] if r["num_running"] < r["num_slots"]]
+        queued = sum(r["num_queued"] for r in snap["replicas"]) + snap["num_shared_queued"]
+        assert not (idle and queued), snap
+        running = sorted(k for k, s in svc.scheduler.requests.items() if s.status is RequestStatus.RUNNING)
+        svc.complete(running[step % len(running)])
+        await settle()
+    assert all(t.done() for t in tasks)
