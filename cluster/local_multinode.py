@@ -32,6 +32,8 @@ from pathlib import Path
 # `ray start --block` prints this once every process of the node is up.
 _READY_MARK = "This command will now block forever"
 STATE_FILE_NAME = "cluster.json"
+# Node label carrying the local node's name, so a Ray node id maps back to "gpu-a" etc.
+NODE_NAME_LABEL = "ssjf.local/node-name"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,20 @@ def default_topology() -> list[NodeSpec]:
         NodeSpec("gpu-a", "gpu_worker", num_cpus=1, resources={"llm_node": 1}),
         NodeSpec("gpu-b", "gpu_worker", num_cpus=1, resources={"llm_node": 1}),
     ]
+
+
+def as_cluster_config(specs: Sequence[NodeSpec]) -> dict:
+    """The topology in ``ray up`` shape (node types by ``node_type``), for ``cluster.tools.check``."""
+    types: dict[str, dict] = {}
+    for s in specs:
+        t = types.setdefault(s.node_type, {"resources": {"CPU": s.num_cpus, **({"GPU": s.num_gpus} if s.num_gpus else {}),
+                                                         **dict(s.resources)},
+                                           "node_config": {}, "min_workers": 0, "max_workers": 0})
+        if not s.head:
+            t["min_workers"] += 1
+            t["max_workers"] += 1
+    head = next(s.node_type for s in specs if s.head)
+    return {"available_node_types": types, "head_node_type": head}
 
 
 def free_port() -> int:
@@ -146,7 +162,8 @@ class LocalCluster:
         node = LocalNode(spec=spec, temp_dir=temp_dir, log_path=self.root_dir / f"{spec.name}.log")
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env,
                # Ray turns this into the node label ray.io/node-group, as `ray up` does.
-               "RAY_NODE_TYPE_NAME": spec.node_type}
+               "RAY_NODE_TYPE_NAME": spec.node_type,
+               "RAY_OVERRIDE_LABELS": json.dumps({NODE_NAME_LABEL: spec.name})}
         with open(node.log_path, "ab") as log:
             node.process = subprocess.Popen(self._command(spec, temp_dir), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)

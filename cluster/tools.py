@@ -331,6 +331,7 @@ class NodeInfo:
     node_type: str
     is_head: bool
     resources: Mapping[str, float] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,7 @@ def live_nodes(types: Mapping[str, NodeType] | None = None) -> list[NodeInfo]:
         is_head = "node:__internal_head__" in res
         out.append(NodeInfo(node_id=n["NodeID"], ip=n.get("NodeManagerAddress", ""), alive=bool(n.get("Alive")),
                             node_type=classify_node(res, n.get("Labels"), is_head, types), is_head=is_head,
-                            resources=res))
+                            resources=res, labels=dict(n.get("Labels") or {})))
     return out
 
 

@@ -69,3 +69,15 @@ def test_local_down_leaves_a_process_group_that_is_not_ray_start_alone(tmp_path)
         other.kill()
         other.wait()
     assert not lm._group_alive(other.pid)
+
+
+def test_multinode_serve_config_places_every_part_on_the_local_topology():
+    from pathlib import Path
+
+    from cluster import tools
+
+    root = Path(__file__).resolve().parents[2]
+    findings = tools.check(lm.as_cluster_config(lm.default_topology()),
+                           tools.load_serve_config(root / "cluster" / "serve_multinode_replay.yaml"))
+    assert all(f.level is tools.Level.OK for f in findings), findings
+    assert sorted(f.message.rsplit("-> ", 1)[1] for f in findings) == ["cpu_worker", "cpu_worker", "gpu_worker", "head"]
