@@ -210,19 +210,26 @@ def _cpus_needed(config: dict) -> float:
     return need
 
 
-def wait_ready(url: str, timeout_s: float) -> None:
+def wait_ready(url: str, timeout_s: float, num_replicas: int | None = None) -> dict:
+    """Poll ``/healthz`` until it answers 200 and (when given) reports ``num_replicas`` LLM replicas
+    registered, so no policy starts measuring on a half-registered cluster."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
             resp = httpx.get(f"{url}/healthz", timeout=2.0)
             if resp.status_code == 200:
-                return
-            last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-        except httpx.HTTPError as exc:
+                health = resp.json()
+                have = health.get("num_replicas")
+                if num_replicas is None or have is None or have >= num_replicas:
+                    return health
+                last = f"{have} of {num_replicas} LLM replicas registered"
+            else:
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+        except (httpx.HTTPError, ValueError) as exc:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.5)
-    raise click.ClickException(f"cluster at {url} not healthy within {timeout_s:g} s (last: {last}); "
+    raise click.ClickException(f"cluster at {url} not ready within {timeout_s:g} s (last: {last}); "
                                "raise --ready-timeout or check the config")
 
 
@@ -230,8 +237,9 @@ def wait_ready(url: str, timeout_s: float) -> None:
 def serve_cluster(config: dict, *, ray_address: str | None, num_cpus: float | None, ready_timeout_s: float):
     """Start (a local Ray and) the app on a free port; yield its URL; delete it (and stop Ray) after."""
     import ray
-    from deployments.app import build_app
     from ray import serve
+
+    from deployments.app import build_app
 
     started_ray = False
     if not ray.is_initialized():
@@ -243,13 +251,15 @@ def serve_cluster(config: dict, *, ray_address: str | None, num_cpus: float | No
             kwargs["num_cpus"] = num_cpus or max(os.cpu_count() or 1, math.ceil(_cpus_needed(config)))
         ray.init(**kwargs)
         started_ray = True
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # keep bench's stderr readable
     app_name = config.get("name", "ssjf")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name=app_name, route_prefix="/")
-        wait_ready(url, ready_timeout_s)
+        app = validate_config(config)
+        wait_ready(url, ready_timeout_s, app.llm.num_replicas if app is not None else None)
         yield url
     finally:
         try:
@@ -262,15 +272,9 @@ def serve_cluster(config: dict, *, ray_address: str | None, num_cpus: float | No
 
 def _kill_router_actor(config: dict) -> None:
     """The router actor is detached: on a shared Ray it would outlive the app."""
-    import ray
+    from deployments.app import shutdown_router
 
-    app = validate_config(config)
-    if app is None:
-        return
-    try:
-        ray.kill(ray.get_actor(app.router_actor_name, namespace=app.router.namespace))
-    except ValueError:
-        pass  # already gone
+    shutdown_router(config)
 
 
 def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
@@ -409,6 +413,21 @@ def cluster_facts(config: dict, app, config_path: str, capacity: dict | None) ->
     return facts
 
 
+SLOWDOWN_WARN = 1.5
+
+
+def slowdown_warning(live: dict[str, dict], sim: dict[str, dict], time_scale: float | None) -> str | None:
+    """A warning when the live baseline ran much slower than the simulation of the same cluster: then
+    the live queues (and gains) come from this machine's limits, not from the emulated engine."""
+    baseline = next(iter(live))
+    a, b = live[baseline].get("mean_jct_s"), (sim.get(baseline) or {}).get("mean_jct_s")
+    if not a or not b or a <= SLOWDOWN_WARN * b:
+        return None
+    return (f"the live cluster ran {a / b:.1f}x slower than its simulation ({baseline} mean JCT {a:.3f} s live vs "
+            f"{b:.3f} s simulated): this machine cannot keep up with llm.time_scale={time_scale}, so live queues and "
+            "gains are not those of the emulated engine; raise llm.time_scale or lower the load")
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -450,6 +469,10 @@ def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json
         sim = (simulated or {}).get(None)
         if sim is not None:
             summary["simulated"] = {**sim, "live_vs_simulated": live_vs_simulated(summaries, sim["policies"])}
+            warning = slowdown_warning(summaries, sim["policies"], facts.get("time_scale"))
+            if warning:
+                summary["warnings"] = [warning]
+                click.echo(f"warning: {warning}", err=True)
         (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if as_json:
             click.echo(json.dumps({**summary, "plot": str(png)}, indent=2, default=str))
@@ -480,6 +503,16 @@ def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json
                                                 slo_metric, slo_jct_s)
     summary = {"workload": workloads[0][1].to_dict(), "cluster": facts, "saturation_rps": facts.get("saturation_rps"),
                "slo": {"metric": slo_metric, "max_s": slo_jct_s}, "goodput": good, "sweep": sweep}
+    warnings = []
+    for load in loads:
+        sim = (simulated or {}).get(load)
+        per = {p: next(s for x, _, s in runs if x == load) for p, runs in results.items()}
+        warning = slowdown_warning(per, sim["policies"], facts.get("time_scale")) if sim else None
+        if warning:
+            warnings.append(f"load {load:g}: {warning}")
+            click.echo(f"warning: load {load:g}: {warning}", err=True)
+    if warnings:
+        summary["warnings"] = warnings
     (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))

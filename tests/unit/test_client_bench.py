@@ -116,3 +116,12 @@ def test_simulate_same_and_live_vs_simulated():
     assert rows["ssjf"]["mean_jct_s_gain_live"] == pytest.approx(0.3)
     assert rows["ssjf"]["mean_jct_s_gain_simulated"] == pytest.approx(0.4)
     assert rows["ssjf"]["live_over_simulated"] == pytest.approx(0.75)
+
+
+def test_slowdown_warning_names_the_setting():
+    from loadgen.cmd_bench import slowdown_warning
+
+    sim = {"fcfs": {"mean_jct_s": 2.0}}
+    assert slowdown_warning({"fcfs": {"mean_jct_s": 2.5}}, sim, 0.1) is None
+    warning = slowdown_warning({"fcfs": {"mean_jct_s": 8.0}}, sim, 0.1)
+    assert "4.0x slower" in warning and "llm.time_scale" in warning
