@@ -235,7 +235,14 @@ def wait_ready(url: str, timeout_s: float, num_replicas: int | None = None) -> d
 
 @contextmanager
 def serve_cluster(config: dict, *, ray_address: str | None, num_cpus: float | None, ready_timeout_s: float):
-    """Start (a local Ray and) the app on a free port; yield its URL; delete it (and stop Ray) after."""
+    """Deploy the app and yield its base URL; remove it after.
+
+    Without a Ray in this process (and no ``ray_address``) everything is ours: a fresh local Ray,
+    Serve on a free loopback port, the app at ``/``; all of it is shut down after. On a Ray that is
+    already there (``--ray-address``, or a test session) the app goes under ``/<app name>`` of the
+    running Serve (started on a free port if there is none), and only the app and its router actor
+    are removed after.
+    """
     import ray
     from ray import serve
 
@@ -253,21 +260,51 @@ def serve_cluster(config: dict, *, ray_address: str | None, num_cpus: float | No
         started_ray = True
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # keep bench's stderr readable
     app_name = config.get("name", "ssjf")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    try:
+    base = _running_serve_url()
+    started_serve = base is None
+    if started_serve:
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(config), name=app_name, route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+    route = "/" if started_serve else f"/{app_name}"
+    url = base if route == "/" else base + route
+    try:
+        serve.run(build_app(config), name=app_name, route_prefix=route)
         app = validate_config(config)
         wait_ready(url, ready_timeout_s, app.llm.num_replicas if app is not None else None)
         yield url
     finally:
         try:
-            serve.shutdown()
+            if started_serve:
+                serve.shutdown()
+            else:
+                serve.delete(app_name)
         finally:
             _kill_router_actor(config)
             if started_ray:
                 ray.shutdown()
+
+
+def _running_serve_url() -> str | None:
+    """The HTTP address of a Serve instance already running on this Ray, or None if there is none.
+
+    Ray has no public call for this: the controller client's ``http_config`` is private API,
+    used only where bench shares a Ray with others.
+    """
+    from ray.serve import context
+
+    try:
+        client = context._get_global_client(raise_if_no_controller_running=False)
+    except Exception:
+        return None
+    if client is None:
+        return None
+    try:
+        http = client.http_config
+        host = "127.0.0.1" if http.host in (None, "", "0.0.0.0", "::") else http.host
+        return f"http://{host}:{http.port}"
+    except AttributeError as exc:
+        raise click.ClickException(f"Serve is running on this Ray but its HTTP address is unknown ({exc})") from None
 
 
 def _kill_router_actor(config: dict) -> None:
