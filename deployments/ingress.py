@@ -38,7 +38,7 @@ from deployments.protocol import (
     stream_chunk,
     usage,
 )
-from router.actor import CANCELLED, DISPATCHED, QUEUE_FULL, RouterClient
+from router.actor import CANCELLED, DISPATCHED, NO_REPLICA, QUEUE_FULL, RouterClient
 from router.request import RequestMeta
 
 logger = logging.getLogger("ray.serve")
@@ -113,6 +113,10 @@ class _Run:
                 retry_after = max(1, math.ceil(answer[1]))
                 raise APIError(429, "the server is at capacity: too many requests are waiting; retry later",
                                type="rate_limit_error", code="queue_full", headers={"Retry-After": str(retry_after)})
+            if answer[0] == NO_REPLICA:
+                raise APIError(503, "no LLM replica is available (all were lost or none has started); retry later",
+                               type="server_error", code="no_replica",
+                               headers={"Retry-After": str(max(1, math.ceil(answer[1])))})
             if answer[0] == CANCELLED:  # our place was dropped (e.g. its replica vanished): ask again
                 requeue = False
                 continue

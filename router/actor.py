@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 DISPATCHED = "ok"  # ("ok", replica_id, batch_id)
 QUEUE_FULL = "full"  # ("full", retry_after_s)
 CANCELLED = "cancelled"  # ("cancelled",): cancelled or its replica vanished before dispatch
+NO_REPLICA = "no_replica"  # ("no_replica", retry_after_s): no LLM replica for replica_timeout_s
 
 
 class RouterService:
@@ -48,6 +49,7 @@ class RouterService:
         self._last_seen: dict[str, float] = {}
         self.started_at = clock()
         self.last_heartbeat_at = self.started_at
+        self.last_replica_at = self.started_at  # when some LLM replica was last registered
         self.dispatch_log: deque = deque(maxlen=history)  # (request_id, replica_id, at, predicted)
         self.counters = {"enqueued": 0, "dispatched": 0, "completed": 0, "cancelled": 0, "failed": 0,
                          "rejected": 0, "requeued": 0, "replicas_removed": 0, "leases_expired": 0}
@@ -64,6 +66,11 @@ class RouterService:
             if fut is None:
                 fut = self._waiters[rid] = asyncio.get_running_loop().create_future()
             return await asyncio.shield(fut)
+        if self._no_replica():
+            # Every LLM replica is gone (e.g. its nodes were lost): say so now rather than queue
+            # the request behind nothing. Serve (or the Ray autoscaler) may bring one back.
+            self.counters["rejected"] += 1
+            return (NO_REPLICA, self.retry_after_s)
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
         try:
@@ -111,6 +118,7 @@ class RouterService:
         """A replica is alive with ``num_slots``: (re-)register it; reconcile what it runs."""
         now = self.clock()
         self.last_heartbeat_at = now
+        self.last_replica_at = now
         self._last_seen[replica_id] = now
         replica = self.scheduler.replicas.get(replica_id)
         if replica is None or replica.num_slots != num_slots:
@@ -139,13 +147,25 @@ class RouterService:
         self._apply(assignments)
 
     def sweep(self) -> None:
-        """Drop replicas silent for ``replica_timeout_s``."""
+        """Drop replicas silent for ``replica_timeout_s``; with none left for that long, answer
+        every waiting request ``NO_REPLICA`` (the ingress turns it into a 503) instead of
+        leaving it queued behind nothing."""
         cutoff = self.clock() - self.replica_timeout_s
         for replica_id, seen in list(self._last_seen.items()):
             if seen < cutoff:
                 logger.warning("replica %s sent no heartbeat for %.0f s: dropping it (router.replica_timeout_s)",
                                replica_id, self.replica_timeout_s)
                 self.remove_replica(replica_id)
+        if self._waiters and self._no_replica():
+            logger.warning("no LLM replica for %.0f s: answering %d waiting request(s) 503 "
+                           "(router.replica_timeout_s)", self.replica_timeout_s, len(self._waiters))
+            for rid in list(self._waiters):
+                if self._resolve(rid, (NO_REPLICA, self.retry_after_s)):
+                    self.counters["rejected"] += 1
+                    self._apply(self.scheduler.cancel(rid))
+
+    def _no_replica(self) -> bool:
+        return not self.scheduler.replicas and self.clock() - self.last_replica_at > self.replica_timeout_s
 
     # ---- applying decisions ------------------------------------------------------------------
     def _resolve(self, request_id: str, answer: tuple) -> bool:
