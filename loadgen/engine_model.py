@@ -83,13 +83,16 @@ class EngineProfile:
         ``num_context_tokens + num_prefill_tokens + i * batch_size`` at iteration ``i``."""
         if k <= 0:
             return 0.0
-        first = self.iteration_time_s(num_prefill_tokens, batch_size, num_context_tokens)
+        # Inlined (the simulator's hot path): first iteration, then k - 1 decode-only iterations.
+        fixed = self.overhead_s + self.per_seq_s * batch_size
+        floor, per_token, per_ctx = self.weights_floor_s, self.per_token_s, self.per_context_token_s
+        first = (fixed + math.hypot(floor, per_token * (num_prefill_tokens + batch_size))
+                 + per_ctx * num_context_tokens)
         m = k - 1
         if m == 0:
             return first
-        c1 = num_context_tokens + num_prefill_tokens
-        return (first + m * (self.decode_step_s(batch_size) + self.per_context_token_s * c1)
-                + self.per_context_token_s * batch_size * m * (m + 1) / 2)
+        step = fixed + math.hypot(floor, per_token * batch_size) + per_ctx * (num_context_tokens + num_prefill_tokens)
+        return first + m * step + per_ctx * batch_size * m * (m + 1) / 2
 
     def iterations_done(self, elapsed_s: float, num_prefill_tokens: int, batch_size: int,
                         num_context_tokens: int) -> int:
