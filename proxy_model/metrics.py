@@ -1,0 +1,86 @@
+"""Length-prediction metrics (numpy/scipy only): ranking, error, bucket and short/long accuracy.
+
+- ``kendall_tau`` / ``spearman``: over all rows ("overall") and within each model (the scheduler
+  only compares requests, and requests to one model are what one queue holds). The within-model
+  headline is the unweighted mean over models with at least ``min_rows`` rows.
+- ``mae_tokens``: mean absolute error in tokens.
+- ``bucket_accuracy``: predicted and true tokens fall into the same bucket of ``bucket_edges``.
+- ``binary_accuracy``: short/long agreement, split at the median of the true lengths of the
+  evaluated rows (one threshold for truth and prediction); ``binary_accuracy_within_model`` splits
+  each model at its own median.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+DEFAULT_EDGES = (64.0, 128.0, 256.0, 512.0)
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def kendall_tau(pred, truth) -> float:
+    from scipy.stats import kendalltau
+
+    pred, truth = np.asarray(pred, float), np.asarray(truth, float)
+    if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(truth) == 0:
+        return 0.0  # a constant predictor orders nothing
+    return float(kendalltau(pred, truth).statistic)
+
+
+def spearman(pred, truth) -> float:
+    from scipy.stats import spearmanr
+
+    pred, truth = np.asarray(pred, float), np.asarray(truth, float)
+    if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(truth) == 0:
+        return 0.0
+    return float(spearmanr(pred, truth).statistic)
+
+
+def length_metrics(pred, truth, models, *, bucket_edges=DEFAULT_EDGES, min_rows: int = 10) -> dict:
+    pred = np.asarray(pred, dtype=float)
+    truth = np.asarray(truth, dtype=float)
+    models = np.asarray(models, dtype=object)
+    if not (len(pred) == len(truth) == len(models)):
+        raise ValueError(f"lengths differ: {len(pred)} predictions, {len(truth)} truths, {len(models)} models")
+    if len(pred) == 0:
+        raise ValueError("no rows to evaluate")
+    edges = np.asarray(bucket_edges, dtype=float)
+    median = float(np.median(truth))
+    per_model = {}
+    groups = defaultdict(list)
+    for i, m in enumerate(models):
+        groups[m].append(i)
+    for m, idx in sorted(groups.items()):
+        idx = np.asarray(idx)
+        p, t = pred[idx], truth[idx]
+        med_m = float(np.median(t))
+        per_model[m] = {
+            "rows": int(len(idx)),
+            "kendall_tau": kendall_tau(p, t), "spearman": spearman(p, t),
+            "mae_tokens": float(np.mean(np.abs(p - t))),
+            "binary_accuracy": float(np.mean((p > med_m) == (t > med_m))),
+        }
+    eligible = [v for v in per_model.values() if v["rows"] >= min_rows]
+    return {
+        "rows": int(len(pred)),
+        "models": len(per_model),
+        "kendall_tau": kendall_tau(pred, truth),
+        "spearman": spearman(pred, truth),
+        "kendall_tau_within_model": float(np.mean([v["kendall_tau"] for v in eligible])) if eligible else None,
+        "spearman_within_model": float(np.mean([v["spearman"] for v in eligible])) if eligible else None,
+        "mae_tokens": float(np.mean(np.abs(pred - truth))),
+        "median_abs_error_tokens": float(np.median(np.abs(pred - truth))),
+        "bucket_edges": [float(e) for e in edges],
+        "bucket_accuracy": float(np.mean(np.searchsorted(edges, pred, side="left")
+                                         == np.searchsorted(edges, truth, side="left"))),
+        "binary_threshold_tokens": median,
+        "binary_accuracy": float(np.mean((pred > median) == (truth > median))),
+        "binary_accuracy_within_model": float(np.mean([v["binary_accuracy"] for v in eligible])) if eligible else None,
+        "per_model": per_model,
+    }

@@ -1,0 +1,277 @@
+"""``proxy-model train``: fit encoder + head with the transformers Trainer and write an artifact.
+
+- Examples are prompts with one target per known model (see ``proxy_model.model``).
+- ``freeze_encoder``: the encoder's pooled outputs are computed once per prompt (no grad, bf16
+  where the CPU has it) and cached; the Trainer then fits only the head on those features, which
+  takes seconds on a CPU. Otherwise the whole encoder is fine-tuned (encoder and head have their
+  own learning rates).
+- ``deepspeed``: a DeepSpeed config path handed to ``TrainingArguments(deepspeed=...)`` as is,
+  for GPU clusters (see configs/deepspeed_zero2.json).
+
+Artifact layout (``out_dir``): ``encoder/`` (weights + tokenizer, HF format), ``head.safetensors``,
+``proxy_config.json`` (head type, model names, normalisation, bucket edges and values, binary
+thresholds, truncation), ``training_summary.json`` (rows, prompts, per-model and per-source
+counts and length statistics, the resolved train config, losses, time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from proxy_model.config import HeadConfig, TrainConfig
+from proxy_model.data import read_prepared
+from proxy_model.engine import SUMMARY_FILE, Tokenize, cpu_has_native_bf16
+from proxy_model.model import LengthModel
+from proxy_model.offline_models import resolve_model_name
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- examples
+
+def group_by_prompt(prompts: list[str], models: list[str], tokens: list[int], known: list[str]):
+    """(unique prompts, targets (P, M) of mean log1p(tokens), NaN where a model has no reply)."""
+    col = {m: i for i, m in enumerate(known)}
+    sums: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for p, m, t in zip(prompts, models, tokens, strict=True):
+        if m in col:
+            sums[p][col[m]].append(math.log1p(t))
+    uniq = list(sums)
+    targets = np.full((len(uniq), len(known)), np.nan, dtype=np.float32)
+    for i, p in enumerate(uniq):
+        for j, vals in sums[p].items():
+            targets[i, j] = float(np.mean(vals))
+    return uniq, targets
+
+
+class PromptDataset(Dataset):
+    def __init__(self, targets: np.ndarray, ids: list[list[int]] | None = None, features: torch.Tensor | None = None):
+        self.targets = torch.from_numpy(targets)
+        self.ids, self.features = ids, features
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        item = {"targets": self.targets[i]}
+        if self.features is not None:
+            item["features"] = self.features[i]
+        else:
+            item["input_ids"] = self.ids[i]
+        return item
+
+
+class Collate:
+    def __init__(self, tok: Tokenize | None):
+        self.tok = tok
+
+    def __call__(self, items):
+        batch = {"targets": torch.stack([it["targets"] for it in items])}
+        if "features" in items[0]:
+            batch["features"] = torch.stack([it["features"] for it in items])
+        else:
+            batch.update(self.tok.pad([it["input_ids"] for it in items]))
+        return batch
+
+
+# ---------------------------------------------------------------- head statistics
+
+def head_statistics(cfg: TrainConfig, models: list[str], tokens: np.ndarray, model_of_row: np.ndarray) -> dict:
+    """Normalisation, bucket edges/values and binary thresholds from the training rows."""
+    logs = np.log1p(tokens)
+    out = {"log_mean": float(logs.mean()), "log_std": float(max(logs.std(), 1e-3))}
+    edges = sorted(cfg.bucket_edges) or sorted({float(round(q)) for q in
+                                                np.quantile(tokens, np.linspace(0, 1, cfg.num_buckets + 1)[1:-1])})
+    edges = [e for e in edges if e > 0]
+    idx = np.searchsorted(np.asarray(edges), tokens, side="left")
+    values = []
+    for b in range(len(edges) + 1):
+        in_b = tokens[idx == b]
+        if len(in_b):
+            values.append(float(np.median(in_b)))
+        else:  # an empty bucket: its midpoint (or an edge) keeps the expectation well defined
+            lo = edges[b - 1] if b > 0 else 1.0
+            hi = edges[b] if b < len(edges) else lo * 2
+            values.append(float((lo + hi) / 2))
+    out["bucket_edges"], out["bucket_values"] = [float(e) for e in edges], [max(v, 1.0) for v in values]
+    thr, short, long = [], [], []
+    for j in range(len(models) + 1):
+        t = tokens if j == 0 else tokens[model_of_row == j - 1]
+        med = float(np.median(t))
+        s, lo = t[t <= med], t[t > med]
+        thr.append(med)
+        short.append(float(max(np.median(s) if len(s) else med, 1.0)))
+        long.append(float(max(np.median(lo) if len(lo) else med * 2, 1.0)))
+    out.update(binary_thresholds=thr, binary_short_values=short, binary_long_values=long)
+    return out
+
+
+# ---------------------------------------------------------------- trainer
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class ProxyTrainer(Trainer):
+        """Trainer with two learning rates: a small one for the encoder, a larger one for the head."""
+
+        head_lr: float = 1e-3
+
+        def create_optimizer(self, *args, **kwargs):
+            if self.optimizer is None:
+                enc = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+                head = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("head.")]
+                groups = [{"params": head, "lr": self.head_lr, "weight_decay": self.args.weight_decay}]
+                if enc:
+                    groups.append({"params": enc, "lr": self.args.learning_rate, "weight_decay": self.args.weight_decay})
+                self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate)
+            return self.optimizer
+
+    return ProxyTrainer
+
+
+def encode_features(encoder, tok: Tokenize, ids: list[list[int]], batch_size: int = 64, bf16: bool = False) -> torch.Tensor:
+    """Mean-pooled encoder outputs for every prompt (frozen encoder: computed once, cached)."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.empty(len(ids), encoder.config.hidden_size)
+    encoder.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            b = tok.pad([ids[i] for i in idx])
+            h = encoder(**b).last_hidden_state.float()
+            m = b["attention_mask"].unsqueeze(-1).float()
+            out[idx] = (h * m).sum(1) / m.sum(1).clamp(min=1)
+    return out
+
+
+def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progress: bool = True) -> dict:
+    from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
+
+    t_start = time.time()
+    set_seed(cfg.seed)
+    table = read_prepared(data_path)
+    if "split" in table.column_names:
+        splits = table.column("split").to_pylist()
+    else:
+        splits = ["train"] * table.num_rows
+    cols = {c: table.column(c).to_pylist() for c in ("prompt", "model", "output_tokens")}
+    sources = table.column("source").to_pylist() if "source" in table.column_names else ["?"] * table.num_rows
+    rows = [i for i, s in enumerate(splits) if s == "train" and (not cfg.sources or sources[i] in cfg.sources)]
+    if cfg.max_train_rows is not None:
+        rows = rows[: cfg.max_train_rows]
+    if not rows:
+        raise ValueError(f"{data_path}: no training rows (split == 'train'"
+                         + (f", sources {cfg.sources}" if cfg.sources else "") + ")")
+    val_rows = [i for i, s in enumerate(splits) if s == "val" and (not cfg.sources or sources[i] in cfg.sources)]
+    models = sorted({cols["model"][i] for i in rows})
+    mcol = {m: j for j, m in enumerate(models)}
+    tokens = np.asarray([cols["output_tokens"][i] for i in rows], dtype=np.float64)
+    if np.any(tokens < 0):
+        raise ValueError("output_tokens must be >= 0")
+    stats = head_statistics(cfg, models, tokens, np.asarray([mcol[cols["model"][i]] for i in rows]))
+
+    enc_path, enc_kwargs = resolve_model_name(cfg.encoder)
+    tokenizer = AutoTokenizer.from_pretrained(enc_path, **enc_kwargs)
+    encoder = AutoModel.from_pretrained(enc_path, **enc_kwargs)
+    head_cfg = HeadConfig(head=cfg.head, hidden_size=cfg.hidden_size, dropout=cfg.dropout,
+                          encoder_dim=encoder.config.hidden_size, models=models, max_length=cfg.max_length, **stats)
+    if cfg.head == "classes" and not head_cfg.bucket_edges:
+        raise ValueError("could not derive bucket edges from the training data; pass --bucket-edges")
+    tok = Tokenize(tokenizer, cfg.max_length)
+
+    def dataset(idx: list[int]):
+        prompts, targets = group_by_prompt([cols["prompt"][i] for i in idx], [cols["model"][i] for i in idx],
+                                           [cols["output_tokens"][i] for i in idx], models)
+        return prompts, targets
+
+    train_prompts, train_targets = dataset(rows)
+    val_prompts, val_targets = dataset(val_rows) if val_rows else ([], None)
+    use_bf16 = cfg.bf16 == "yes" or (cfg.bf16 == "auto" and (torch.cuda.is_available() or cpu_has_native_bf16()))
+    logger.info("training on %d rows = %d prompts x %d models (val: %d prompts)", len(rows), len(train_prompts),
+                len(models), len(val_prompts))
+    train_ids, val_ids = tok(train_prompts), tok(val_prompts) if val_prompts else []
+    if cfg.freeze_encoder:
+        t0 = time.time()
+        train_feats = encode_features(encoder, tok, train_ids, bf16=use_bf16)
+        val_feats = encode_features(encoder, tok, val_ids, bf16=use_bf16) if val_ids else None
+        logger.info("cached encoder features for %d prompts in %.1fs", len(train_ids) + len(val_ids), time.time() - t0)
+        train_ds = PromptDataset(train_targets, features=train_feats)
+        val_ds = PromptDataset(val_targets, features=val_feats) if val_ids else None
+        model = LengthModel(None, head_cfg, rank_loss_weight=cfg.rank_loss_weight)
+    else:
+        train_ds = PromptDataset(train_targets, ids=train_ids)
+        val_ds = PromptDataset(val_targets, ids=val_ids) if val_ids else None
+        model = LengthModel(encoder, head_cfg, rank_loss_weight=cfg.rank_loss_weight)
+
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    out_dir = Path(out_dir)
+    args = TrainingArguments(
+        output_dir=str(out_dir / "trainer_work"),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 64),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_ratio * total_steps),
+        lr_scheduler_type="linear",
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 4),
+        eval_strategy="epoch" if val_ds is not None else "no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not progress,
+        bf16=use_bf16 and not cfg.freeze_encoder,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        label_names=["targets"],
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        deepspeed=cfg.deepspeed,
+        max_grad_norm=1.0,
+    )
+    trainer_cls = _trainer_class()
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                          data_collator=Collate(tok))
+    trainer.head_lr = cfg.head_learning_rate
+    result = trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
+
+    model = trainer.model.float() if hasattr(trainer.model, "float") else model
+    if cfg.freeze_encoder:
+        final = LengthModel(encoder.float(), head_cfg)
+        final.head.load_state_dict(model.head.state_dict())
+    else:
+        final = model
+    final.eval()
+    per_model = defaultdict(list)
+    per_source = defaultdict(int)
+    for i in rows:
+        per_model[cols["model"][i]].append(cols["output_tokens"][i])
+        per_source[sources[i]] += 1
+    summary = {
+        "train_rows": len(rows), "train_prompts": len(train_prompts), "val_prompts": len(val_prompts),
+        "models": models, "rows_per_model": {m: len(v) for m, v in per_model.items()},
+        "rows_per_source": dict(per_source),
+        "median_tokens": float(np.median(tokens)), "mean_tokens": float(np.mean(tokens)),
+        "median_tokens_per_model": {m: float(np.median(v)) for m, v in per_model.items()},
+        "mean_tokens_per_model": {m: float(np.mean(v)) for m, v in per_model.items()},
+        "data": str(data_path), "train_config": cfg.to_dict(),
+        "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t_start, 1),
+        "log_history": history, "bf16_training": bool(use_bf16 and not cfg.freeze_encoder),
+    }
+    final.save(out_dir, tokenizer=tokenizer, extra={"encoder_source": str(cfg.encoder)})
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    import shutil
+
+    shutil.rmtree(out_dir / "trainer_work", ignore_errors=True)
+    return summary
