@@ -38,7 +38,15 @@ from deployments.protocol import (
     stream_chunk,
     usage,
 )
-from router.actor import CANCELLED, DISPATCHED, NO_REPLICA, QUEUE_FULL, RouterClient
+from router.actor import (
+    CANCELLED,
+    DISPATCHED,
+    NO_REPLICA,
+    QUEUE_FULL,
+    BatchedEnqueuer,
+    Reporter,
+    RouterClient,
+)
 from router.request import RequestMeta
 
 logger = logging.getLogger("ray.serve")
@@ -84,6 +92,8 @@ class _Run:
         self.finished = False
         self.replica_id: str | None = None
         self.dispatched_at: float | None = None
+        self.started_at: float | None = None
+        self.router_s = 0.0  # time inside router calls (queue wait included): the benchmark reads it
         self.num_retries = 0
 
     async def _dispatch(self, requeue: bool) -> tuple[str, int | None]:
@@ -92,9 +102,11 @@ class _Run:
         delay = 0.05
         while True:
             try:
-                handle = ing.router.handle
-                call = handle.requeue if requeue else handle.enqueue
-                answer = await call.remote(self.meta)
+                t0 = time.perf_counter()
+                try:
+                    answer = await ing.enqueuer.enqueue(self.meta, requeue)
+                finally:
+                    self.router_s += time.perf_counter() - t0
             except Exception as e:
                 if not RouterClient.is_actor_failure(e):
                     raise
@@ -145,13 +157,16 @@ class _Run:
                         raise _Retry("misrouted")
                     if not started:
                         started = True
+                        self.started_at = time.time()
                         yield ("started", replica_id)
                     async for chunk in gen:
                         produced = produced or chunk["num_tokens"] > 0
-                        yield ("delta", chunk)
                         if chunk["finish_reason"] is not None:
+                            # Set before the yield: the consumer may close us right after it.
                             self.finished = True
+                            yield ("delta", chunk)
                             return
+                        yield ("delta", chunk)
                     raise _Retry("stream_ended_early")
                 except Exception as e:
                     if isinstance(e, _Retry):
@@ -163,7 +178,7 @@ class _Run:
                     gen.cancel()
                     gen = None
                     if retry.replica_dead:
-                        ing.router.fire("remove_replica", replica_id)
+                        ing.reporter.report("remove_replica", replica_id)
                     ing.metrics.retries.labels(retry.reason).inc()
                     if produced and not self.restart_after_output:
                         raise APIError(502, f"the replica serving this request failed mid-stream ({retry.reason})",
@@ -181,7 +196,7 @@ class _Run:
             if not self.finished:
                 if gen is not None:
                     gen.cancel()
-                ing.router.fire("cancel", self.meta.request_id)
+                ing.reporter.report("cancel", self.meta.request_id)
 
 
 @serve.deployment(name="ingress")
@@ -200,6 +215,8 @@ class Ingress:
             resources=r.resources,
         )
         await self.router.handle.ping.remote()  # create it now, so replicas find it at once
+        self.enqueuer = BatchedEnqueuer(self.router)
+        self.reporter = Reporter(self.router)
         self.fallback = heuristic_predictor()
         self.metrics = IngressMetrics()
         self.engine = self.cfg.llm.engine_kind
@@ -293,7 +310,10 @@ class Ingress:
             return error_response(e)
         self.metrics.queue_wait.observe(run.dispatched_at - t0)
         self.metrics.predicted.observe(predicted)
-        headers = {"x-ssjf-request-id": rid, "x-replica-id": run.replica_id or "", "x-predicted-tokens": f"{predicted:.1f}"}
+        headers = {"x-ssjf-request-id": rid, "x-replica-id": run.replica_id or "", "x-predicted-tokens": f"{predicted:.1f}",
+                   # Where the time to start went: router calls, then routing the pinned call to its start.
+                   "x-ssjf-router-ms": f"{run.router_s * 1e3:.3f}",
+                   "x-ssjf-start-ms": f"{(run.started_at - run.dispatched_at) * 1e3:.3f}"}
         if parsed.stream:
             return StreamingResponse(self._sse(parsed, rid, prompt.num_tokens, run, events, t0, endpoint),
                                      media_type="text/event-stream", headers=headers)

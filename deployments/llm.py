@@ -17,7 +17,7 @@ from ray import serve
 
 from cluster.config import AppConfig
 from deployments.engines import GenerationRequest, build_engine
-from router.actor import RouterClient
+from router.actor import Reporter, RouterClient
 
 logger = logging.getLogger("ray.serve")
 
@@ -37,6 +37,7 @@ class LLMServer:
                               lease_s=cfg.router.lease_s, orphan_timeout_s=cfg.router.orphan_timeout_s),
             resources=cfg.router.resources,
         )
+        self.reporter = Reporter(self.router)
         self.running: dict[str, float] = {}  # request_id -> started_at
         self.num_served = 0
         self.num_misrouted = 0
@@ -82,7 +83,7 @@ class LLMServer:
                 if delta.finish_reason is not None:
                     # Report before the last chunk leaves: the next job starts while it travels.
                     outcome = "complete"
-                    self.router.fire("complete", rid, num_tokens)
+                    self.reporter.report("complete", rid, num_tokens)
                 yield {"event": "delta", "text": delta.text, "num_tokens": delta.num_tokens,
                        "finish_reason": delta.finish_reason}
         except Exception:
@@ -92,9 +93,9 @@ class LLMServer:
             self.running.pop(rid, None)
             self.num_served += 1
             if outcome == "cancel":  # the caller went away (or stopped at a stop string)
-                self.router.fire("cancel", rid)
+                self.reporter.report("cancel", rid)
             elif outcome == "fail":
-                self.router.fire("fail", rid)
+                self.reporter.report("fail", rid)
 
     async def stats(self) -> dict:
         return {"replica_id": self.replica_id, "engine": self.engine.kind, "num_slots": self.engine.num_slots,

@@ -7,6 +7,12 @@ asyncio (no Ray) and unit-tested with an injected clock. :class:`RouterActor` is
 around it (a detached named actor with ``max_restarts``), adding the periodic sweep; and
 :class:`RouterClient` is how the ingress and the LLM replicas find, create and call it.
 
+Batching: one actor call per request each way costs more than the scheduling itself, so busy
+callers batch. :class:`BatchedEnqueuer` (the ingress) sends new requests with ``submit`` and
+collects dispatch answers with a long ``poll``; :class:`Reporter` (replicas, ingress) sends
+completions and cancellations with ``report``. While a call is in flight the next batch fills,
+so an idle cluster pays one call per request and a busy one far fewer.
+
 Restarts: a restarted actor starts empty. Replicas re-register on their next heartbeat; an
 ingress whose ``enqueue`` failed because the actor died enqueues again (same id, same arrival
 time, so the request keeps its place); requests already running finish on their replicas and
@@ -45,7 +51,11 @@ class RouterService:
         self.retry_after_s = retry_after_s
         self.replica_timeout_s = replica_timeout_s
         self.lease_s = lease_s
-        self._waiters: dict[str, asyncio.Future] = {}
+        # Who waits for each queued request: an enqueue call's future, or a batching client's id.
+        self._waiters: dict[str, asyncio.Future | str] = {}
+        self._outboxes: dict[str, list] = {}  # client id -> [(request_id, answer)] not yet polled
+        self._outbox_ready: dict[str, asyncio.Event] = {}
+        self._client_seen: dict[str, float] = {}
         self._last_seen: dict[str, float] = {}
         self.started_at = clock()
         self.last_heartbeat_at = self.started_at
@@ -63,24 +73,13 @@ class RouterService:
             if existing.status is RequestStatus.RUNNING:
                 return (DISPATCHED, existing.replica_id, None)
             fut = self._waiters.get(rid)
-            if fut is None:
+            if not isinstance(fut, asyncio.Future):
                 fut = self._waiters[rid] = asyncio.get_running_loop().create_future()
             return await asyncio.shield(fut)
-        if self._no_replica():
-            # Every LLM replica is gone (e.g. its nodes were lost): say so now rather than queue
-            # the request behind nothing. Serve (or the Ray autoscaler) may bring one back.
-            self.counters["rejected"] += 1
-            return (NO_REPLICA, self.retry_after_s)
         fut = asyncio.get_running_loop().create_future()
-        self._waiters[rid] = fut
-        try:
-            assignments = self.scheduler.enqueue(meta)
-        except QueueFullError:
-            del self._waiters[rid]
-            self.counters["rejected"] += 1
-            return (QUEUE_FULL, self.retry_after_s)
-        self.counters["enqueued"] += 1
-        self._apply(assignments)
+        answer = self._admit(meta, fut)
+        if answer is not None:
+            return answer
         try:
             return await fut
         except asyncio.CancelledError:
@@ -89,6 +88,100 @@ class RouterService:
                 self._waiters.pop(rid, None)
             self._apply(self.scheduler.cancel(rid))
             raise
+
+    def _admit(self, meta: RequestMeta, waiter: asyncio.Future | str) -> tuple | None:
+        """Queue a new request for ``waiter``: None when it waits, else the immediate answer."""
+        if self._no_replica():
+            # Every LLM replica is gone (e.g. its nodes were lost): say so now rather than queue
+            # the request behind nothing. Serve (or the Ray autoscaler) may bring one back.
+            self.counters["rejected"] += 1
+            return (NO_REPLICA, self.retry_after_s)
+        try:
+            assignments = self.scheduler.enqueue(meta)
+        except QueueFullError:
+            self.counters["rejected"] += 1
+            return (QUEUE_FULL, self.retry_after_s)
+        self._waiters[meta.request_id] = waiter
+        self.counters["enqueued"] += 1
+        self._apply(assignments)
+        return None
+
+    # ---- batching clients --------------------------------------------------------------------
+    def submit(self, client_id: str, metas: list[RequestMeta], requeue_ids: list[str] = ()) -> None:
+        """Queue requests for a batching client; their answers wait in its outbox for :meth:`poll`.
+        ``requeue_ids`` ran on a replica that died or bounced them: that run is forgotten first."""
+        self._client_seen[client_id] = self.clock()
+        box = self._outboxes.setdefault(client_id, [])
+        requeue = set(requeue_ids)
+        for meta in metas:
+            rid = meta.request_id
+            if rid in requeue:
+                self.counters["requeued"] += 1
+                self._apply(self.scheduler.fail(rid))
+            existing = self.scheduler.requests.get(rid)
+            if existing is not None:  # sent again (the client retried): answer or wait as before
+                if existing.status is RequestStatus.RUNNING:
+                    box.append((rid, (DISPATCHED, existing.replica_id, None)))
+                else:
+                    old = self._waiters.get(rid)
+                    if isinstance(old, asyncio.Future) and not old.done():
+                        old.set_result((CANCELLED,))  # one waiter per request: the latest
+                    self._waiters[rid] = client_id
+                continue
+            answer = self._admit(meta, client_id)
+            if answer is not None:
+                box.append((rid, answer))
+        if box:
+            self._ready(client_id).set()
+
+    async def poll(self, client_id: str, timeout_s: float = 1.0) -> list:
+        """The answers for ``client_id`` so far, waiting up to ``timeout_s`` for the first one."""
+        self._client_seen[client_id] = self.clock()
+        if not self._outboxes.get(client_id):
+            ready = self._ready(client_id)
+            ready.clear()
+            try:
+                await asyncio.wait_for(ready.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        self._client_seen[client_id] = self.clock()
+        out = self._outboxes.get(client_id) or []
+        self._outboxes[client_id] = []
+        return out
+
+    def report(self, events: list[tuple]) -> None:
+        """Several reports in one call: ``("complete", id, n)``, ``("cancel", id)``,
+        ``("fail", id)``, ``("remove_replica", replica_id)``."""
+        for event in events:
+            kind = event[0]
+            if kind == "complete":
+                self.complete(event[1], event[2] if len(event) > 2 else None)
+            elif kind == "cancel":
+                self.cancel(event[1])
+            elif kind == "fail":
+                self.fail(event[1])
+            elif kind == "remove_replica":
+                self.remove_replica(event[1])
+            else:
+                logger.warning("unknown router report %r", event)
+
+    def _ready(self, client_id: str) -> asyncio.Event:
+        event = self._outbox_ready.get(client_id)
+        if event is None:
+            event = self._outbox_ready[client_id] = asyncio.Event()
+        return event
+
+    def _drop_client(self, client_id: str) -> None:
+        """A batching client stopped polling (its ingress died): free what it held."""
+        for rid, waiter in list(self._waiters.items()):
+            if waiter == client_id:
+                del self._waiters[rid]
+                self._apply(self.scheduler.cancel(rid))
+        for rid, answer in self._outboxes.pop(client_id, []):
+            if answer[0] == DISPATCHED:
+                self._apply(self.scheduler.fail(rid))
+        self._outbox_ready.pop(client_id, None)
+        self._client_seen.pop(client_id, None)
 
     async def requeue(self, meta: RequestMeta) -> tuple:
         """Its replica died or bounced the call before it produced output: forget the run, wait again."""
@@ -156,6 +249,11 @@ class RouterService:
                 logger.warning("replica %s sent no heartbeat for %.0f s: dropping it (router.replica_timeout_s)",
                                replica_id, self.replica_timeout_s)
                 self.remove_replica(replica_id)
+        client_cutoff = self.clock() - self.lease_s
+        for client_id, seen in list(self._client_seen.items()):
+            if seen < client_cutoff:
+                logger.warning("client %s stopped polling: freeing its requests (router.lease_s)", client_id)
+                self._drop_client(client_id)
         if self._waiters and self._no_replica():
             logger.warning("no LLM replica for %.0f s: answering %d waiting request(s) 503 "
                            "(router.replica_timeout_s)", self.replica_timeout_s, len(self._waiters))
@@ -169,10 +267,19 @@ class RouterService:
 
     # ---- applying decisions ------------------------------------------------------------------
     def _resolve(self, request_id: str, answer: tuple) -> bool:
-        fut = self._waiters.pop(request_id, None)
-        if fut is None or fut.done():
+        waiter = self._waiters.pop(request_id, None)
+        if waiter is None:
             return False
-        fut.set_result(answer)
+        if isinstance(waiter, str):  # a batching client: into its outbox
+            box = self._outboxes.get(waiter)
+            if box is None:
+                return False
+            box.append((request_id, answer))
+            self._ready(waiter).set()
+            return True
+        if waiter.done():
+            return False
+        waiter.set_result(answer)
         return True
 
     def _apply(self, assignments: list[Assignment]) -> None:
@@ -196,6 +303,7 @@ class RouterService:
         snap = self.scheduler.snapshot()
         snap["counters"] = dict(self.counters)
         snap["num_waiters"] = len(self._waiters)
+        snap["num_clients"] = len(self._client_seen)
         snap["started_at"] = self.started_at
         snap["config"] = self.scheduler.config.to_dict()
         if dispatch_log:
@@ -240,6 +348,16 @@ class RouterActor:
     async def requeue(self, meta: RequestMeta) -> tuple:
         self._ensure_sweeper()
         return await self.service.requeue(meta)
+
+    async def submit(self, client_id: str, metas: list[RequestMeta], requeue_ids: list[str] = ()) -> None:
+        self._ensure_sweeper()
+        self.service.submit(client_id, metas, requeue_ids)
+
+    async def poll(self, client_id: str, timeout_s: float = 1.0) -> list:
+        return await self.service.poll(client_id, timeout_s)
+
+    async def report(self, events: list[tuple]) -> None:
+        self.service.report(events)
 
     async def complete(self, request_id: str, num_output_tokens: int | None = None) -> None:
         self.service.complete(request_id, num_output_tokens)
@@ -332,3 +450,155 @@ class RouterClient:
             if self.is_actor_failure(e):
                 self.reset()
             logger.debug("router %s failed: %r", method, e)
+
+
+class BatchedEnqueuer:
+    """The ingress side of ``submit``/``poll``: ``await enqueue(meta)`` as if it were one call.
+
+    Alone, a request takes one direct ``enqueue`` call (lowest latency). With others in flight it
+    joins the batch: new requests collect while a ``submit`` is in flight and go in the next one;
+    one long ``poll`` brings back every answer ready for this client. If the router dies, every
+    outstanding ``enqueue`` raises the actor error, and the caller enqueues again (the new router
+    is empty).
+    """
+
+    def __init__(self, client: RouterClient, poll_timeout_s: float = 1.0):
+        import uuid
+
+        self.client = client
+        self.client_id = uuid.uuid4().hex
+        self.poll_timeout_s = poll_timeout_s
+        self._futures: dict[str, asyncio.Future] = {}
+        self._outgoing: list[tuple[RequestMeta, bool]] = []
+        self._send_wake: asyncio.Event | None = None
+        self._poll_wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._direct = 0  # direct enqueue calls in flight
+        self.num_direct = 0
+        self.num_submits = 0
+        self.num_polls = 0
+
+    def _ensure_started(self) -> None:
+        if not self._tasks or any(t.done() for t in self._tasks):
+            for t in self._tasks:
+                t.cancel()
+            loop = asyncio.get_running_loop()
+            self._send_wake, self._poll_wake = asyncio.Event(), asyncio.Event()
+            self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self._poll_loop())]
+
+    async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> tuple:
+        if not self._futures and not self._direct:
+            # Nothing else in flight: one direct call has the lowest latency.
+            self._direct += 1
+            try:
+                self.num_direct += 1
+                handle = self.client.handle
+                call = handle.requeue if requeue else handle.enqueue
+                return await call.remote(meta)
+            except Exception as e:
+                if RouterClient.is_actor_failure(e):
+                    self.client.reset()
+                raise
+            finally:
+                self._direct -= 1
+        self._ensure_started()
+        fut = asyncio.get_running_loop().create_future()
+        self._futures[meta.request_id] = fut
+        self._outgoing.append((meta, requeue))
+        self._send_wake.set()
+        self._poll_wake.set()
+        try:
+            return await fut
+        finally:
+            if self._futures.get(meta.request_id) is fut:
+                del self._futures[meta.request_id]
+
+    def _fail(self, request_ids, error: BaseException) -> None:
+        for rid in request_ids:
+            fut = self._futures.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._send_wake.wait()
+            self._send_wake.clear()
+            batch, self._outgoing = self._outgoing, []
+            if not batch:
+                continue
+            metas = [m for m, _ in batch]
+            requeue = [m.request_id for m, again in batch if again]
+            try:
+                self.num_submits += 1
+                await self.client.handle.submit.remote(self.client_id, metas, requeue)
+            except Exception as e:
+                if RouterClient.is_actor_failure(e):
+                    self.client.reset()
+                self._fail([m.request_id for m in metas], e)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            if not self._futures:
+                self._poll_wake.clear()
+                await self._poll_wake.wait()
+                continue
+            try:
+                self.num_polls += 1
+                answers = await self.client.handle.poll.remote(self.client_id, self.poll_timeout_s)
+            except Exception as e:
+                # The router died with our requests: all of them must be enqueued again.
+                if RouterClient.is_actor_failure(e):
+                    self.client.reset()
+                else:
+                    logger.exception("router poll failed")
+                self._fail(list(self._futures), e)
+                await asyncio.sleep(0.05)
+                continue
+            unwanted = []
+            for rid, answer in answers:
+                fut = self._futures.pop(rid, None)
+                if fut is None or fut.done():
+                    if answer[0] == DISPATCHED:
+                        unwanted.append(("cancel", rid))  # its caller left: give the slot back
+                    continue
+                fut.set_result(answer)
+            if unwanted:
+                try:
+                    self.client.handle.report.remote(unwanted)
+                except Exception:
+                    pass
+
+
+class Reporter:
+    """Fire-and-forget reports, coalesced: one ``report`` call carries all that piled up while
+    the previous one was in flight. A dead router loses them, which is harmless: its successor
+    never knew those requests."""
+
+    def __init__(self, client: RouterClient):
+        self.client = client
+        self._events: list[tuple] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.num_calls = 0
+
+    def report(self, *event) -> None:
+        self._events.append(tuple(event))
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._events = self._events, []
+            if not batch:
+                continue
+            try:
+                self.num_calls += 1
+                await self.client.handle.report.remote(batch)
+            except Exception as e:
+                if RouterClient.is_actor_failure(e):
+                    self.client.reset()
+                logger.debug("router report of %d events failed: %r", len(batch), e)

@@ -4,7 +4,15 @@ import asyncio
 
 import pytest
 
-from router.actor import CANCELLED, DISPATCHED, QUEUE_FULL, RouterService
+from router.actor import (
+    CANCELLED,
+    DISPATCHED,
+    QUEUE_FULL,
+    BatchedEnqueuer,
+    Reporter,
+    RouterClient,
+    RouterService,
+)
 from router.config import SchedulerConfig
 from router.request import RequestMeta, RequestStatus
 
@@ -197,3 +205,109 @@ async def test_no_replica_idles_while_another_has_a_queue(balancer):
         svc.complete(running[step % len(running)])
         await settle()
     assert all(t.done() for t in tasks)
+
+
+# ---- batching clients: submit / poll / report ---------------------------------------------
+async def test_submit_and_poll_answer_many_requests_in_one_call_each_way():
+    svc = service(policy="ssjf", batching="continuous", max_batch=2)
+    svc.heartbeat("r1", 2)
+    svc.submit("ing", [meta("a", 30, 1), meta("b", 10, 2), meta("c", 20, 3), meta("d", 5, 4)])
+    first = await svc.poll("ing", timeout_s=0.01)
+    assert sorted(first) == [("a", (DISPATCHED, "r1", None)), ("b", (DISPATCHED, "r1", None))]
+    assert await svc.poll("ing", timeout_s=0.01) == []  # nothing new: the poll times out empty
+    svc.report([("complete", "a", 3), ("complete", "b", 4)])
+    # Both freed slots go to the shortest waiting: d (5), then c (20).
+    assert [rid for rid, _ in await svc.poll("ing", timeout_s=0.01)] == ["d", "c"]
+    assert svc.snapshot()["counters"]["completed"] == 2
+
+
+async def test_a_waiting_poll_wakes_on_dispatch():
+    svc = service()
+    svc.heartbeat("r1", 1)
+    svc.submit("ing", [meta("a", 5, 1), meta("b", 5, 2)])
+    assert [rid for rid, _ in await svc.poll("ing")] == ["a"]
+    waiting = asyncio.create_task(svc.poll("ing", timeout_s=30))
+    await settle()
+    assert not waiting.done()
+    svc.report([("complete", "a")])
+    assert [rid for rid, _ in await waiting] == ["b"]
+
+
+async def test_submit_answers_queue_full_and_requeues():
+    svc = service(max_queued=1)
+    svc.heartbeat("r1", 1)
+    svc.submit("ing", [meta("a", 5, 1), meta("b", 5, 2), meta("c", 5, 3)])
+    answers = dict(await svc.poll("ing", timeout_s=0.01))
+    assert answers == {"a": (DISPATCHED, "r1", None), "c": (QUEUE_FULL, 1.0)}
+    svc.submit("ing", [meta("a", 5, 1)], requeue_ids=["a"])  # its replica bounced it: run again
+    assert svc.snapshot()["counters"]["requeued"] == 1
+    assert dict(await svc.poll("ing", timeout_s=0.01)) == {"b": (DISPATCHED, "r1", None)}
+
+
+async def test_a_client_that_stops_polling_frees_what_it_held():
+    clock = Clock()
+    svc = service(clock, lease_s=10.0)
+    svc.heartbeat("r1", 1)
+    svc.submit("gone", [meta("a", 5, 1), meta("b", 5, 2)])
+    other = asyncio.create_task(svc.enqueue(meta("c", 50, 3)))
+    await settle()
+    clock.now += 11
+    svc.heartbeat("r1", 1)
+    svc.sweep()
+    assert await other == (DISPATCHED, "r1", None)
+    assert svc.snapshot()["num_clients"] == 0
+
+
+class FakeMethod:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *args):
+        result = self.fn(*args)
+        if asyncio.iscoroutine(result):
+            return asyncio.ensure_future(result)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(result)
+        return fut
+
+
+class FakeHandle:
+    """Stands in for the actor handle: each method's ``.remote`` runs the service in-process."""
+
+    def __init__(self, svc):
+        self.svc = svc
+        self.calls = []
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append(name)
+            return getattr(self.svc, name)(*args)
+        return FakeMethod(call)
+
+
+class FakeClient(RouterClient):
+    def __init__(self, svc):
+        super().__init__("fake", "ns", {})
+        self._handle = FakeHandle(svc)
+
+
+async def test_batched_enqueuer_goes_direct_alone_and_batches_under_load():
+    svc = service(policy="ssjf")
+    svc.heartbeat("r1", 1)
+    client = FakeClient(svc)
+    enq = BatchedEnqueuer(client, poll_timeout_s=0.05)
+    reporter = Reporter(client)
+    assert await enq.enqueue(meta("a", 5, 1)) == (DISPATCHED, "r1", None)
+    assert client.handle.calls == ["enqueue"]  # alone: one direct call
+    waiting = [asyncio.create_task(enq.enqueue(meta(f"q{i}", 40 - i, 2 + i))) for i in range(4)]
+    await settle()
+    for _ in range(4):
+        running = [k for k, s in svc.scheduler.requests.items() if s.status is RequestStatus.RUNNING]
+        reporter.report("complete", running[0], 1)
+        for _ in range(20):
+            await asyncio.sleep(0)
+    results = await asyncio.gather(*waiting)
+    assert all(r == (DISPATCHED, "r1", None) for r in results)
+    assert [log[0] for log in svc.dispatch_log][1:] == ["q3", "q2", "q1", "q0"]  # SSJF
+    # The queued four went in one submit (the first was direct), not one call each.
+    assert client.handle.calls.count("submit") <= 2 and client.handle.calls.count("enqueue") == 2
