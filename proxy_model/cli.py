@@ -27,6 +27,12 @@ def _floats(ctx, param, value):
     return out
 
 
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _bad(exc: Exception, hint: str | None = None):
     raise click.BadParameter(str(exc), param_hint=hint) from None
 
@@ -159,6 +165,7 @@ def evaluate(artifact, data, split, as_json, out, dtype, batch_size):
     from proxy_model.evaluate import evaluate as run
     from proxy_model.evaluate import format_report
 
+    _quiet_transformers()
     try:
         report = run(artifact, data, split=split, batch_size=batch_size, dtype=dtype)
     except (ValueError, FileNotFoundError) as exc:
@@ -181,6 +188,7 @@ def predict(artifact, prompts, model_name, dtype, timeout_s):
     from proxy_model.predictor import LengthPredictor
     from proxy_model.text import render_messages
 
+    _quiet_transformers()
     rows = [{"prompt": p, "model": model_name} for p in prompts]
     if not rows:
         for i, line in enumerate(sys.stdin, 1):
