@@ -196,6 +196,26 @@ def bench_http(n: int) -> None:
                 assert r.status_code == 200, r.text
                 router_ms.append(float(r.headers["x-ssjf-router-ms"]) / 1e3)
                 start_ms.append(float(r.headers["x-ssjf-start-ms"]) / 1e3)
+        # Pinning's own cost: the LLM deployment called from here, pinned to a replica or not.
+        llm = serve.get_deployment_handle("llm", "overhead").options(stream=True)
+        target = ray.get(ray.get_actor("ssjf-router-overhead", namespace="ssjf").snapshot.remote())["replicas"][0]
+        payload = {"request_id": "x", "prompt": "hi", "max_tokens": 1, "replay_output_tokens": 1}
+
+        async def first_chunk(pin: str | None) -> list[float]:
+            out = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                gen = llm.generate.remote({**payload, "request_id": f"b{i}"}, target_replica_id=pin)
+                async for _ in gen:
+                    out.append(time.perf_counter() - t0)
+                    break
+                gen.cancel()
+            return out
+
+        unpinned = asyncio.run(first_chunk(None))
+        pinned = asyncio.run(first_chunk(target["replica_id"]))
+        print(f"handle: call -> first chunk, Serve picks the replica:           {fmt_ms(unpinned)}")
+        print(f"handle: call -> first chunk, pinned by PinnedRequestRouter:     {fmt_ms(pinned)}")
         print(f"http  : router round trip per request (enqueue at the actor):   {fmt_ms(router_ms)}")
         print(f"http  : pinned call, router answer -> start on the replica:     {fmt_ms(start_ms)}")
         print(f"http  : end to end, 1-token replay request (client view):       {fmt_ms(e2e)}")
