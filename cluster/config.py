@@ -68,13 +68,13 @@ class RouterSettings:
     work_stealing: bool = field(default=True, metadata={"help": "An idle replica takes the best request of the longest queue."})
     max_queued: int | None = field(default=1000, metadata={"help": "Cap on waiting requests; past it the ingress answers 429 with Retry-After. None: no cap."})
     seed: int = field(default=0, metadata={"help": "Seed of the power-of-two balancer."})
-    retry_after_s: float = field(default=1.0, metadata={"help": "Retry-After (seconds) sent with a 429 when the queue is full."})
+    retry_after_s: float = field(default=1.0, metadata={"help": "Retry-After (seconds) sent with a 429 (queue full) or a 503 (no replica)."})
     replica_timeout_s: float = field(default=15.0, metadata={"help": "A replica silent for this long (no heartbeat) is dropped and its queue moves elsewhere."})
     lease_s: float = field(default=30.0, metadata={"help": "A dispatched request that its replica has not reported running within this long is freed (its ingress died)."})
     actor_name: str | None = field(default=None, metadata={"help": "Name of the detached router actor; default ssjf-router-<app name>."})
     namespace: str = field(default="ssjf", metadata={"help": "Ray namespace of the router actor."})
     max_restarts: int = field(default=-1, metadata={"help": "Restarts of the router actor after a crash (-1: forever)."})
-    orphan_timeout_s: float = field(default=120.0, metadata={"help": "The router actor exits after this long with no replica or ingress heartbeat (app deleted)."})
+    orphan_timeout_s: float = field(default=120.0, metadata={"help": "The router actor exits after this long with no LLM replica heartbeat (the app was deleted)."})
     resources: dict[str, float] | None = field(default=None, metadata={"help": "Custom resources the router actor asks for, to place it (e.g. {router_node: 0.01}: the head of ray_cluster.yaml)."})
 
     def __post_init__(self):

@@ -14,7 +14,7 @@ import logging
 from ray import serve
 
 from cluster.config import AppConfig
-from deployments.predictors import load_predictor
+from deployments.predictors import heuristic_predictor, load_predictor
 
 logger = logging.getLogger("ray.serve")
 
@@ -23,7 +23,11 @@ logger = logging.getLogger("ray.serve")
 class ProxyPool:
     async def __init__(self, config: dict):
         settings = AppConfig.from_dict(config).proxy
-        self.predictor = await asyncio.to_thread(load_predictor, settings)
+        try:
+            self.predictor = await asyncio.to_thread(load_predictor, settings)
+        except Exception:  # a broken artifact must not take serving down with it
+            logger.exception("loading predictor %r failed: predicting with the heuristic", settings.predictor)
+            self.predictor = heuristic_predictor()
         self.predict_batch.set_max_batch_size(settings.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self.num_batches = 0
