@@ -145,16 +145,18 @@ class LocalCluster:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LocalCluster:
-        """Start the head, then the workers, one at a time (2 cores: parallel starts only thrash)."""
+        """Start the head, then all workers at once (each joins the head on its own)."""
         try:
-            for spec in sorted(self.specs, key=lambda s: not s.head):
-                self.start_node(spec)
+            self.start_node(next(s for s in self.specs if s.head))
+            workers = [self.start_node(s, wait=False) for s in self.specs if not s.head]
+            for node in workers:
+                self._wait_ready(node)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def start_node(self, spec: NodeSpec) -> LocalNode:
+    def start_node(self, spec: NodeSpec, *, wait: bool = True) -> LocalNode:
         if spec.name in self.nodes and self.nodes[spec.name].running:
             raise ValueError(f"node {spec.name!r} is already running")
         temp_dir = self.root_dir / spec.name
@@ -169,7 +171,8 @@ class LocalCluster:
                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         node.pid = node.process.pid
         self.nodes[spec.name] = node
-        self._wait_ready(node)
+        if wait:
+            self._wait_ready(node)
         return node
 
     def _command(self, spec: NodeSpec, temp_dir: Path) -> list[str]:
@@ -225,7 +228,8 @@ class LocalCluster:
         """Stop every node, workers first, then remove the temp dirs (unless keep_logs)."""
         for name in sorted(self.nodes, key=lambda n: self.nodes[n].spec.head):
             try:
-                self.stop_node(name, timeout_s=5.0 if not self.nodes[name].spec.head else 10.0)
+                # The whole cluster goes: no need to wait long for the head's graceful shutdown.
+                self.stop_node(name, timeout_s=4.0)
             except Exception as e:  # keep stopping the others
                 print(f"warning: stopping node {name}: {e}", file=sys.stderr)
         if self._own_root and not self.keep_logs:
