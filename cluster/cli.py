@@ -131,6 +131,8 @@ def status(address: str, dashboard_url: str | None, cluster_config: Path | None,
         click.echo(f"  {n.node_id[:12]}  {n.node_type:<14} {n.ip:<15} {'alive' if n.alive else 'DEAD':<6} "
                    f"CPU={n.resources.get('CPU', 0):g} GPU={n.resources.get('GPU', 0):g} {tools.fmt_resources(custom)}")
     click.echo("APPLICATIONS")
+    if not apps:
+        click.echo("  (none: Serve runs no application here)")
     for app, info in apps.items():
         if app == "_error":
             click.echo(f"  (Serve: {info})")
