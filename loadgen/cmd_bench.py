@@ -16,6 +16,7 @@ real engines give ``--rate``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -275,14 +276,17 @@ def serve_cluster(config: dict, *, ray_address: str | None, num_cpus: float | No
         yield url
     finally:
         try:
+            # serve.shutdown even when Ray goes down next: it also drops Serve's cached controller
+            # client, which a next local Ray session (same job id) would otherwise reuse, dead.
             if started_serve:
                 serve.shutdown()
             else:
                 serve.delete(app_name)
         finally:
-            _kill_router_actor(config)
             if started_ray:
-                ray.shutdown()
+                ray.shutdown()  # the router actor goes with it
+            else:
+                _kill_router_actor(config)
 
 
 def _running_serve_url() -> str | None:
@@ -353,7 +357,7 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="Per-request limit in seconds.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
               help="Unrecorded requests sent to each fresh cluster before measuring.")
-@click.option("--ready-timeout", "ready_timeout_s", type=click.FloatRange(min=0, min_open=True), default=600.0,
+@click.option("--ready-timeout", "ready_timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds to wait for a started cluster's /healthz.")
 @click.option("--simulate/--no-simulate", "with_simulation", default=True, show_default=True,
               help="Replay clusters: also simulate the same workload, profile and predictor, and report the live "
@@ -408,6 +412,20 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, concu
     client_config = ClientConfig(url="http://placeholder", timeout_s=timeout_s, max_concurrency=concurrency)
     facts = cluster_facts(base_config, app, config_path, capacity)
     results: dict[str, list[tuple[float | None, Path, dict]]] = {}
+    # Ray prints some messages of its own (raylet errors) on stdout: keep stdout for the result.
+    with contextlib.redirect_stdout(sys.stderr):
+        run_policies(policy_names, base_config, workloads, settings, client_config, facts, opts, out, results,
+                     model=model, warmup=warmup, timeout_s=timeout_s, ray_address=ray_address, num_cpus=num_cpus,
+                     ready_timeout_s=ready_timeout_s)
+    simulated = None
+    if with_simulation and is_replay and app is not None:
+        simulated = {load: simulate_same(app, table, policy_names, opts.seed) for load, _, table in workloads}
+    report_bench(results, loads, facts, workloads, out, plot_path, as_json, slo_metric, slo_jct_s, simulated,
+                 target_load=opts.load)
+
+
+def run_policies(policy_names, base_config, workloads, settings, client_config, facts, opts, out, results, *,
+                 model, warmup, timeout_s, ray_address, num_cpus, ready_timeout_s) -> None:
     for policy in policy_names:
         cfg = config_for_policy(base_config, policy)
         click.echo(f"[bench] {policy}: starting the cluster", err=True)
@@ -416,18 +434,14 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, concu
             for load, spec, table in workloads:
                 name = policy if load is None else f"{policy}@{load:g}"
                 run_dir = out / (policy if load is None else f"{policy}/load-{load:g}")
-                click.echo(f"[bench] {name}: {table.num_rows} requests at {spec.rate or 'trace'} req/s", err=True)
+                pace = f"{spec.rate:.3f} req/s" if spec.rate else "the trace's own times"
+                click.echo(f"[bench] {name}: {table.num_rows} requests at {pace}", err=True)
                 outcome = execute_run(
                     replace(client_config, url=url), table, replace(settings, label=name), run_dir,
                     {"spec": spec.to_dict(), "options": opts.to_dict()},
                     extra_config={"command": "bench", "policy": policy, "load": load, "cluster": facts},
                 )
                 results.setdefault(policy, []).append((load, run_dir, outcome.summary))
-    simulated = None
-    if with_simulation and is_replay and app is not None:
-        simulated = {load: simulate_same(app, table, policy_names, opts.seed) for load, _, table in workloads}
-    report_bench(results, loads, facts, workloads, out, plot_path, as_json, slo_metric, slo_jct_s, simulated,
-                 target_load=opts.load)
 
 
 def cluster_facts(config: dict, app, config_path: str, capacity: dict | None) -> dict:
