@@ -352,6 +352,8 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
 @click.option("--slo-metric", type=click.Choice(SLO_METRICS), default="p90_jct_s", show_default=True,
               help="Which summary metric the SLO bounds.")
 @click.option("--model", default=None, help="Model name sent [default: replay: each row's dataset model; else the first listed].")
+@click.option("--stream/--no-stream", default=True, show_default=True,
+              help="Stream answers (SSE); without it TTFT and TPOT are not measured, and the client reads one body per request.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Client cap on requests in flight [default: none].")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
               help="Per-request limit in seconds.")
@@ -371,7 +373,7 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="Comparison PNG [default: OUT/compare.png].")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Live progress bar on stderr [default: when stderr is a terminal].")
-def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, concurrency, timeout_s, warmup,
+def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, stream, concurrency, timeout_s, warmup,
           ready_timeout_s, with_simulation, ray_address, num_cpus, out_dir, plot_path, as_json, progress,
           **workload_kwargs):
     """Start the cluster of --config once per policy, run the identical workload, compare FCFS vs SSJF."""
@@ -409,7 +411,7 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, concu
     settings = RunSettings(model=model, model_from_dataset=is_replay and model is None, replay_lengths=is_replay,
                            max_tokens=opts.max_tokens,
                            progress=sys.stderr.isatty() if progress is None else progress)
-    client_config = ClientConfig(url="http://placeholder", timeout_s=timeout_s, max_concurrency=concurrency)
+    client_config = ClientConfig(url="http://placeholder", stream=stream, timeout_s=timeout_s, max_concurrency=concurrency)
     facts = cluster_facts(base_config, app, config_path, capacity)
     results: dict[str, list[tuple[float | None, Path, dict]]] = {}
     # Ray prints some messages of its own (raylet errors) on stdout: keep stdout for the result.
