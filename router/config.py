@@ -53,7 +53,7 @@ class SchedulerConfig:
     # Default rule from the aging frontier (docs/simulator.md): threshold keeps the most SSJF gain per
     # unit of p99 in the reference scenarios; set its budget to the tail wait you accept (an SLO).
     aging_rule: AgingRule | str = field(default=AgingRule.THRESHOLD, metadata={"help": "ssjf-aging rule: threshold (default), linear or response-ratio."})
-    aging_rate: float = field(default=2.0, metadata={"help": "ssjf-aging (linear, response-ratio): predicted tokens forgiven per second of waiting; for linear, about the cluster's token throughput / 800."})
+    aging_rate: float = field(default=2.0, metadata={"help": "ssjf-aging (linear, response-ratio): predicted tokens forgiven per second of waiting; for linear, about the cluster's predicted-token throughput / 1000."})
     aging_threshold_s: float = field(default=30.0, metadata={"help": "ssjf-aging (threshold): a request waiting this long goes first, oldest first (your tail-wait budget)."})
     work_stealing: bool = field(default=True, metadata={"help": "A replica with a free slot and an empty queue takes the best request of the longest queue, so none idles while another has a queue."})
     max_queued: int | None = field(default=None, metadata={"help": "Cap on waiting requests across the cluster; past it enqueue raises QueueFullError (HTTP 429)."})
