@@ -56,15 +56,19 @@ def _from_dict(cls, data: dict | None, section: str):
     return cls(**data)
 
 
+_CORE_DEFAULTS = SchedulerConfig()
+
+
 @dataclass
 class RouterSettings:
     """The central router actor: the scheduling core's knobs plus the actor's own."""
 
     policy: str = field(default="ssjf", metadata={"help": "fcfs, ssjf or ssjf-aging (oracle is simulator-only)."})
     balancer: str = field(default="least-work", metadata={"help": "round-robin, least-work, power-of-two or late-binding."})
-    aging_rule: str = field(default="linear", metadata={"help": "ssjf-aging rule: linear, threshold or response-ratio."})
-    aging_rate: float = field(default=50.0, metadata={"help": "ssjf-aging: predicted tokens forgiven per second of waiting."})
-    aging_threshold_s: float = field(default=30.0, metadata={"help": "ssjf-aging threshold rule: wait after which a request goes first."})
+    # Aging defaults come from the scheduling core, so the simulator and the cluster agree.
+    aging_rule: str = field(default=_CORE_DEFAULTS.aging_rule.value, metadata={"help": "ssjf-aging rule: threshold (default, chosen by the frontier study in docs/simulator.md), linear or response-ratio."})
+    aging_rate: float = field(default=_CORE_DEFAULTS.aging_rate, metadata={"help": "ssjf-aging linear/response-ratio: predicted tokens forgiven per second of waiting."})
+    aging_threshold_s: float = field(default=_CORE_DEFAULTS.aging_threshold_s, metadata={"help": "ssjf-aging threshold rule: a request waiting this long goes first (oldest first). Set it to your tail-latency budget, about 1.3 x FCFS's p99 JCT."})
     work_stealing: bool = field(default=True, metadata={"help": "An idle replica takes the best request of the longest queue."})
     max_queued: int | None = field(default=1000, metadata={"help": "Cap on waiting requests; past it the ingress answers 429 with Retry-After. None: no cap."})
     seed: int = field(default=0, metadata={"help": "Seed of the power-of-two balancer."})
