@@ -3,6 +3,8 @@ and the guard that keeps `local down` from signalling anything but our own `ray 
 
 import json
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +61,11 @@ def test_stop_node_of_unknown_name_is_a_value_error(tmp_path):
 def test_local_down_leaves_a_process_group_that_is_not_ray_start_alone(tmp_path):
     other = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
+        # Until the child's exec shows in /proc its cmdline can read empty, which the guard
+        # treats as a zombie leader of our own: wait for it (a loaded machine makes this visible).
+        deadline = time.monotonic() + 10
+        while b"sleep" not in Path(f"/proc/{other.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         state = tmp_path / "cluster.json"
         state.write_text(json.dumps({"root_dir": str(tmp_path / "gone"), "nodes": [
             {"pid": other.pid, "spec": {"name": "head", "head": True}}]}))
