@@ -22,5 +22,5 @@ done
 .venv/bin/proxy-model prepare "$DATA/arena_bench_v1_answers.jsonl.gz" "$DATA/alpaca_eval_outputs.jsonl.gz" \
   -o "$PREPARED" --val-frac 0.1 --test-frac 0.2 --seed 0
 .venv/bin/proxy-model train "$PREPARED" -o "$OUT" --encoder minilm --head regression \
-  --epochs 14 --lr 8e-5 --head-lr 1e-3 --batch-size 16 --max-length 128 --rank-loss-weight 1.0 --seed 0 "$@"
+  --epochs 14 --lr 8e-5 --head-lr 1e-3 --batch-size 16 --max-length 128 --rank-loss-weight 0.5 --seed 0 "$@"
 .venv/bin/proxy-model evaluate "$OUT" "$PREPARED" --split test --out "$OUT/eval_test.json"
