@@ -4,7 +4,9 @@ Imports without torch: ``LengthPredictor.load`` imports the torch engine lazily,
 and the router can use ``HeuristicPredictor`` / ``ConstantPredictor`` in a bare Python process.
 
 ``LengthPredictor`` wraps a trained artifact with a latency bound: each call runs on one worker
-thread and waits at most ``timeout_s``; on a timeout, an exception, or while an earlier timed-out
+thread and waits at most ``timeout_s`` per batch of ``batch_size`` distinct prompts (a call of
+n distinct prompts waits ``timeout_s * ceil(n / batch_size)``, so bulk offline calls such as the
+simulator's are not cut short, while a serving call of one batch is bounded); on a timeout, an exception, or while an earlier timed-out
 call still occupies the worker, it returns its fallback's answer instead and counts it in
 ``stats``. A slow proxy therefore degrades scheduling quality, never serving latency.
 
@@ -115,7 +117,7 @@ class LengthPredictor:
     on GPU unless told), "fp32", "bf16", or "int8" (dynamic quantization of the linear layers).
     """
 
-    def __init__(self, engine, *, timeout_s: float | None = 1.0, fallback=None):
+    def __init__(self, engine, *, timeout_s: float | None = 2.0, fallback=None):
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
         self._engine = engine
@@ -129,7 +131,7 @@ class LengthPredictor:
                       "num_errors": 0, "num_busy": 0, "num_unknown_model": 0, "num_empty_prompt": 0}
 
     @classmethod
-    def load(cls, path: str | Path, *, timeout_s: float | None = 1.0, batch_size: int = 64,
+    def load(cls, path: str | Path, *, timeout_s: float | None = 2.0, batch_size: int = 64,
              dtype: str = "auto", num_threads: int | None = None, device: str = "cpu",
              fallback=None) -> LengthPredictor:
         from proxy_model.engine import InferenceEngine  # torch: imported only here
@@ -180,11 +182,13 @@ class LengthPredictor:
                 return self._fall_back(prompts, models, "busy")
             fut = self._pool.submit(self._engine.predict, prompts, models)
             self._busy = fut
+        num_batches = max(1, math.ceil(len(set(prompts)) / self._engine.batch_size))
+        timeout = self.timeout_s * num_batches
         try:
-            return fut.result(timeout=self.timeout_s)
+            return fut.result(timeout=timeout)
         except cf.TimeoutError:
             self.stats["num_timeouts"] += 1
-            return self._fall_back(prompts, models, f"timed out after {self.timeout_s}s")
+            return self._fall_back(prompts, models, f"timed out after {timeout:g}s ({num_batches} batches)")
         except Exception:  # the proxy must never fail a request
             self.stats["num_errors"] += 1
             logger.exception("proxy prediction failed; using the fallback predictor")
