@@ -143,7 +143,9 @@ def predict(spec: PredictorSpec | str, table, *, truth: np.ndarray, seed: int = 
             from proxy_model.predictor import LengthPredictor
         except ImportError as exc:
             raise ValueError(f"predictor 'proxy:PATH' needs proxy_model.predictor ({exc})") from None
-        model = LengthPredictor.load(spec.path)
+        # Offline: wait for the proxy however long it takes (its serving-time latency bound would
+        # silently swap in fallback answers on a busy machine and understate the proxy).
+        model = LengthPredictor.load(spec.path, timeout_s=None)
         return _checked(model.predict(_column(table, "prompt"), _column(table, "model")), n, spec)
     if spec.kind == "file":
         return _from_file(spec.path, table, n)

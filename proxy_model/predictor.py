@@ -137,6 +137,9 @@ class LengthPredictor:
         from proxy_model.engine import InferenceEngine  # torch: imported only here
 
         engine = InferenceEngine.load(path, batch_size=batch_size, dtype=dtype, num_threads=num_threads, device=device)
+        # Warm up: the first forward pass sets up kernels (seconds with bf16 on CPU); keep that out
+        # of the first request's latency bound.
+        engine.predict(["warm up"], [engine.known_models[0] if engine.known_models else "warm-up"])
         return cls(engine, timeout_s=timeout_s, fallback=fallback)
 
     @property
