@@ -150,7 +150,16 @@ class LocalCluster:
             self.start_node(next(s for s in self.specs if s.head))
             workers = [self.start_node(s, wait=False) for s in self.specs if not s.head]
             for node in workers:
-                self._wait_ready(node)
+                try:
+                    self._wait_ready(node)
+                except RuntimeError as exc:
+                    # On a loaded machine a worker's raylet can miss the GCS deadline while its
+                    # siblings start beside it ("Failed to get node info ... Deadline Exceeded");
+                    # it exits, and a second try, alone, succeeds. A second failure is final.
+                    print(f"local cluster: retrying node {node.spec.name!r} once: {str(exc).splitlines()[0]}",
+                          file=sys.stderr)
+                    _kill_group(node.pid, signal.SIGKILL)
+                    self.start_node(node.spec)
         except BaseException:
             self.stop()
             raise

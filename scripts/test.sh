@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_AUTH_MODE=disabled DS_ACCELERATOR=cpu
 export RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/pytest -q -p no:cacheprovider "${@:-tests}"
+# Default order: the multi-node tests first (they start their own `ray start` nodes and must not
+# compete with the single-node Ray that the integration tests keep alive for the whole session).
+[ $# -gt 0 ] || set -- tests/multinode tests/unit tests/integration
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"
