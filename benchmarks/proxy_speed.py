@@ -52,8 +52,15 @@ def make_prompts(tokenizer, n: int, num_tokens: int, seed: int = 0) -> list[str]
     prompts = []
     for _ in range(n):
         text = " ".join(rng.choice(words) for _ in range(body * 2))
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:body]
-        prompts.append(tokenizer.decode(ids))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        k = body
+        for _ in range(10):  # decode/re-encode may merge or split pieces: adjust until exact
+            prompt = tokenizer.decode(ids[:k])
+            n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if n == body:
+                break
+            k += body - n
+        prompts.append(prompt)
     return prompts
 
 
