@@ -191,3 +191,13 @@ def test_cli_predict_json_lines(trained):
     assert [r["id"] for r in rows] == [1, 2] and all(r["predicted_tokens"] > 0 for r in rows)
     bad = CliRunner().invoke(main, ["predict", str(out)], input='{"model": "m"}\n')
     assert bad.exit_code == 2 and "needs 'prompt' or 'messages'" in bad.output
+
+
+def test_prepare_reads_loadgen_datasets(tmp_path):
+    # The bundled arena sample through loadgen.datasets (no ../shared needed).
+    out = tmp_path / "arena.parquet"
+    summary = prepare(["arena"], out, tokenizer="whitespace", limit=60)
+    t = read_prepared(out)
+    assert summary["rows"] == t.num_rows == 60
+    assert set(t.column("split").to_pylist()) <= {"train", "val", "test"}
+    assert min(t.column("output_tokens").to_pylist()) >= 1
