@@ -62,8 +62,9 @@ class Tokenize:
         self.prefix, self.suffix = special_affixes(tokenizer)
         self.num_special = len(self.prefix) + len(self.suffix)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # ~8 characters per token is generous: the pre-cut never drops text the ids would keep.
-        self.max_chars = max_length * 8
+        # 16 characters per token: more than any word piece of an English vocabulary, so the cheap
+        # pre-cut never drops text that the head + tail ids would keep.
+        self.max_chars = max_length * 16
 
     def __call__(self, prompts: list[str]) -> list[list[int]]:
         texts = [head_tail_chars(p, self.max_chars) for p in prompts]
