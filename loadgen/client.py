@@ -22,17 +22,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import httpx
 
+from router.policies import _parse_enum
+
 MAX_ERROR_CHARS = 500
-
-
-def _parse_enum(cls, name, what: str):
-    if isinstance(name, cls):
-        return name
-    for member in cls:
-        if member.value == name:
-            return member
-    choices = ", ".join(m.value for m in cls)
-    raise ValueError(f"unknown {what} {name!r}; choose one of: {choices}")
 
 
 class Endpoint(enum.Enum):

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -117,32 +118,34 @@ def _teardown(config: dict) -> None:
         shutdown_router(config)
 
 
-@pytest.fixture
-def deploy(serve_url):
-    """``deploy(config) -> App``; everything deployed is removed at the end of the test."""
+@contextlib.contextmanager
+def _deploying(serve_url: str):
+    """Yields ``deploy(config) -> App``; removes everything it deployed on exit."""
     deployed: list[dict] = []
 
     def _run(config: dict) -> App:
         deployed.append(config)
         return _deploy(serve_url, config)
 
-    yield _run
-    for config in deployed:
-        _teardown(config)
+    try:
+        yield _run
+    finally:
+        for config in deployed:
+            _teardown(config)
+
+
+@pytest.fixture
+def deploy(serve_url):
+    """``deploy(config) -> App``; everything deployed is removed at the end of the test."""
+    with _deploying(serve_url) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")
 def deploy_module(serve_url):
     """Like ``deploy``, for an app shared by the tests of one module (torn down at its end)."""
-    deployed: list[dict] = []
-
-    def _run(config: dict) -> App:
-        deployed.append(config)
-        return _deploy(serve_url, config)
-
-    yield _run
-    for config in deployed:
-        _teardown(config)
+    with _deploying(serve_url) as run:
+        yield run
 
 
 def make_replay_config(name: str, **sections) -> dict:
