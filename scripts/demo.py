@@ -58,7 +58,7 @@ def real_stage_note(results: Path) -> str:
             at_cap = sum(1 for x in tokens if x == tokens[-1])
             parts.append(f"{run.name}: {len(tokens)} answers, {tokens[0]}-{tokens[-1]} tokens, {at_cap} at the longest")
     return ("note (real stage): SmolLM2-135M runs most arena answers to max_tokens and samples at temperature 1, "
-            "so lengths barely differ and SJF has little to reorder; with a dozen requests on a shared CPU the "
+            "so lengths barely differ and SJF has little to reorder; with a handful of requests on a shared CPU the "
             "differences above are mostly noise. " + "; ".join(parts))
 
 

@@ -4,7 +4,7 @@
 # on CPU; stage 'emulated': four replay replicas at a 7B-on-A100 cost (where queues, and so the
 # scheduling effect, show within minutes). Prints both comparisons; plots results/demo/*.png.
 # Creates/updates .venv first; trains a quick proxy from the bundled arena sample when
-# artifacts/proxy-default is missing (about 2 minutes, once). Needs nothing outside the repo.
+# artifacts/proxy-default is missing (under a minute on 2 cores, once). Needs nothing outside the repo.
 # Extra arguments go to `loadgen bench` (e.g. scripts/demo.sh --json); DEMO_STAGES=real|emulated
 # runs one stage.
 set -euo pipefail

@@ -2,7 +2,8 @@
 # Reproduce docs/live_bench.md: issue 5's live FCFS / SSJF / SSJF-aging measurements over HTTP on a
 # local Ray, each with the simulator's prediction for the same workload and predictor.
 #
-#   scripts/live_bench.sh [paper|cont|sweep|hf|all]...   (default: all; about 60-75 min on 2 cores)
+#   scripts/live_bench.sh [paper|cont|sweep|hf|all]...   (default: all; about 60 min on 2 cores:
+#   paper 16, cont 19, sweep 13, hf ~10)
 #
 # paper: 4 replay replicas, no batching, load 0.9      (cluster/bench_paper.yaml)
 # cont : 4 replay replicas x 8 continuous slots, 0.97  (cluster/bench_cont.yaml)
@@ -43,13 +44,14 @@ derive() {
   $PY - "$@" <<'EOF'
 import sys, yaml
 src, dst, *pairs = sys.argv[1:]
-cfg = yaml.safe_load(open(src))
+data = yaml.safe_load(open(src))
+cfg = data["applications"][0]["args"] if "applications" in data else data  # a Serve config: its first app
 cfg.setdefault("proxy", {})["artifact_path"] = __import__("os").environ["ART"]
 for pair in pairs:
     key, value = pair.split("=", 1)
     section, name = key.split(".")
     cfg.setdefault(section, {})[name] = yaml.safe_load(value)
-yaml.safe_dump(cfg, open(dst, "w"), sort_keys=False)
+yaml.safe_dump(data, open(dst, "w"), sort_keys=False)
 EOF
 }
 export ART
