@@ -3,19 +3,22 @@
 # local Ray, each with the simulator's prediction for the same workload and predictor.
 #
 #   scripts/live_bench.sh [paper|cont|sweep|hf|all]...   (default: all; about 60 min on 2 cores:
-#   paper 16, cont 19, sweep 13, hf ~10)
+#   paper 16, cont 19, sweep ~25, hf ~10)
 #
 # paper: 4 replay replicas, no batching, load 0.9      (cluster/bench_paper.yaml)
 # cont : 4 replay replicas x 8 continuous slots, 0.97  (cluster/bench_cont.yaml)
-# sweep: goodput of SWEEP_POLICIES on the paper-like cluster, loads 0.6..1.2, SLO p90 JCT <= 45 s
+# sweep: goodput of SWEEP_POLICIES on the paper-like cluster, loads 0.9..1.3, SLO p90 JCT <= 45 s
 # hf   : 2 hf replicas of SmolLM2-135M on CPU (real generation), FCFS vs SSJF vs SSJF-aging
 #
 # Environment: PROXY_ARTIFACT (default artifacts/proxy-default), OUT (default results/live),
-# N_PAPER, N_CONT, N_SWEEP, N_HF (request counts), SWEEP (START:STOP:STEP), SLO_S (p90 JCT, s, at
+# N_PAPER, N_CONT, N_SWEEP, N_HF (request counts), SWEEP (START:STOP:STEP), SWEEP_POLICIES,
+# AGING_P99_BUDGET (see below), SLO_S (p90 JCT, s, at
 # time_scale 1: scaled by the config's time_scale), HF_RATE (req/s), HF_MAX_TOKENS.
 # The emulated (replay) replicas are labelled so in every output; the aging threshold of each
 # scenario is chosen in the simulator first (the largest of 0.6/0.8/1.0/1.3 x FCFS p99 JCT whose
-# simulated ssjf-aging p99 stays within 1.35 x FCFS's) and then validated live.
+# simulated ssjf-aging p99 stays within AGING_P99_BUDGET x FCFS's, default 1.2: a margin below the
+# 1.5 x target, because the threshold rule is a cliff that one slow moment of a busy box can push a
+# whole burst over) and then validated live.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
@@ -28,9 +31,10 @@ OUT=${OUT:-results/live}
 N_PAPER=${N_PAPER:-800}
 N_CONT=${N_CONT:-800}
 N_SWEEP=${N_SWEEP:-200}
-SWEEP=${SWEEP:-0.6:1.2:0.2}
+SWEEP=${SWEEP:-0.9:1.3:0.1}
 SLO_S=${SLO_S:-45}
-SWEEP_POLICIES=${SWEEP_POLICIES:-fcfs,ssjf}
+SWEEP_POLICIES=${SWEEP_POLICIES:-fcfs,ssjf,ssjf-aging}
+AGING_P99_BUDGET=${AGING_P99_BUDGET:-1.2}
 N_HF=${N_HF:-40}
 HF_RATE=${HF_RATE:-0.35}
 HF_MAX_TOKENS=${HF_MAX_TOKENS:-96}
@@ -70,7 +74,7 @@ tune_aging() {
     th=$($PY -c "import json,sys; print(round(float(sys.argv[2])*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$dir.json" "$f")
     $LG simulate "${common[@]}" --predictor "file:$dir/requests.parquet" --policies fcfs,ssjf-aging \
         --aging-threshold-s "$th" > "$dir-aging-$f.json"
-    if $PY -c "import json,sys; p=json.load(open(sys.argv[1]))['policies']; sys.exit(0 if p['ssjf-aging']['p99_jct_s'] <= 1.35*p['fcfs']['p99_jct_s'] else 1)" "$dir-aging-$f.json"; then
+    if $PY -c "import json,sys; p=json.load(open(sys.argv[1]))['policies']; sys.exit(0 if p['ssjf-aging']['p99_jct_s'] <= float(sys.argv[2])*p['fcfs']['p99_jct_s'] else 1)" "$dir-aging-$f.json" "$AGING_P99_BUDGET"; then
       best=$th
     fi
   done
