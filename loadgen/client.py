@@ -91,6 +91,7 @@ class PlannedRequest:
     max_tokens: int | None = None
     replay_output_tokens: int | None = None
     prompt_id: str = ""
+    temperature: float | None = None
     num_prompt_tokens: int | None = None
     expected_output_tokens: int | None = None
 
@@ -102,6 +103,8 @@ class PlannedRequest:
             body["prompt"] = self.prompt
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         if stream and include_usage:
             body["stream_options"] = {"include_usage": True}
         if self.replay_output_tokens is not None:
@@ -414,12 +417,13 @@ def default_model(models: Sequence[dict]) -> str | None:
 
 
 def plan_requests(workload, *, model: str | None, model_from_dataset: bool = False, replay_lengths: bool = False,
-                  max_tokens: int | None = None) -> list[PlannedRequest]:
+                  max_tokens: int | None = None, temperature: float | None = None) -> list[PlannedRequest]:
     """Turn a workload table (``loadgen.workload.build_workload`` columns) into planned requests.
 
     ``model_from_dataset`` sends each row's ``model`` (the LLM that wrote the reference reply);
     ``replay_lengths`` sends the row's true ``output_tokens`` as ``replay_output_tokens``.
-    ``max_tokens`` overrides the row's ``max_tokens`` column (None: the row's, if any).
+    ``max_tokens`` overrides the row's ``max_tokens`` column (None: the row's, if any);
+    ``temperature`` is sent with every request (None: not sent, the server's default).
     """
     names = set(workload.column_names)
     missing = {"request_id", "arrival_s"} - names
@@ -452,5 +456,6 @@ def plan_requests(workload, *, model: str | None, model_from_dataset: bool = Fal
             prompt_id=str(row.get("prompt_id") or ""),
             num_prompt_tokens=row.get("num_prompt_tokens"),
             expected_output_tokens=int(truth) if truth is not None else None,
+            temperature=temperature,
         ))
     return planned

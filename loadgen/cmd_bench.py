@@ -344,7 +344,7 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="The cluster: build_app's config dict as YAML/JSON, or a Serve config (first application's args).")
 @click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
               help="Comma list of fcfs, ssjf, ssjf-aging; the first is the baseline of the ratios.")
-@workload_options
+@workload_options(with_temperature=True)
 @click.option("--sweep-load", default=None, metavar="START:STOP:STEP",
               help="Run every load of the sweep per policy and report goodput (needs --slo-jct-s).")
 @click.option("--slo-jct-s", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -409,7 +409,7 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, strea
 
     out = Path(out_dir) if out_dir else default_out_dir("bench")
     settings = RunSettings(model=model, model_from_dataset=is_replay and model is None, replay_lengths=is_replay,
-                           max_tokens=opts.max_tokens,
+                           max_tokens=opts.max_tokens, temperature=opts.temperature,
                            progress=sys.stderr.isatty() if progress is None else progress)
     client_config = ClientConfig(url="http://placeholder", stream=stream, timeout_s=timeout_s, max_concurrency=concurrency)
     facts = cluster_facts(base_config, app, config_path, capacity)

@@ -38,6 +38,7 @@ class RunSettings:
     model_from_dataset: bool = False
     replay_lengths: bool | None = None  # None: on when /v1/models says the server replays
     max_tokens: int | None = None
+    temperature: float | None = None  # None: not sent (the server's default)
     label: str | None = None
     progress: bool = True
 
@@ -73,7 +74,8 @@ def execute_run(client_config: ClientConfig, workload: pa.Table, settings: RunSe
         replay = is_replay_server(models) and "output_tokens" in workload.column_names
     try:
         planned = plan_requests(workload, model=model, model_from_dataset=settings.model_from_dataset,
-                                replay_lengths=replay, max_tokens=settings.max_tokens)
+                                replay_lengths=replay, max_tokens=settings.max_tokens,
+                                temperature=settings.temperature)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -105,6 +107,7 @@ def execute_run(client_config: ClientConfig, workload: pa.Table, settings: RunSe
         "model_from_dataset": settings.model_from_dataset,
         "replay_lengths": replay,
         "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
         "server_models": models,
         "started_at_unix": run.started_at_unix if run else None,
         "elapsed_s": run.elapsed_s if run else None,
@@ -141,7 +144,7 @@ def load_workload_file(path: str, num_requests: int | None = None) -> pa.Table:
 @click.command()
 @click.option("--url", required=True, envvar="LOADGEN_URL", show_envvar=True,
               help="Base URL of the cluster, e.g. http://127.0.0.1:8000.")
-@workload_options(with_load=False)
+@workload_options(with_load=False, with_temperature=True)
 @click.option("--workload", "workload_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A prebuilt workload Parquet (build_workload columns): its arrival times are used as they are.")
 @click.option("--model", default=None, help="Model name sent with every request [default: the first that /v1/models lists].")
@@ -181,7 +184,7 @@ def run(url, workload_path, model, model_from_dataset, endpoint, stream, replay_
         client_config = ClientConfig(url=url, endpoint=endpoint, stream=stream, timeout_s=timeout_s,
                                      max_concurrency=concurrency)
         settings = RunSettings(model=model, model_from_dataset=model_from_dataset, replay_lengths=replay_lengths,
-                               max_tokens=opts.max_tokens, label=label,
+                               max_tokens=opts.max_tokens, temperature=opts.temperature, label=label,
                                progress=sys.stderr.isatty() if progress is None else progress)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

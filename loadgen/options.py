@@ -20,7 +20,8 @@ import click
 DEFAULT_NUM_REQUESTS = 200
 
 # Option name -> keyword argument name, in the order they are added.
-_KEYS = ("dataset", "trace", "rate", "load", "num_requests", "duration", "seed", "max_tokens")
+_KEYS = ("dataset", "trace", "rate", "load", "num_requests", "duration", "seed", "max_tokens", "temperature")
+MAX_TEMPERATURE = 2.0  # the OpenAI API's range, as the ingress validates it
 
 
 @dataclass
@@ -35,6 +36,7 @@ class WorkloadOptions:
     duration_s: float | None = field(default=None, metadata={"help": "Length of the arrival window; the count becomes ceil(rate * duration)."})
     seed: int = field(default=0, metadata={"help": "Seed of the prompt draw and the arrival process."})
     max_tokens: int | None = field(default=None, metadata={"help": "max_tokens sent with each request; dataset rows with longer true replies are dropped (None: the workload's default)."})
+    temperature: float | None = field(default=None, metadata={"help": "temperature sent with each request, 0..2 (0: greedy); None: not sent (the server's default, 1 in the OpenAI API)."})
 
     def __post_init__(self):
         if self.rate is not None and self.load is not None:
@@ -53,6 +55,8 @@ class WorkloadOptions:
             raise ValueError(f"duration must be > 0 s, got {self.duration_s}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature is not None and not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0: greedy), got {self.temperature}")
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> WorkloadOptions:
@@ -115,11 +119,12 @@ class WorkloadOptions:
         return asdict(self)
 
 
-def workload_options(f=None, *, with_load: bool = True):
+def workload_options(f=None, *, with_load: bool = True, with_temperature: bool = False):
     """Click decorator adding the shared workload options.
 
     Use as ``@workload_options`` or ``@workload_options(with_load=False)`` (``run`` talks to a
-    cluster whose capacity it does not know, so it takes only ``--rate``).
+    cluster whose capacity it does not know, so it takes only ``--rate``). ``with_temperature``
+    adds ``--temperature`` (commands that send requests: ``run``, ``bench``).
     """
 
     def decorate(func):
@@ -147,6 +152,11 @@ def workload_options(f=None, *, with_load: bool = True):
                          help="max_tokens of every request; dataset rows with longer replies are left out "
                               "[default: the workload's, 4096]."),
         ]
+        if with_temperature:
+            options.append(click.option(
+                "--temperature", type=click.FloatRange(0, MAX_TEMPERATURE), default=None,
+                help="Sampling temperature sent with every request, 0..2 (0: greedy, so a real engine's "
+                     "reply lengths repeat between runs) [default: not sent: the server's default, 1]."))
         for option in reversed(options):
             func = option(func)
         return func

@@ -103,6 +103,25 @@ def test_run_without_replay_engine_sends_no_truth_and_can_use_dataset_models(fak
     assert sent["prompt 5"]["replay_output_tokens"] == 700 and sent["prompt 5"]["stream"] is False
 
 
+def test_run_sends_temperature_only_when_given(fake, workload_file, tmp_path):
+    result = run_cli("run", "--url", fake.url, "--workload", workload_file, "--out", tmp_path / "t0", "--no-progress",
+                     "--temperature", "0")
+    assert result.exit_code == 0, result.output
+    assert len(fake.bodies) == 6 and all(b["temperature"] == 0 for b in fake.bodies)
+    assert json.loads((tmp_path / "t0" / "config.json").read_text())["temperature"] == 0
+
+    fake.bodies.clear()
+    result = run_cli("run", "--url", fake.url, "--workload", workload_file, "--out", tmp_path / "t1", "--no-progress",
+                     "--temperature", "0.7", "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert len(fake.bodies) == 6 and all(b["temperature"] == 0.7 for b in fake.bodies)
+
+    fake.bodies.clear()  # not given: not sent, so the server's default applies
+    result = run_cli("run", "--url", fake.url, "--workload", workload_file, "--out", tmp_path / "t2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert len(fake.bodies) == 6 and all("temperature" not in b for b in fake.bodies)
+
+
 def test_run_builds_the_workload_from_options(fake, tmp_path):
     out = tmp_path / "built"
     result = run_cli("run", "--url", fake.url, "--dataset", "arena", "--trace", "poisson", "--rate", "100",

@@ -129,8 +129,13 @@ async def test_concurrency_cap_holds_later_requests_in_the_client(fake):
 async def test_replay_field_and_max_tokens_are_sent(fake):
     await run(fake, [req("r", replay_output_tokens=17, max_tokens=64)])
     body = fake.bodies[0]
-    assert body["replay_output_tokens"] == 17 and body["max_tokens"] == 64
+    assert body["replay_output_tokens"] == 17 and body["max_tokens"] == 64 and "temperature" not in body
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+async def test_temperature_is_sent_when_set(fake):
+    await run(fake, [req("t", temperature=0.0)])
+    assert fake.bodies[0]["temperature"] == 0.0
 
 
 async def test_many_concurrent_streams_all_recorded(fake):

@@ -80,6 +80,8 @@ def config_file(tmp_path):
     (("--sweep-load", "0.3:1.0:0.1"), "needs --slo-jct-s"),
     (("--sweep-load", "0.3:1.0:0.1", "--slo-jct-s", "5", "--rate", "2"), "drop --rate"),
     (("--rate", "1", "--load", "0.5"), "not both"),
+    (("--rate", "1", "--temperature", "2.5"), "--temperature"),
+    (("--rate", "1", "--temperature", "-0.1"), "--temperature"),
 ])
 def test_bench_rejects_bad_arguments(config_file, args, message):
     result = CliRunner().invoke(main, ["bench", "--config", config_file(REPLAY), *args])

@@ -40,6 +40,9 @@ def invoke(*args):
     (("--url", "http://x", "--rate", "1", "--trace", "no-such-trace.csv"), "no-such-trace.csv"),
     (("--url", "http://x", "--load", "0.9"), "--load"),
     (("--url", "http://x", "--workload", "missing.parquet"), "missing.parquet"),
+    (("--url", "http://x", "--rate", "1", "--temperature", "2.01"), "--temperature"),
+    (("--url", "http://x", "--rate", "1", "--temperature", "-1"), "--temperature"),
+    (("--url", "http://x", "--rate", "1", "--temperature", "hot"), "--temperature"),
 ])
 def test_run_rejects_bad_arguments(args, message):
     result = invoke("run", *args)
