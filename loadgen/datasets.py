@@ -14,6 +14,10 @@ from the content (gzip by magic bytes, JSON array vs JSON lines, record keys), n
   answers have no prompt and are skipped.)
 - ``alpaca``: a JSON array of ``{instruction, input, output}``; model ``alpaca-reference``.
 - ``codealpaca``: a JSON array of ``{instruction, input, response}``; model ``codealpaca-reference``.
+- ``logs``: JSON lines ``{model, messages, output_tokens, prompt_id?, source?, ...}``: the logs
+  schema of ``proxy_model.data``, which ``proxy-model collect`` writes (a served model's real
+  replies to prompts). ``output_tokens`` is kept as given (counted by the serving model's own
+  tokenizer), not recounted; rows with ``output_tokens < 1`` are dropped.
 - ``table``: a Parquet file written from a table of this module (e.g. the bundled sample).
 
 Token counts: ``num_prompt_tokens`` sums the tokens of every message's text, each encoded alone
@@ -73,6 +77,7 @@ class Row:
     model: str
     reply: str
     source: str
+    output_tokens: int | None = None  # a count given by the file (logs); None: count ``reply``
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -204,6 +209,14 @@ def _instruction_rows(records: Iterable[dict], reply_key: str, model: str, sourc
                   model, rec.get(reply_key) or "", source)
 
 
+def _logs_rows(records: Iterable[dict]) -> Iterator[Row]:
+    for rec in records:
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in rec["messages"]]
+        pid = rec.get("prompt_id") or "logs:" + _hash_id(*(m["role"] + ":" + m["content"] for m in messages))
+        yield Row(str(pid), messages, str(rec["model"]), rec.get("output") or "", str(rec.get("source") or "logs"),
+                  output_tokens=int(rec["output_tokens"]))
+
+
 # format -> (keys that identify it in a record, rows from records)
 _FORMATS: dict[str, tuple[frozenset[str], Callable[[Iterable[dict]], Iterator[Row]]]] = {
     "sharegpt": (frozenset({"conversations"}), _sharegpt_rows),
@@ -213,6 +226,7 @@ _FORMATS: dict[str, tuple[frozenset[str], Callable[[Iterable[dict]], Iterator[Ro
                    lambda recs: _instruction_rows(recs, "response", CODEALPACA_MODEL, "codealpaca")),
     "alpaca": (frozenset({"instruction", "input", "output"}),
                lambda recs: _instruction_rows(recs, "output", ALPACA_MODEL, "alpaca")),
+    "logs": (frozenset({"model", "messages", "output_tokens"}), _logs_rows),
 }
 
 
@@ -246,7 +260,8 @@ def iter_rows(path: str | Path, limit: int | None = None) -> tuple[str, list[Row
 
     rows: list[Row] = []
     for row in _FORMATS[fmt][1](all_records()):
-        if not row.reply.strip() or not row.messages[-1]["content"].strip():
+        has_reply = row.output_tokens > 0 if row.output_tokens is not None else bool(row.reply.strip())
+        if not has_reply or not row.messages or not row.messages[-1]["content"].strip():
             continue
         rows.append(row)
         if limit is not None and len(rows) >= limit:
@@ -260,7 +275,8 @@ def rows_to_table(rows: list[Row], tokenizer: str = DEFAULT_TOKENIZER) -> pa.Tab
     """Count tokens (each distinct text once) and build the table of ``SCHEMA``."""
     texts: dict[str, int] = {}
     for row in rows:
-        texts.setdefault(row.reply, 0)
+        if row.output_tokens is None:
+            texts.setdefault(row.reply, 0)
         for m in row.messages:
             texts.setdefault(m["content"], 0)
     unique = list(texts)
@@ -272,7 +288,7 @@ def rows_to_table(rows: list[Row], tokenizer: str = DEFAULT_TOKENIZER) -> pa.Tab
         "prompt": [r.messages[-1]["content"] for r in rows],
         "model": [r.model for r in rows],
         "num_prompt_tokens": [sum(texts[m["content"]] for m in r.messages) for r in rows],
-        "output_tokens": [texts[r.reply] for r in rows],
+        "output_tokens": [texts[r.reply] if r.output_tokens is None else r.output_tokens for r in rows],
         "source": [r.source for r in rows],
     }
     table = pa.Table.from_pydict(columns, schema=SCHEMA)

@@ -107,6 +107,30 @@ def test_alpaca_and_codealpaca_json_arrays(tmp_path):
     assert got[0]["output_tokens"] == 3  # the response, not the duplicate output field
 
 
+def test_logs_jsonl_keeps_the_served_models_counts(tmp_path):
+    # What `proxy-model collect` writes: the served model's own token counts are the truth, not recounted.
+    recs = [
+        {"prompt_id": "p1", "messages": [{"role": "user", "content": "say hi"}], "model": "smollm2",
+         "output_tokens": 9, "finished": True, "output": "hi", "source": "alpaca"},
+        {"prompt_id": "p2", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"},
+                                         {"role": "user", "content": "more"}],
+         "model": "smollm2", "output_tokens": 256, "finished": False, "output": "", "source": "alpaca"},
+        {"messages": [{"role": "user", "content": "nothing"}], "model": "smollm2", "output_tokens": 0},
+    ]
+    table = load_dataset(write_jsonl(tmp_path / "collected.jsonl", recs), tokenizer="whitespace")
+    got = rows(table)
+    assert [r["prompt_id"] for r in got] == ["p1", "p2"]  # the empty reply is dropped
+    assert [r["output_tokens"] for r in got] == [9, 256]
+    assert got[1]["prompt"] == "more" and got[1]["num_prompt_tokens"] == 4 and got[1]["source"] == "alpaca"
+
+    from loadgen.workload import WorkloadSpec, build_workload
+
+    spec = WorkloadSpec(dataset=str(tmp_path / "collected.jsonl"), trace="poisson", rate=1.0, num_requests=4,
+                        max_tokens=100, tokenizer="whitespace")
+    work = build_workload(spec)
+    assert set(work["prompt_id"].to_pylist()) == {"p1"}  # 256 > max_tokens: left out, never truncated
+
+
 def test_limit_keeps_first_rows(tmp_path):
     recs = [{"model": "m", "dataset": "d", "instruction": f"q{i}", "output": "a"} for i in range(10)]
     table = load_dataset(write_jsonl(tmp_path / "x.jsonl", recs), tokenizer="whitespace", limit=3)
