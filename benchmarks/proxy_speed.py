@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--artifact", default=None)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--dtypes", default="bf16,fp32,int8")
-    ap.add_argument("--batch-sizes", default="64")
+    ap.add_argument("--batch-sizes", default="32")
     ap.add_argument("--num-batched", type=int, default=512, help="prompts per batched measurement")
     ap.add_argument("--num-single", type=int, default=100, help="single-prompt calls per measurement")
     ap.add_argument("--repeats", type=int, default=3)

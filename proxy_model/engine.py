@@ -83,7 +83,7 @@ class Tokenize:
 
 
 class InferenceEngine:
-    def __init__(self, model: LengthModel, tokenizer, doc: dict, *, path: str = "", batch_size: int = 64,
+    def __init__(self, model: LengthModel, tokenizer, doc: dict, *, path: str = "", batch_size: int = 32,
                  dtype: str = "auto", device: str = "cpu", num_threads: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

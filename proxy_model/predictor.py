@@ -131,7 +131,7 @@ class LengthPredictor:
                       "num_errors": 0, "num_busy": 0, "num_unknown_model": 0, "num_empty_prompt": 0}
 
     @classmethod
-    def load(cls, path: str | Path, *, timeout_s: float | None = 2.0, batch_size: int = 64,
+    def load(cls, path: str | Path, *, timeout_s: float | None = 2.0, batch_size: int = 32,
              dtype: str = "auto", num_threads: int | None = None, device: str = "cpu",
              fallback=None) -> LengthPredictor:
         from proxy_model.engine import InferenceEngine  # torch: imported only here
