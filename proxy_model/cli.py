@@ -132,6 +132,9 @@ def collect(inputs, out, model, model_name, max_new_tokens, temperature, top_p, 
 @click.option("--deepspeed", default=None, type=click.Path(exists=True, dir_okay=False),
               help="DeepSpeed config JSON, passed to the Trainer (GPU clusters).")
 @click.option("--bf16", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True)
+@click.option("--init-from", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Start from this artifact's encoder and head (fine-tune a general proxy for one model); "
+              "--encoder is then ignored.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(data, out, no_progress, sources, **kwargs):

@@ -116,6 +116,7 @@ class TrainConfig:
     deepspeed: str | None = None
     max_train_rows: int | None = None
     sources: list[str] = field(default_factory=list, metadata={"help": "train only on these sources"})
+    init_from: str | None = field(default=None, metadata={"help": "start from this artifact's encoder and head"})
 
     def __post_init__(self):
         HeadType.parse(self.head)

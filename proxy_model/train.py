@@ -115,6 +115,49 @@ def head_statistics(cfg: TrainConfig, models: list[str], tokens: np.ndarray, mod
     return out
 
 
+# ---------------------------------------------------------------- init from an artifact
+
+def load_init(path: str | Path, cfg: TrainConfig) -> dict:
+    """An artifact to start from (``--init-from``): its encoder directory, head config and weights.
+
+    Use: fine-tune a general proxy (trained on many LLMs' logs) on the few replies of the model a
+    team serves. The head type, width and encoder must match; models are matched by name.
+    """
+    from safetensors.torch import load_file
+
+    from proxy_model.model import CONFIG_FILE, ENCODER_DIR, HEAD_WEIGHTS
+
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"--init-from {path}: not a proxy artifact ({CONFIG_FILE} is missing)")
+    doc = json.loads((path / CONFIG_FILE).read_text())
+    init_cfg = HeadConfig.from_dict(doc["head"])
+    if init_cfg.head != cfg.head or init_cfg.hidden_size != cfg.hidden_size:
+        raise ValueError(f"--init-from {path}: its head is {init_cfg.head} x {init_cfg.hidden_size}, "
+                         f"this run asks for {cfg.head} x {cfg.hidden_size}")
+    return {"encoder_path": str(path / doc.get("encoder_dir", ENCODER_DIR)), "cfg": init_cfg,
+            "state": load_file(str(path / HEAD_WEIGHTS))}
+
+
+def copy_head(init: dict, head) -> int:
+    """Copy the init head into ``head``; model rows by name, new models start from the ``<unk>`` row."""
+    state = dict(init["state"])
+    old_rows = state.pop("model_emb.weight")
+    if state["out.weight"].shape != head.out.weight.shape:
+        raise ValueError(f"--init-from: output shape {tuple(state['out.weight'].shape)} != "
+                         f"{tuple(head.out.weight.shape)} (bucket count differs)")
+    head.load_state_dict(state, strict=False)
+    old_index = {m: i + 1 for i, m in enumerate(init["cfg"].models)}
+    copied = 0
+    with torch.no_grad():
+        head.model_emb.weight[0] = old_rows[0]
+        for j, m in enumerate(head.cfg.models):
+            i = old_index.get(m)
+            head.model_emb.weight[j + 1] = old_rows[i if i is not None else 0]
+            copied += i is not None
+    return copied
+
+
 # ---------------------------------------------------------------- trainer
 
 def _trainer_class():
@@ -179,7 +222,13 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
         raise ValueError("output_tokens must be >= 0")
     stats = head_statistics(cfg, models, tokens, np.asarray([mcol[cols["model"][i]] for i in rows]))
 
-    enc_path, enc_kwargs = resolve_model_name(cfg.encoder)
+    init = load_init(cfg.init_from, cfg) if cfg.init_from else None
+    if init is not None:
+        enc_path, enc_kwargs = init["encoder_path"], {}
+        if cfg.head == "regression":  # keep the init head's output scale, so its weights keep their meaning
+            stats.update(log_mean=init["cfg"].log_mean, log_std=init["cfg"].log_std)
+    else:
+        enc_path, enc_kwargs = resolve_model_name(cfg.encoder)
     tokenizer = AutoTokenizer.from_pretrained(enc_path, **enc_kwargs)
     encoder = AutoModel.from_pretrained(enc_path, **enc_kwargs)
     head_cfg = HeadConfig(head=cfg.head, hidden_size=cfg.hidden_size, dropout=cfg.dropout,
@@ -211,6 +260,9 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
         train_ds = PromptDataset(train_targets, ids=train_ids)
         val_ds = PromptDataset(val_targets, ids=val_ids) if val_ids else None
         model = LengthModel(encoder, head_cfg, rank_loss_weight=cfg.rank_loss_weight)
+    if init is not None:
+        copied = copy_head(init, model.head)
+        logger.info("initialised from %s: %d of %d model rows carried over", cfg.init_from, copied, len(models))
 
     steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))

@@ -201,3 +201,34 @@ def test_prepare_reads_loadgen_datasets(tmp_path):
     assert summary["rows"] == t.num_rows == 60
     assert set(t.column("split").to_pylist()) <= {"train", "val", "test"}
     assert min(t.column("output_tokens").to_pylist()) >= 1
+
+
+def test_init_from_carries_encoder_head_and_model_rows(trained, tmp_path):
+    """--init-from: known models keep their rows, a new model starts from <unk>, scale is kept."""
+    from proxy_model.train import train
+
+    base, _ = trained
+    rows = [json.loads(line) for line in _logs(tmp_path / "logs.jsonl").read_text().splitlines()]
+    for r in rows:  # another team's logs: one model renamed, every reply 3x longer (other statistics)
+        r["model"] = "m-new" if r["model"] == "m-short" else r["model"]
+        r["output_tokens"] *= 3
+    logs = tmp_path / "logs2.jsonl"
+    logs.write_text("\n".join(json.dumps(r) for r in rows))
+    data = tmp_path / "prepared.parquet"
+    prepare([str(logs)], data, tokenizer="whitespace", val_frac=0.0, test_frac=0.0)
+    out = tmp_path / "finetuned"
+    # Learning rates of ~0: the fine-tuned artifact must predict exactly what its init does.
+    cfg = TrainConfig(init_from=str(base), epochs=1, batch_size=4, max_length=32, learning_rate=1e-12,
+                      head_learning_rate=1e-12, hidden_size=32, bf16="no", rank_loss_weight=0.0)
+    train(data, out, cfg, progress=False)
+    prompts = ["write a long detailed essay about art 5", "please answer briefly what is code 1"]
+    old = LengthPredictor.load(base, timeout_s=None, dtype="fp32")
+    new = LengthPredictor.load(out, timeout_s=None, dtype="fp32")
+    assert new.predict(prompts, ["m-long"] * 2) == pytest.approx(old.predict(prompts, ["m-long"] * 2), rel=1e-3)
+    assert new.predict(prompts, ["m-new"] * 2) == pytest.approx(old.predict(prompts, ["unseen"] * 2), rel=1e-3)
+    with pytest.raises(ValueError, match="head is regression x 32"):
+        train(data, tmp_path / "bad", TrainConfig(init_from=str(base), head="binary", hidden_size=32, bf16="no"),
+              progress=False)
+    result = CliRunner().invoke(main, ["train", str(data), "-o", str(tmp_path / "x"), "--init-from", str(tmp_path),
+                                       "--no-progress"])
+    assert result.exit_code == 2 and "not a proxy artifact" in result.output
