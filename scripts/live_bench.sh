@@ -3,7 +3,7 @@
 # local Ray, each with the simulator's prediction for the same workload and predictor.
 #
 #   scripts/live_bench.sh [paper|cont|sweep|hf|all]...   (default: all; about 60 min on 2 cores:
-#   paper 16, cont 19, sweep ~25, hf ~10)
+#   paper 16, cont 19, sweep ~25, hf ~30, ~50 with its collect and train steps)
 #
 # paper: 4 replay replicas, no batching, load 0.9      (cluster/bench_paper.yaml)
 # cont : 4 replay replicas x 8 continuous slots, 0.97  (cluster/bench_cont.yaml)
@@ -13,7 +13,8 @@
 # Environment: PROXY_ARTIFACT (default artifacts/proxy-default), OUT (default results/live),
 # N_PAPER, N_CONT, N_SWEEP, N_HF (request counts), SWEEP (START:STOP:STEP), SWEEP_POLICIES,
 # AGING_P99_BUDGET (see below), SLO_S (p90 JCT, s, at
-# time_scale 1: scaled by the config's time_scale), HF_RATE (req/s), HF_MAX_TOKENS.
+# time_scale 1: scaled by the config's time_scale), HF_OUT, HF_DATA, HF_PROXY, HF_COLLECT, HF_MAX_TOKENS,
+# HF_TOKS, HF_LOAD, HF_RATE (see hf() below).
 # The emulated (replay) replicas are labelled so in every output; the aging threshold of each
 # scenario is chosen in the simulator first (the largest of 0.6/0.8/1.0/1.3 x FCFS p99 JCT whose
 # simulated ssjf-aging p99 stays within AGING_P99_BUDGET x FCFS's, default 1.2: a margin below the
@@ -36,8 +37,6 @@ SLO_S=${SLO_S:-45}
 SWEEP_POLICIES=${SWEEP_POLICIES:-fcfs,ssjf,ssjf-aging}
 AGING_P99_BUDGET=${AGING_P99_BUDGET:-1.2}
 N_HF=${N_HF:-40}
-HF_RATE=${HF_RATE:-0.35}
-HF_MAX_TOKENS=${HF_MAX_TOKENS:-96}
 [ -d "$ART" ] || { echo "live_bench: no proxy artifact at $ART (train it: scripts/train_default_proxy.sh, or set PROXY_ARTIFACT)" >&2; exit 2; }
 mkdir -p "$OUT"
 TAU=$($PY -c "import json,sys; print(round(json.load(open(sys.argv[1]+'/eval_test.json'))['all']['proxy']['kendall_tau'],3))" "$ART" 2>/dev/null || echo '?')
@@ -122,14 +121,110 @@ sweep() {
   cat "$OUT/sweep.txt"
 }
 
+# hf: greedy SmolLM2-135M on its own lengths. Steps (each skipped when its output exists):
+#  1. `proxy-model collect` SmolLM2's greedy reply lengths (cap HF_MAX_TOKENS) on the first HF_COLLECT
+#     Alpaca instructions (short instructions: lengths spread from 2 tokens to the cap; arena prompts
+#     run almost all to the cap) into $HF_DATA/collected.jsonl;
+#  2. `prepare` it (split by prompt: 65% train, 10% val, 25% held out), train the proxy
+#     $HF_PROXY for model "smollm2" (fine-tuned from $ART with --init-from), `evaluate` it on the
+#     held-out split ($HF_OUT/proxy-eval.json);
+#  3. the held-out prompts with their true lengths as a logs JSONL dataset ($HF_OUT/heldout.jsonl);
+#     the arrival rate = HF_LOAD x the 2 replicas' capacity, from the held-out mean length at
+#     HF_TOKS tokens/s per replica (the true lengths set the offered load only; they are never sent);
+#  4. `loadgen simulate` of the same workload (engine profile: HF_TOKS tokens/s, batch 1) picks the
+#     aging threshold (as tune_aging does, AGING_P99_BUDGET) and gives the simulated gains;
+#  5. `loadgen bench` of fcfs, ssjf, ssjf-aging with --temperature 0 on cluster/demo.yaml with the
+#     proxy and threshold set ($HF_OUT/hf.yaml); the load average is sampled to $HF_OUT/loadavg.txt.
 hf() {
-  derive cluster/demo.yaml "$OUT/hf.yaml"
-  rm -rf "${OUT:?}/hf"
+  local out=${HF_OUT:-$OUT/hf} data=${HF_DATA:-artifacts/data/smollm2} proxy=${HF_PROXY:-artifacts/proxy-smollm2}
+  local alpaca=${DATA:-../shared/data}/llamafactory_alpaca_en_demo.json
+  local n=${N_HF:-40} cap=${HF_MAX_TOKENS:-256} toks=${HF_TOKS:-10} load=${HF_LOAD:-0.95}
+  local px=.venv/bin/proxy-model
+  mkdir -p "$out" "$data"
+  if [ ! -f "$data/collected.jsonl" ]; then
+    [ -f "$alpaca" ] || { echo "live_bench: hf: missing $alpaca (set DATA=...)" >&2; exit 2; }
+    OMP_NUM_THREADS=1 $px collect "$alpaca" -o "$data/collected.jsonl" --model smollm2 --model-name smollm2 \
+      --max-new-tokens "$cap" --batch-size 16 --limit "${HF_COLLECT:-256}"
+  fi
+  [ -f "$data/prepared.parquet" ] || $px prepare "$data/collected.jsonl" -o "$data/prepared.parquet" \
+    --val-frac 0.1 --test-frac 0.25 --seed 0
+  [ -f "$proxy/proxy_config.json" ] || $px train "$data/prepared.parquet" -o "$proxy" --init-from "$ART" --head regression \
+    --epochs 8 --lr 8e-5 --head-lr 1e-3 --batch-size 16 --max-length 128 --rank-loss-weight 0.5 --seed 0 --no-progress
+  $px evaluate "$proxy" "$data/prepared.parquet" --split test --out "$out/proxy-eval.json" | tee "$out/proxy-eval.txt"
+  local rate
+  rate=$($PY - "$data" "$out" "$toks" "$load" "$cap" <<'EOF2'
+import json, sys
+import pyarrow.parquet as pq
+data, out, toks, load, cap = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+test = {r["prompt_id"] for r in pq.read_table(f"{data}/prepared.parquet").to_pylist() if r["split"] == "test"}
+rows = [json.loads(line) for line in open(f"{data}/collected.jsonl")]
+held = [r for r in rows if r["prompt_id"] in test and r["output_tokens"] > 0]
+with open(f"{out}/heldout.jsonl", "w") as f:
+    for r in held:
+        f.write(json.dumps({k: r[k] for k in ("prompt_id", "messages", "model", "output_tokens", "source")}) + "\n")
+# Batch 1 on CPU: one decode step costs 1/toks s; prefill ~4 ms per prompt token.
+json.dump({"name": "smollm2-135m-cpu", "source": f"live_bench hf: {toks:g} tokens/s per replica, batch 1",
+           "overhead_s": 0.0, "per_seq_s": 0.0, "weights_floor_s": 1 / toks, "per_token_s": 0.004,
+           "per_context_token_s": 0.0}, open(f"{out}/engine.json", "w"))
+mean = sum(min(r["output_tokens"], cap) for r in held) / len(held)
+print(f"live_bench: hf: {len(held)} held-out prompts, mean true length {mean:.1f} tokens "
+      f"({sum(r['output_tokens'] >= cap for r in held)} at the cap {cap})", file=sys.stderr)
+print(round(load * 2 / (0.3 + mean / toks), 4))
+EOF2
+  )
+  rate=${HF_RATE:-$rate}
+  local common=(--dataset "$out/heldout.jsonl" --trace azure-conv --seed 0 --rate "$rate" --num-requests "$n"
+                --max-tokens "$cap" --replicas 2 --batching none --balancer least-work --engine-profile "$out/engine.json"
+                --aging-rule threshold --json)
+  $LG simulate "${common[@]}" --predictor "proxy:$proxy" --policies fcfs,ssjf,ssjf-aging,oracle \
+    --aging-threshold-s auto --out "$out/sim" > "$out/sim.json"
+  local th="" f t
+  for f in 0.6 0.8 1.0 1.3; do
+    t=$($PY -c "import json,sys; print(round(float(sys.argv[2])*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$out/sim.json" "$f")
+    $LG simulate "${common[@]}" --predictor "file:$out/sim/requests.parquet" --policies fcfs,ssjf,ssjf-aging \
+      --aging-threshold-s "$t" > "$out/sim-aging-$f.json"
+    $PY -c "import json,sys; p=json.load(open(sys.argv[1]))['policies']; sys.exit(0 if p['ssjf-aging']['p99_jct_s'] <= float(sys.argv[2])*p['fcfs']['p99_jct_s'] else 1)" "$out/sim-aging-$f.json" "${AGING_P99_BUDGET:-1.2}" && th=$t
+  done
+  [ -n "$th" ] || th=$($PY -c "import json,sys; print(round(0.6*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$out/sim.json")
+  echo "live_bench: hf: rate $rate req/s (load $load at $toks tokens/s per replica), aging threshold $th s" >&2
+  ART=$proxy derive cluster/demo.yaml "$out/hf.yaml" "router.aging_threshold_s=$th"
+  rm -rf "${out:?}/bench"
+  (while sleep 15; do echo "$(date +%s) $(cat /proc/loadavg)"; done > "$out/loadavg.txt") &
+  local sampler=$!
   /usr/bin/time -f "live_bench: hf: %e s wall" \
-    $LG bench --config "$OUT/hf.yaml" --policies fcfs,ssjf,ssjf-aging --dataset arena --trace azure-conv \
-      --seed 0 --rate "$HF_RATE" --num-requests "$N_HF" --max-tokens "$HF_MAX_TOKENS" --no-stream \
-      --timeout 3600 --out "$OUT/hf" --no-progress > "$OUT/hf.txt" 2> "$OUT/hf.log"
-  cat "$OUT/hf.txt"
+    $LG bench --config "$out/hf.yaml" --policies fcfs,ssjf,ssjf-aging --dataset "$out/heldout.jsonl" \
+      --trace azure-conv --seed 0 --rate "$rate" --num-requests "$n" --max-tokens "$cap" --temperature 0 \
+      --model smollm2 --no-stream --timeout 3600 --out "$out/bench" --no-progress > "$out/bench.txt" 2> "$out/bench.log" \
+    || { kill "$sampler"; exit 1; }
+  kill "$sampler"
+  cat "$out/bench.txt"
+  $PY - "$out" <<'EOF2'
+import json, sys
+out = sys.argv[1]
+sim = {f: json.load(open(f"{out}/sim-aging-{f}.json")) for f in ("0.6", "0.8", "1.0", "1.3")}
+live = json.load(open(f"{out}/bench/bench.json"))["policies"]
+cfg = json.load(open(f"{out}/sim.json"))
+print(f"simulated (engine.json, predictor tau {cfg['predictor_kendall_tau']:.3f}):")
+for p, s in cfg["policies"].items():
+    print(f"  {p:11s} mean {s['mean_jct_s']:7.2f}  p50 {s['p50_jct_s']:7.2f}  p90 {s['p90_jct_s']:7.2f}  p99 {s['p99_jct_s']:7.2f}")
+for f, e in sim.items():
+    a = e["policies"]["ssjf-aging"]
+    print(f"  aging {f} x FCFS p99 = {e['aging']['threshold_s']:.1f} s: mean {a['mean_jct_s']:.2f} p99 {a['p99_jct_s']:.2f}")
+loads = [float(line.split()[1]) for line in open(f"{out}/loadavg.txt") if line.strip()]
+if loads:
+    print(f"load average (1 min) during the bench: mean {sum(loads) / len(loads):.2f}, min {min(loads):.2f}, max {max(loads):.2f}")
+base = live["fcfs"]
+for p, s in live.items():
+    print(f"  live {p:11s} mean {s['mean_jct_s']:7.2f} ({100 * (1 - s['mean_jct_s'] / base['mean_jct_s']):+.1f}% gain)  "
+          f"p50 {s['p50_jct_s']:.2f}  p90 {s['p90_jct_s']:.2f}  p99 {s['p99_jct_s']:.2f}")
+# The box's speed in each run: the first two requests meet idle replicas, so their JCT is pure service
+# time. Runs that differ here differ in machine speed, not only in scheduling (2 shared cores).
+import pyarrow.parquet as pq
+for p in live:
+    first = sorted(pq.read_table(f"{out}/bench/{p}/records.parquet").to_pylist(), key=lambda r: r["scheduled_at"])[:2]
+    print(f"  speed check {p:11s} " + ", ".join(f"{r['num_output_tokens']} tokens in {r['jct_s']:.1f} s = "
+                                                f"{r['num_output_tokens'] / r['jct_s']:.1f} tokens/s" for r in first))
+EOF2
 }
 
 ts_of() { $PY -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['llm']['time_scale'])" "$1"; }
