@@ -14,7 +14,7 @@
 # N_PAPER, N_CONT, N_SWEEP, N_HF (request counts), SWEEP (START:STOP:STEP), SWEEP_POLICIES,
 # AGING_P99_BUDGET (see below), SLO_S (p90 JCT, s, at
 # time_scale 1: scaled by the config's time_scale), HF_OUT, HF_DATA, HF_PROXY, HF_COLLECT, HF_MAX_TOKENS,
-# HF_TOKS, HF_LOAD, HF_RATE (see hf() below).
+# HF_TOKS, HF_LOAD, HF_TRACE, HF_RATE (see hf() below).
 # The emulated (replay) replicas are labelled so in every output; the aging threshold of each
 # scenario is chosen in the simulator first (the largest of 0.6/0.8/1.0/1.3 x FCFS p99 JCT whose
 # simulated ssjf-aging p99 stays within AGING_P99_BUDGET x FCFS's, default 1.2: a margin below the
@@ -130,7 +130,9 @@ sweep() {
 #     held-out split ($HF_OUT/proxy-eval.json);
 #  3. the held-out prompts with their true lengths as a logs JSONL dataset ($HF_OUT/heldout.jsonl);
 #     the arrival rate = HF_LOAD x the 2 replicas' capacity, from the held-out mean length at
-#     HF_TOKS tokens/s per replica (the true lengths set the offered load only; they are never sent);
+#     HF_TOKS tokens/s per replica (default 14: the speed of one replica on a quiet 2-core box; the
+#     true lengths set the offered load only; they are never sent); arrivals HF_TRACE (default
+#     gamma:4, bursty: the first 40 gaps of azure-conv are calm, so no queue would form);
 #  4. `loadgen simulate` of the same workload (engine profile: HF_TOKS tokens/s, batch 1) picks the
 #     aging threshold (as tune_aging does, AGING_P99_BUDGET) and gives the simulated gains;
 #  5. `loadgen bench` of fcfs, ssjf, ssjf-aging with --temperature 0 on cluster/demo.yaml with the
@@ -138,7 +140,7 @@ sweep() {
 hf() {
   local out=${HF_OUT:-$OUT/hf} data=${HF_DATA:-artifacts/data/smollm2} proxy=${HF_PROXY:-artifacts/proxy-smollm2}
   local alpaca=${DATA:-../shared/data}/llamafactory_alpaca_en_demo.json
-  local n=${N_HF:-40} cap=${HF_MAX_TOKENS:-256} toks=${HF_TOKS:-10} load=${HF_LOAD:-0.95}
+  local n=${N_HF:-40} cap=${HF_MAX_TOKENS:-256} toks=${HF_TOKS:-14} load=${HF_LOAD:-1.0} trace=${HF_TRACE:-gamma:4}
   local px=.venv/bin/proxy-model
   mkdir -p "$out" "$data"
   if [ ! -f "$data/collected.jsonl" ]; then
@@ -173,7 +175,7 @@ print(round(load * 2 / (0.3 + mean / toks), 4))
 EOF2
   )
   rate=${HF_RATE:-$rate}
-  local common=(--dataset "$out/heldout.jsonl" --trace azure-conv --seed 0 --rate "$rate" --num-requests "$n"
+  local common=(--dataset "$out/heldout.jsonl" --trace "$trace" --seed 0 --rate "$rate" --num-requests "$n"
                 --max-tokens "$cap" --replicas 2 --batching none --balancer least-work --engine-profile "$out/engine.json"
                 --aging-rule threshold --json)
   $LG simulate "${common[@]}" --predictor "proxy:$proxy" --policies fcfs,ssjf,ssjf-aging,oracle \
@@ -193,7 +195,7 @@ EOF2
   local sampler=$!
   /usr/bin/time -f "live_bench: hf: %e s wall" \
     $LG bench --config "$out/hf.yaml" --policies fcfs,ssjf,ssjf-aging --dataset "$out/heldout.jsonl" \
-      --trace azure-conv --seed 0 --rate "$rate" --num-requests "$n" --max-tokens "$cap" --temperature 0 \
+      --trace "$trace" --seed 0 --rate "$rate" --num-requests "$n" --max-tokens "$cap" --temperature 0 \
       --model smollm2 --no-stream --timeout 3600 --out "$out/bench" --no-progress > "$out/bench.txt" 2> "$out/bench.log" \
     || { kill "$sampler"; exit 1; }
   kill "$sampler"
