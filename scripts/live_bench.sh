@@ -7,7 +7,7 @@
 #
 # paper: 4 replay replicas, no batching, load 0.9      (cluster/bench_paper.yaml)
 # cont : 4 replay replicas x 8 continuous slots, 0.97  (cluster/bench_cont.yaml)
-# sweep: goodput of SWEEP_POLICIES on the paper-like cluster, loads 0.9..1.3, SLO p90 JCT <= 45 s
+# sweep: goodput of SWEEP_POLICIES on the paper-like cluster, loads 1.0..1.3, SLO p90 JCT <= 45 s
 # hf   : 2 hf replicas of SmolLM2-135M on CPU (real generation), FCFS vs SSJF vs SSJF-aging
 #
 # Environment: PROXY_ARTIFACT (default artifacts/proxy-default), OUT (default results/live),
@@ -32,7 +32,7 @@ OUT=${OUT:-results/live}
 N_PAPER=${N_PAPER:-800}
 N_CONT=${N_CONT:-800}
 N_SWEEP=${N_SWEEP:-200}
-SWEEP=${SWEEP:-0.9:1.3:0.1}
+SWEEP=${SWEEP:-1.0:1.3:0.1}
 SLO_S=${SLO_S:-45}
 SWEEP_POLICIES=${SWEEP_POLICIES:-fcfs,ssjf,ssjf-aging}
 AGING_P99_BUDGET=${AGING_P99_BUDGET:-1.2}
