@@ -59,13 +59,13 @@ EOF
 }
 export ART
 
-# tune_aging NAME BATCHING MAX_BATCH LOAD N TIME_SCALE -> prints the live aging threshold (s).
-# The simulator runs at time_scale 1 (JCTs scale linearly with time_scale at a fixed load).
-tune_aging() {
-  local name=$1 batching=$2 max_batch=$3 load=$4 n=$5 ts=$6 dir="$OUT/$1-sim"
-  local common=(--dataset arena --trace azure-conv --seed 0 --batching "$batching" --max-batch "$max_batch"
-                --replicas 4 --load "$load" --num-requests "$n" --aging-rule threshold --json)
-  $LG simulate "${common[@]}" --predictor "proxy:$ART" --policies fcfs,ssjf,ssjf-aging,oracle \
+# choose_threshold DIR PROXY SIM_ARGS... -> prints the aging threshold (s, simulated time): the
+# largest of 0.6/0.8/1.0/1.3 x the simulated FCFS p99 JCT whose simulated ssjf-aging p99 stays within
+# AGING_P99_BUDGET x FCFS's (none: 0.6 x). Writes DIR (requests), DIR.json, DIR-aging-F.json.
+choose_threshold() {
+  local dir=$1 proxy=$2; shift 2
+  local common=("$@" --aging-rule threshold --json)
+  $LG simulate "${common[@]}" --predictor "proxy:$proxy" --policies fcfs,ssjf,ssjf-aging,oracle \
       --aging-threshold-s auto --out "$dir" > "$dir.json"
   local best="" f
   for f in 0.6 0.8 1.0 1.3; do
@@ -80,7 +80,7 @@ tune_aging() {
   $PY - "$dir" >&2 <<'EOF2'
 import json, sys
 d = json.load(open(sys.argv[1] + ".json"))
-print(f"live_bench: simulated (time_scale 1), predictor {d['predictor']} tau {d['predictor_kendall_tau']:.3f}:")
+print(f"live_bench: simulated, predictor {d['predictor']} tau {d['predictor_kendall_tau']:.3f}:")
 for p, s in d["policies"].items():
     print(f"  {p:11s} mean {s['mean_jct_s']:8.2f}  p99 {s['p99_jct_s']:8.2f}")
 for f in ("0.6", "0.8", "1.0", "1.3"):
@@ -89,6 +89,15 @@ for f in ("0.6", "0.8", "1.0", "1.3"):
     print(f"  aging threshold {f} x FCFS p99 = {e['aging']['threshold_s']:.1f} s: mean {a['mean_jct_s']:.2f}  p99 {a['p99_jct_s']:.2f} ({a['p99_jct_s'] / b['p99_jct_s']:.2f} x FCFS)")
 EOF2
   [ -n "$best" ] || best=$($PY -c "import json,sys; print(round(0.6*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$dir.json")
+  echo "$best"
+}
+
+# tune_aging NAME BATCHING MAX_BATCH LOAD N TIME_SCALE -> prints the live aging threshold (s).
+# The simulator runs at time_scale 1 (JCTs scale linearly with time_scale at a fixed load).
+tune_aging() {
+  local name=$1 batching=$2 max_batch=$3 load=$4 n=$5 ts=$6 best
+  best=$(choose_threshold "$OUT/$name-sim" "$ART" --dataset arena --trace azure-conv --seed 0 --batching "$batching" \
+           --max-batch "$max_batch" --replicas 4 --load "$load" --num-requests "$n")
   $PY -c "import sys; print(round(float(sys.argv[1])*float(sys.argv[2]),3))" "$best" "$ts"
 }
 
@@ -134,7 +143,7 @@ sweep() {
 #     true lengths set the offered load only; they are never sent); arrivals HF_TRACE (default
 #     gamma:4, bursty: the first 40 gaps of azure-conv are calm, so no queue would form);
 #  4. `loadgen simulate` of the same workload (engine profile: HF_TOKS tokens/s, batch 1) picks the
-#     aging threshold (as tune_aging does, AGING_P99_BUDGET) and gives the simulated gains;
+#     aging threshold (choose_threshold, AGING_P99_BUDGET) and gives the simulated gains;
 #  5. `loadgen bench` of fcfs, ssjf, ssjf-aging with --temperature 0 on cluster/demo.yaml with the
 #     proxy and threshold set ($HF_OUT/hf.yaml); the load average is sampled to $HF_OUT/loadavg.txt.
 hf() {
@@ -175,19 +184,10 @@ print(round(load * 2 / (0.3 + mean / toks), 4))
 EOF2
   )
   rate=${HF_RATE:-$rate}
-  local common=(--dataset "$out/heldout.jsonl" --trace "$trace" --seed 0 --rate "$rate" --num-requests "$n"
-                --max-tokens "$cap" --replicas 2 --batching none --balancer least-work --engine-profile "$out/engine.json"
-                --aging-rule threshold --json)
-  $LG simulate "${common[@]}" --predictor "proxy:$proxy" --policies fcfs,ssjf,ssjf-aging,oracle \
-    --aging-threshold-s auto --out "$out/sim" > "$out/sim.json"
-  local th="" f t
-  for f in 0.6 0.8 1.0 1.3; do
-    t=$($PY -c "import json,sys; print(round(float(sys.argv[2])*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$out/sim.json" "$f")
-    $LG simulate "${common[@]}" --predictor "file:$out/sim/requests.parquet" --policies fcfs,ssjf,ssjf-aging \
-      --aging-threshold-s "$t" > "$out/sim-aging-$f.json"
-    $PY -c "import json,sys; p=json.load(open(sys.argv[1]))['policies']; sys.exit(0 if p['ssjf-aging']['p99_jct_s'] <= float(sys.argv[2])*p['fcfs']['p99_jct_s'] else 1)" "$out/sim-aging-$f.json" "${AGING_P99_BUDGET:-1.2}" && th=$t
-  done
-  [ -n "$th" ] || th=$($PY -c "import json,sys; print(round(0.6*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$out/sim.json")
+  local th
+  th=$(choose_threshold "$out/sim" "$proxy" --dataset "$out/heldout.jsonl" --trace "$trace" --seed 0 --rate "$rate" \
+         --num-requests "$n" --max-tokens "$cap" --replicas 2 --batching none --balancer least-work \
+         --engine-profile "$out/engine.json")
   echo "live_bench: hf: rate $rate req/s (load $load at $toks tokens/s per replica), aging threshold $th s" >&2
   ART=$proxy derive cluster/demo.yaml "$out/hf.yaml" "router.aging_threshold_s=$th"
   rm -rf "${out:?}/bench"
