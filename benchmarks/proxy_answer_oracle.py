@@ -39,9 +39,10 @@ def main() -> None:
         others = [math.log1p(o["output_tokens"]) for o in by_prompt[r["prompt"]] if o["model"] != r["model"]]
         if not others:
             continue  # a prompt answered by one model only has no other answers to look at
+        guess = math.expm1(sum(others) / len(others))
         for key in ("all", r.get("source", "?")):
             pred, truth, models = out[key]
-            pred.append(math.expm1(sum(others) / len(others)))
+            pred.append(guess)
             truth.append(r["output_tokens"])
             models.append(r["model"])
     report = {}

@@ -121,22 +121,17 @@ def load_init(path: str | Path, cfg: TrainConfig) -> dict:
     """An artifact to start from (``--init-from``): its encoder directory, head config and weights.
 
     Use: fine-tune a general proxy (trained on many LLMs' logs) on the few replies of the model a
-    team serves. The head type, width and encoder must match; models are matched by name.
+    team serves. The head type and width must match; models are matched by name.
     """
-    from safetensors.torch import load_file
+    from proxy_model.model import ENCODER_DIR
 
-    from proxy_model.model import CONFIG_FILE, ENCODER_DIR, HEAD_WEIGHTS
-
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"--init-from {path}: not a proxy artifact ({CONFIG_FILE} is missing)")
-    doc = json.loads((path / CONFIG_FILE).read_text())
-    init_cfg = HeadConfig.from_dict(doc["head"])
+    model, _, doc = LengthModel.load(path, with_encoder=False)
+    init_cfg = model.cfg
     if init_cfg.head != cfg.head or init_cfg.hidden_size != cfg.hidden_size:
         raise ValueError(f"--init-from {path}: its head is {init_cfg.head} x {init_cfg.hidden_size}, "
                          f"this run asks for {cfg.head} x {cfg.hidden_size}")
-    return {"encoder_path": str(path / doc.get("encoder_dir", ENCODER_DIR)), "cfg": init_cfg,
-            "state": load_file(str(path / HEAD_WEIGHTS))}
+    return {"encoder_path": str(Path(path) / doc.get("encoder_dir", ENCODER_DIR)), "cfg": init_cfg,
+            "state": model.head.state_dict()}
 
 
 def copy_head(init: dict, head) -> int:
