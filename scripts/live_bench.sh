@@ -3,11 +3,12 @@
 # local Ray, each with the simulator's prediction for the same workload and predictor.
 #
 #   scripts/live_bench.sh [paper|cont|sweep|hf|all]...   (default: all; about 60 min on 2 cores:
-#   paper 16, cont 19, sweep ~25, hf ~30, ~50 with its collect and train steps)
+#   paper 16, cont 19, sweep ~70, hf ~30, ~50 with its collect and train steps)
 #
 # paper: 4 replay replicas, no batching, load 0.9      (cluster/bench_paper.yaml)
 # cont : 4 replay replicas x 8 continuous slots, 0.97  (cluster/bench_cont.yaml)
-# sweep: goodput of SWEEP_POLICIES on the paper-like cluster, loads 1.0..1.3, SLO p90 JCT <= 45 s
+# sweep: goodput of SWEEP_POLICIES on the paper-like cluster, loads 0.8..0.95, 800 requests per point
+#        (the paper-like workload), SLO p90 JCT <= 45 s at time_scale 1
 # hf   : 2 hf replicas of SmolLM2-135M on CPU (real generation), FCFS vs SSJF vs SSJF-aging
 #
 # Environment: PROXY_ARTIFACT (default artifacts/proxy-default), OUT (default results/live),
@@ -31,8 +32,8 @@ ART=${PROXY_ARTIFACT:-artifacts/proxy-default}
 OUT=${OUT:-results/live}
 N_PAPER=${N_PAPER:-800}
 N_CONT=${N_CONT:-800}
-N_SWEEP=${N_SWEEP:-200}
-SWEEP=${SWEEP:-1.0:1.3:0.1}
+N_SWEEP=${N_SWEEP:-800}
+SWEEP=${SWEEP:-0.8:0.95:0.05}
 SLO_S=${SLO_S:-45}
 SWEEP_POLICIES=${SWEEP_POLICIES:-fcfs,ssjf,ssjf-aging}
 AGING_P99_BUDGET=${AGING_P99_BUDGET:-1.2}
