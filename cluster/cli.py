@@ -4,6 +4,7 @@
     python -m cluster.cli status --address HOST:PORT [--cluster-config ray_cluster.yaml] [--json]
     python -m cluster.cli local up [--llm-nodes 2] [--detach]     # a multi-node Ray on this machine
     python -m cluster.cli local down STATE_FILE
+    python -m cluster.cli derive SRC DST [--proxy ARTIFACT] [--set router.aging_threshold_s=30 ...]
 
 ``check`` exits 1 when a Serve config cannot be placed on the cluster, 2 on a usage error.
 """
@@ -26,6 +27,38 @@ from cluster import tools
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Check cluster configs, show where a live cluster runs what, start a local multi-node Ray."""
+
+
+# ---- derive --------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--proxy", "proxy_artifact", default=None, help="Set proxy.artifact_path (a trained proxy artifact).")
+@click.option("--set", "pairs", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one knob; VALUE is read as YAML (30, true, [1, 2]). Repeatable.")
+def derive(src: Path, dst: Path, proxy_artifact: str | None, pairs: tuple[str, ...]):
+    """Write DST: a copy of the cluster config SRC (a Serve config or build_app's dict) with the proxy
+    artifact and overrides set, validated (an unknown key or bad value exits 2 and names it)."""
+    import yaml
+
+    from cluster.config import derive_config
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected SECTION.KEY=VALUE, got {pair!r}", param_hint="--set")
+        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        data = yaml.safe_load(src.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{src} must hold a mapping, got {type(data).__name__}")
+        out = derive_config(data, proxy_artifact=proxy_artifact, overrides=overrides)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise click.UsageError(str(exc)) from None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(yaml.safe_dump(out, sort_keys=False))
 
 
 # ---- check ---------------------------------------------------------------------------------

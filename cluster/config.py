@@ -7,6 +7,7 @@ message that shows them, not later inside a replica. Pure Python: no Ray, no tor
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -272,3 +273,32 @@ def describe(cls=AppConfig) -> list[tuple[str, str, str]]:
         else:
             rows.append((f.name, repr(f.default), f.metadata.get("help", "")))
     return rows
+
+
+def derive_config(data: dict, *, proxy_artifact: str | None = None, overrides: dict[str, object] | None = None) -> dict:
+    """A copy of a cluster config with ``proxy.artifact_path`` and ``section.key`` overrides set.
+
+    ``data`` is either ``build_app``'s dict or a Serve config (``applications: [{args: ...}]``), whose
+    first application's ``args`` is changed and whose wrapper is kept (the copy deploys as the original
+    did). The changed app config is validated, so a misspelt key fails here with the valid ones listed
+    instead of being ignored by a benchmark that then measures the wrong cluster.
+    """
+    out = copy.deepcopy(data or {})
+    if "applications" in out:
+        apps = out["applications"] or []
+        if not apps:
+            raise ValueError("the Serve config lists no applications")
+        cfg = apps[0].setdefault("args", {})
+    else:
+        cfg = out
+    if proxy_artifact is not None:
+        cfg.setdefault("proxy", {})["artifact_path"] = proxy_artifact
+    for key, value in (overrides or {}).items():
+        section, sep, name = key.partition(".")
+        if not sep or not name or "." in name:
+            raise ValueError(f"override keys look like section.key (e.g. router.aging_threshold_s), got {key!r}")
+        if not isinstance(cfg.setdefault(section, {}), dict):
+            raise ValueError(f"{section!r} is not a section of the config")
+        cfg[section][name] = value
+    AppConfig.from_dict(cfg)
+    return out

@@ -30,19 +30,18 @@ STAGES = {
     "emulated": ("cluster/bench_paper.yaml",
                  # 0.3: the emulated A100 at 3.3x its speed; ~1,200 tokens/s through Serve at load 0.9.
                  # Threshold: 1.3 x the simulated FCFS p99 JCT of this workload (103 s) x 0.3.
-                 {"llm": {"time_scale": 0.3}, "router": {"aging_threshold_s": 40.0}},
+                 {"llm.time_scale": 0.3, "router.aging_threshold_s": 40.0},
                  ["--trace", "gamma:4", "--load", "0.9", "--num-requests", "150", "--timeout", "600"]),
 }
 
 
 def derive(src: str, dst: Path, proxy: str, overrides: dict) -> Path:
-    data = yaml.safe_load(Path(src).read_text())
-    cfg = data["applications"][0]["args"] if "applications" in data else data
-    cfg.setdefault("proxy", {})["artifact_path"] = proxy
-    for section, values in overrides.items():
-        cfg.setdefault(section, {}).update(values)
+    """A copy of ``src`` with the proxy artifact and the stage's overrides (``ssjf-cluster derive``)."""
+    from cluster.config import derive_config
+
     dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    data = derive_config(yaml.safe_load(Path(src).read_text()), proxy_artifact=proxy, overrides=overrides)
+    dst.write_text(yaml.safe_dump(data, sort_keys=False))
     return dst
 
 

@@ -43,22 +43,14 @@ mkdir -p "$OUT"
 TAU=$($PY -c "import json,sys; print(round(json.load(open(sys.argv[1]+'/eval_test.json'))['all']['proxy']['kendall_tau'],3))" "$ART" 2>/dev/null || echo '?')
 echo "live_bench: proxy artifact $ART (Kendall tau on its own test split: $TAU); results in $OUT" >&2
 
-# derive CONFIG OUTFILE KEY=VALUE...: a copy of a cluster config with the artifact and overrides set.
+# derive CONFIG OUTFILE SECTION.KEY=VALUE...: a validated copy of a cluster config with the proxy
+# artifact $ART and the overrides set (`ssjf-cluster derive`; a misspelt key stops the run).
 derive() {
-  $PY - "$@" <<'EOF'
-import sys, yaml
-src, dst, *pairs = sys.argv[1:]
-data = yaml.safe_load(open(src))
-cfg = data["applications"][0]["args"] if "applications" in data else data  # a Serve config: its first app
-cfg.setdefault("proxy", {})["artifact_path"] = __import__("os").environ["ART"]
-for pair in pairs:
-    key, value = pair.split("=", 1)
-    section, name = key.split(".")
-    cfg.setdefault(section, {})[name] = yaml.safe_load(value)
-yaml.safe_dump(data, open(dst, "w"), sort_keys=False)
-EOF
+  local src=$1 dst=$2; shift 2
+  local sets=() pair
+  for pair in "$@"; do sets+=(--set "$pair"); done
+  .venv/bin/ssjf-cluster derive "$src" "$dst" --proxy "$ART" "${sets[@]}"
 }
-export ART
 
 # choose_threshold DIR PROXY SIM_ARGS... -> prints the aging threshold (s, simulated time): the
 # largest of 0.6/0.8/1.0/1.3 x the simulated FCFS p99 JCT whose simulated ssjf-aging p99 stays within

@@ -82,3 +82,50 @@ def test_predictor_selection(tmp_path):
     assert type(auto) is type(heuristic_predictor())
     const = load_predictor(ProxySettings(predictor="constant", constant_tokens=11))
     assert const.predict(["x", "y"], ["m", "m"]) == [11.0, 11.0]
+
+
+def test_derive_config_keeps_a_serve_wrapper_and_sets_the_knobs():
+    from cluster.config import derive_config
+
+    src = yaml.safe_load((CLUSTER / "demo.yaml").read_text())
+    out = derive_config(src, proxy_artifact="artifacts/p", overrides={"router.aging_threshold_s": 12.5,
+                                                                       "llm.time_scale": 0.5})
+    args = out["applications"][0]["args"]
+    assert args["proxy"]["artifact_path"] == "artifacts/p"
+    assert args["router"]["aging_threshold_s"] == 12.5 and args["llm"]["time_scale"] == 0.5
+    assert out["applications"][0]["import_path"] == src["applications"][0]["import_path"]
+    assert src["applications"][0]["args"]["router"]["aging_threshold_s"] != 12.5  # the source is copied, not changed
+    bare = derive_config({"llm": {"engine": "replay"}}, overrides={"router.policy": "ssjf"})
+    assert bare == {"llm": {"engine": "replay"}, "router": {"policy": "ssjf"}}
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"router.aging_treshold_s": 3}, ["aging_treshold_s", "router"]),
+    ({"routr.policy": "ssjf"}, ["routr", "valid keys"]),
+    ({"aging_threshold_s": 3}, ["section.key"]),
+    ({"llm.time_scale": -1}, ["time_scale", "-1"]),
+])
+def test_derive_config_refuses_a_knob_that_would_be_ignored(overrides, words):
+    from cluster.config import derive_config
+
+    with pytest.raises(ValueError) as exc:
+        derive_config({}, overrides=overrides)
+    assert all(w in str(exc.value) for w in words), str(exc.value)
+
+
+def test_cli_derive_writes_the_copy_and_exits_2_on_a_bad_key(tmp_path):
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    dst = tmp_path / "out" / "paper.yaml"
+    runner = CliRunner()
+    ok = runner.invoke(main, ["derive", str(CLUSTER / "bench_paper.yaml"), str(dst), "--proxy", "a/b",
+                              "--set", "router.aging_threshold_s=14.7", "--set", "router.policy=ssjf"])
+    assert ok.exit_code == 0, ok.output
+    cfg = AppConfig.from_dict(yaml.safe_load(dst.read_text()))
+    assert cfg.router.aging_threshold_s == 14.7 and cfg.proxy.artifact_path == "a/b"
+    bad = runner.invoke(main, ["derive", str(CLUSTER / "bench_paper.yaml"), str(tmp_path / "x.yaml"),
+                               "--set", "router.aging_threshold=1"])
+    assert bad.exit_code == 2 and "aging_threshold" in bad.output and not (tmp_path / "x.yaml").exists()
+    assert runner.invoke(main, ["derive", str(CLUSTER / "bench_paper.yaml"), str(dst), "--set", "nothing"]).exit_code == 2
