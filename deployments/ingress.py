@@ -154,7 +154,11 @@ class _Run:
                     except asyncio.TimeoutError:
                         raise _Retry("first_chunk_timeout") from None
                     if first.get("event") == "misrouted":
-                        raise _Retry("misrouted")
+                        # Serve has not listed the pinned replica for ingress.pin_grace_s: it is gone (a lost
+                        # node) or not yet visible here. Either way the router should stop choosing it until
+                        # it heartbeats again (every llm.heartbeat_s), or every retry lands on it and the
+                        # request fails before replica_timeout_s drops it.
+                        raise _Retry("misrouted", replica_dead=True)
                     if not started:
                         started = True
                         self.started_at = time.time()
