@@ -156,6 +156,20 @@ def test_bundled_arena_default_needs_no_tokenizer():
         load_dataset("arena", tokenizer="gpt2")
 
 
+def test_bundled_demo_mix_has_short_and_capped_replies():
+    """The demo's real stage relies on this file: SmolLM2's own lengths, half short, half at the 64 cap."""
+    from pathlib import Path
+
+    import loadgen
+
+    path = Path(loadgen.__file__).parent / "data" / "demo_mix.jsonl"
+    table = load_dataset(str(path))
+    lengths = table["output_tokens"].to_pylist()
+    assert table.num_rows == 24 and set(table["model"].to_pylist()) == {"smollm2"}
+    assert sum(n < 50 for n in lengths) == 12 and sum(n == 64 for n in lengths) == 12
+    assert len(set(table["prompt_id"].to_pylist())) == 24
+
+
 def test_table_parquet_roundtrip(tmp_path):
     conv = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a b"}]
     table = load_dataset(write_jsonl(tmp_path / "s.jsonl", [{"id": "1", "conversations": conv}]),
