@@ -42,8 +42,6 @@ def derive(src: Path, dst: Path, proxy_artifact: str | None, pairs: tuple[str, .
     artifact and overrides set, validated (an unknown key or bad value exits 2 and names it)."""
     import yaml
 
-    from cluster.config import derive_config
-
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -51,14 +49,9 @@ def derive(src: Path, dst: Path, proxy_artifact: str | None, pairs: tuple[str, .
             raise click.BadParameter(f"expected SECTION.KEY=VALUE, got {pair!r}", param_hint="--set")
         overrides[key.strip()] = yaml.safe_load(value)
     try:
-        data = yaml.safe_load(src.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{src} must hold a mapping, got {type(data).__name__}")
-        out = derive_config(data, proxy_artifact=proxy_artifact, overrides=overrides)
-    except (ValueError, yaml.YAMLError) as exc:
+        tools.derive_file(src, dst, proxy_artifact=proxy_artifact, overrides=overrides)
+    except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(yaml.safe_dump(out, sort_keys=False))
 
 
 # ---- check ---------------------------------------------------------------------------------

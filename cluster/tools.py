@@ -456,6 +456,26 @@ def _read_yaml(path: str | Path):
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
+def derive_file(src: str | Path, dst: str | Path, *, proxy_artifact: str | None = None,
+                overrides: dict[str, object] | None = None) -> Path:
+    """Write ``dst``: :func:`cluster.config.derive_config` of the config file ``src`` (``ssjf-cluster
+    derive``, the demo and live_bench make their configs this way). ConfigError (a ValueError) names
+    a missing file, bad YAML, or a knob that does not exist."""
+    from cluster.config import derive_config
+
+    data = _read_yaml(src)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src} must hold a mapping, got {type(data).__name__}")
+    try:
+        out = derive_config(data, proxy_artifact=proxy_artifact, overrides=overrides)
+    except ValueError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(yaml.safe_dump(out, sort_keys=False))
+    return dst
+
+
 def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"

@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 # (stage, config, what it overrides, the bench arguments of the stage)
 STAGES = {
     # Real: 12 short-answer and 12 long-answer instructions of our own (loadgen/data/demo_mix.jsonl,
@@ -38,16 +36,6 @@ STAGES = {
                  ["--dataset", "arena", "--trace", "gamma:4", "--load", "0.9", "--num-requests", "150",
                   "--timeout", "600"]),
 }
-
-
-def derive(src: str, dst: Path, proxy: str, overrides: dict) -> Path:
-    """A copy of ``src`` with the proxy artifact and the stage's overrides (``ssjf-cluster derive``)."""
-    from cluster.config import derive_config
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    data = derive_config(yaml.safe_load(Path(src).read_text()), proxy_artifact=proxy, overrides=overrides)
-    dst.write_text(yaml.safe_dump(data, sort_keys=False))
-    return dst
 
 
 def real_stage_note(results: Path) -> str:
@@ -85,6 +73,7 @@ def main(argv: list[str]) -> int:
 
     import ray
 
+    from cluster.tools import derive_file
     from loadgen.cmd_bench import bench
 
     t0 = time.monotonic()
@@ -102,7 +91,7 @@ def main(argv: list[str]) -> int:
     try:
         for stage in stages:
             src, overrides, args = STAGES[stage]
-            cfg = derive(src, out / f"{stage}.yaml", proxy, overrides)
+            cfg = derive_file(src, out / f"{stage}.yaml", proxy_artifact=proxy, overrides=overrides)
             label = "REAL generation, 2 hf SmolLM2-135M replicas on CPU" if stage == "real" else \
                 "EMULATED replay replicas (7B-on-A100 cost model), arena reply lengths"
             print(f"\n=== demo stage '{stage}': {label} ===", flush=True)
