@@ -67,10 +67,10 @@ def error_response(e: APIError) -> JSONResponse:
 class _Retry(Exception):
     """The call never ran (its replica died, vanished or bounced it): dispatch again."""
 
-    def __init__(self, reason: str, replica_dead: bool = False):
+    def __init__(self, reason: str, drop_replica: bool = False):
         super().__init__(reason)
         self.reason = reason
-        self.replica_dead = replica_dead
+        self.drop_replica = drop_replica  # tell the router to stop choosing this replica
 
 
 def _replica_gone(error: BaseException) -> bool:
@@ -158,7 +158,7 @@ class _Run:
                         # node) or not yet visible here. Either way the router should stop choosing it until
                         # it heartbeats again (every llm.heartbeat_s), or every retry lands on it and the
                         # request fails before replica_timeout_s drops it.
-                        raise _Retry("misrouted", replica_dead=True)
+                        raise _Retry("misrouted", drop_replica=True)
                     if not started:
                         started = True
                         self.started_at = time.time()
@@ -176,12 +176,12 @@ class _Run:
                     if isinstance(e, _Retry):
                         retry = e
                     elif _replica_gone(e):
-                        retry = _Retry("replica_died", replica_dead=True)
+                        retry = _Retry("replica_died", drop_replica=True)
                     else:
                         raise
                     gen.cancel()
                     gen = None
-                    if retry.replica_dead:
+                    if retry.drop_replica:
                         ing.reporter.report("remove_replica", replica_id)
                     ing.metrics.retries.labels(retry.reason).inc()
                     if produced and not self.restart_after_output:
