@@ -65,10 +65,15 @@ class RouterService:
                          "rejected": 0, "requeued": 0, "replicas_removed": 0, "leases_expired": 0}
 
     # ---- requests ----------------------------------------------------------------------------
-    async def enqueue(self, meta: RequestMeta) -> tuple:
-        """Wait until the policy dispatches ``meta``; answer ``("ok", replica_id, batch_id)``."""
+    async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> tuple:
+        """Wait until the policy dispatches ``meta``; answer ``("ok", replica_id, batch_id)``.
+        ``requeue``: its last dispatch never ran (the replica died or bounced the call)."""
         rid = meta.request_id
         existing = self.scheduler.requests.get(rid)
+        if requeue:
+            self.counters["requeued"] += 1
+            if existing is not None and existing.status is RequestStatus.RUNNING:
+                existing = None  # that run is the one that failed: queue it again (_admit)
         if existing is not None:  # a caller retrying a call that did reach us: join the first one
             if existing.status is RequestStatus.RUNNING:
                 return (DISPATCHED, existing.replica_id, None)
@@ -77,7 +82,7 @@ class RouterService:
                 fut = self._waiters[rid] = asyncio.get_running_loop().create_future()
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
-        answer = self._admit(meta, fut)
+        answer = self._admit(meta, fut, requeue)
         if answer is not None:
             return answer
         try:
@@ -89,15 +94,16 @@ class RouterService:
             self._apply(self.scheduler.cancel(rid))
             raise
 
-    def _admit(self, meta: RequestMeta, waiter: asyncio.Future | str) -> tuple | None:
-        """Queue a new request for ``waiter``: None when it waits, else the immediate answer."""
+    def _admit(self, meta: RequestMeta, waiter: asyncio.Future | str, requeue: bool = False) -> tuple | None:
+        """Queue a new request for ``waiter``: None when it waits, else the immediate answer.
+        ``requeue``: it ran and failed; it goes back in its own place (``Scheduler.requeue``)."""
         if self._no_replica():
             # Every LLM replica is gone (e.g. its nodes were lost): say so now rather than queue
             # the request behind nothing. Serve (or the Ray autoscaler) may bring one back.
             self.counters["rejected"] += 1
             return (NO_REPLICA, self.retry_after_s)
         try:
-            assignments = self.scheduler.enqueue(meta)
+            assignments = self.scheduler.requeue(meta) if requeue else self.scheduler.enqueue(meta)
         except QueueFullError:
             self.counters["rejected"] += 1
             return (QUEUE_FULL, self.retry_after_s)
@@ -115,10 +121,12 @@ class RouterService:
         requeue = set(requeue_ids)
         for meta in metas:
             rid = meta.request_id
-            if rid in requeue:
-                self.counters["requeued"] += 1
-                self._apply(self.scheduler.fail(rid))
             existing = self.scheduler.requests.get(rid)
+            again = rid in requeue
+            if again:
+                self.counters["requeued"] += 1
+                if existing is not None and existing.status is RequestStatus.RUNNING:
+                    existing = None  # that run failed: queue it again in its place (_admit)
             if existing is not None:  # sent again (the client retried): answer or wait as before
                 if existing.status is RequestStatus.RUNNING:
                     box.append((rid, (DISPATCHED, existing.replica_id, None)))
@@ -128,7 +136,7 @@ class RouterService:
                         old.set_result((CANCELLED,))  # one waiter per request: the latest
                     self._waiters[rid] = client_id
                 continue
-            answer = self._admit(meta, client_id)
+            answer = self._admit(meta, client_id, again)
             if answer is not None:
                 box.append((rid, answer))
         if box:
@@ -184,10 +192,9 @@ class RouterService:
         self._client_seen.pop(client_id, None)
 
     async def requeue(self, meta: RequestMeta) -> tuple:
-        """Its replica died or bounced the call before it produced output: forget the run, wait again."""
-        self.counters["requeued"] += 1
-        self._apply(self.scheduler.fail(meta.request_id))
-        return await self.enqueue(meta)
+        """Its replica died or bounced the call before it produced output: forget the run and wait
+        again in the request's own place (the slot it frees does not go to the one behind it first)."""
+        return await self.enqueue(meta, requeue=True)
 
     def complete(self, request_id: str, num_output_tokens: int | None = None) -> None:
         if request_id in self.scheduler.requests:

@@ -154,6 +154,21 @@ class Scheduler:
         cap = self.config.max_queued
         if cap is not None and self.num_queued >= cap:
             raise QueueFullError(f"queue is full ({self.num_queued} waiting, max_queued={cap})")
+        return self._admit(meta)
+
+    def requeue(self, meta: RequestMeta) -> list[Assignment]:
+        """A dispatched run never started (its replica died or bounced the call): queue the request
+        again with its own arrival time, then dispatch. One step, so the slot it frees does not go
+        to the request behind it first: a retried request keeps its turn. It was admitted once, so
+        the queue cap does not apply. A request that is already waiting stays where it is."""
+        state = self.requests.get(meta.request_id)
+        if state is not None and state.status is not RequestStatus.RUNNING:
+            return []
+        if state is not None:
+            self._finish(meta.request_id, RequestStatus.FAILED, None, dispatch=False)
+        return self._admit(meta)
+
+    def _admit(self, meta: RequestMeta) -> list[Assignment]:
         state = RequestState(meta, self.clock())
         self.requests[meta.request_id] = state
         self.num_queued += 1
@@ -171,7 +186,8 @@ class Scheduler:
     def fail(self, request_id: str) -> list[Assignment]:
         return self._finish(request_id, RequestStatus.FAILED, None)
 
-    def _finish(self, request_id: str, status: RequestStatus, num_output_tokens) -> list[Assignment]:
+    def _finish(self, request_id: str, status: RequestStatus, num_output_tokens,
+                dispatch: bool = True) -> list[Assignment]:
         state = self.requests.pop(request_id, None)
         if state is None:
             return []  # already finished, cancelled or orphaned: idempotent
@@ -188,7 +204,7 @@ class Scheduler:
                     replica.running_work = 0.0
                 self._sync(replica)
                 self._update_free(replica)
-            return self._dispatch()
+            return self._dispatch() if dispatch else []
         if status is RequestStatus.FINISHED:
             self.requests[request_id] = state  # put back: completing a queued request is a bug
             raise ValueError(f"request {request_id!r} is queued, not running: it cannot complete")

@@ -219,6 +219,31 @@ def test_removing_the_last_replica_parks_its_queue_until_a_replica_registers():
     assert ids(sched.add_replica("r1")) == ["waiting"]
 
 
+@pytest.mark.parametrize("policy", ["fcfs", "ssjf"])
+def test_a_requeued_run_keeps_its_turn_instead_of_handing_its_slot_to_the_next(policy):
+    # Its replica bounced the call (it never ran): the request goes back by its own arrival time,
+    # and only then does the freed slot take the best waiting request, which is the requeued one.
+    sched = Scheduler(SchedulerConfig(policy=policy, batching="none"), clock=FakeClock())
+    sched.add_replica("r0")
+    sched.enqueue(meta("first", 5, arrival=1))
+    sched.enqueue(meta("second", 50, arrival=2))
+    assert ids(sched.requeue(meta("first", 5, arrival=1))) == ["first"]
+    assert sched.snapshot()["num_queued"] == 1 and sched.snapshot()["num_running"] == 1
+    assert ids(sched.complete("first")) == ["second"]
+
+
+def test_requeue_ignores_the_queue_cap_and_leaves_a_waiting_request_in_place():
+    sched = Scheduler(SchedulerConfig(policy="fcfs", batching="none", max_queued=1), clock=FakeClock())
+    sched.add_replica("r0")
+    sched.enqueue(meta("run", 5, arrival=1))
+    sched.enqueue(meta("waiting", 5, arrival=2))  # the queue is full now
+    orphans, _ = sched.remove_replica("r0")  # its run is orphaned; the caller requeues it
+    assert sched.requeue(orphans[0]) == []  # admitted once: no QueueFullError
+    assert sched.requeue(meta("waiting", 5, arrival=2)) == []  # already waiting: nothing changes
+    assert sched.snapshot()["num_queued"] == 2
+    assert ids(sched.add_replica("r1")) == ["run"]
+
+
 @pytest.mark.parametrize("balancer", ["round-robin", "least-work", "power-of-two", "late-binding"])
 @pytest.mark.parametrize("batching", ["none", "static", "continuous"])
 def test_cached_loads_always_equal_a_fresh_computation(balancer, batching):

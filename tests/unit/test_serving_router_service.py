@@ -241,7 +241,23 @@ async def test_submit_answers_queue_full_and_requeues():
     assert answers == {"a": (DISPATCHED, "r1", None), "c": (QUEUE_FULL, 1.0)}
     svc.submit("ing", [meta("a", 5, 1)], requeue_ids=["a"])  # its replica bounced it: run again
     assert svc.snapshot()["counters"]["requeued"] == 1
+    # "a" arrived first and keeps its turn (the full queue does not refuse it: it was admitted).
+    assert dict(await svc.poll("ing", timeout_s=0.01)) == {"a": (DISPATCHED, "r1", None)}
+    svc.complete("a")
     assert dict(await svc.poll("ing", timeout_s=0.01)) == {"b": (DISPATCHED, "r1", None)}
+
+
+async def test_a_bounced_request_is_dispatched_again_before_the_one_behind_it():
+    svc = service(policy="fcfs")
+    svc.heartbeat("r1", 1)
+    assert await svc.enqueue(meta("a", 50, 1)) == (DISPATCHED, "r1", None)
+    behind = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
+    await settle()
+    # The call to r1 bounced before it ran: the ingress asks again. "b" must not take a's slot.
+    assert await svc.requeue(meta("a", 50, 1)) == (DISPATCHED, "r1", None)
+    assert not behind.done()
+    svc.complete("a")
+    assert await behind == (DISPATCHED, "r1", None)
 
 
 async def test_a_client_that_stops_polling_frees_what_it_held():
