@@ -438,12 +438,63 @@ def run_policies(policy_names, base_config, workloads, settings, client_config, 
                 run_dir = out / (policy if load is None else f"{policy}/load-{load:g}")
                 pace = f"{spec.rate:.3f} req/s" if spec.rate else "the trace's own times"
                 click.echo(f"[bench] {name}: {table.num_rows} requests at {pace}", err=True)
+                before = server_counters(url)
                 outcome = execute_run(
                     replace(client_config, url=url), table, replace(settings, label=name), run_dir,
                     {"spec": spec.to_dict(), "options": opts.to_dict()},
                     extra_config={"command": "bench", "policy": policy, "load": load, "cluster": facts},
                 )
+                outcome.summary.update(counter_deltas(before, server_counters(url)))
                 results.setdefault(policy, []).append((load, run_dir, outcome.summary))
+
+
+# What the client cannot see: the ingress's own counters over one run (``GET /metrics``, read before
+# and after it, while the cluster is still up). A prediction that missed ``proxy.timeout_s`` came
+# from the prompt-length heuristic, so the policy ordered that request without the proxy.
+SERVER_COUNTERS = {"proxy_fallbacks": "ssjf_proxy_fallbacks_total", "retries": "ssjf_retries_total"}
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    """Prometheus text -> {sample name: value summed over its labels} for every counter."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type != "counter":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def server_counters(url: str) -> dict[str, float] | None:
+    """The counters of the ingress replica that answers ``/metrics`` (the bench configs run one);
+    None when they cannot be read (the run's client-side numbers stand without them)."""
+    try:
+        resp = httpx.get(f"{url}/metrics", timeout=10.0)
+        resp.raise_for_status()
+        return parse_counters(resp.text)
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def counter_deltas(before: dict | None, after: dict | None) -> dict[str, int]:
+    if before is None or after is None:
+        return {}
+    return {key: int(after.get(name, 0.0) - before.get(name, 0.0)) for key, name in SERVER_COUNTERS.items()}
+
+
+def fallback_warnings(summaries: dict[str, dict], prefix: str = "") -> list[str]:
+    """One line per run in which some requests were scheduled on the heuristic's guess."""
+    lines = []
+    for policy, s in summaries.items():
+        n = s.get("proxy_fallbacks") or 0
+        if n:
+            lines.append(f"{prefix}{policy}: {n} of {s.get('num_requests', '?')} predictions came from the prompt-length "
+                         f"heuristic (the proxy answered later than proxy.timeout_s): those requests were ordered "
+                         f"without the proxy")
+    return lines
 
 
 def cluster_facts(config: dict, app, config_path: str, capacity: dict | None) -> dict:
@@ -520,12 +571,16 @@ def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json
             "results_dirs": {p: str(runs[0][1]) for p, runs in results.items()},
         }
         sim = (simulated or {}).get(None)
+        warnings = fallback_warnings(summaries)
         if sim is not None:
             summary["simulated"] = {**sim, "live_vs_simulated": live_vs_simulated(summaries, sim["policies"])}
             warning = slowdown_warning(summaries, sim["policies"], facts.get("time_scale"))
             if warning:
-                summary["warnings"] = [warning]
-                click.echo(f"warning: {warning}", err=True)
+                warnings.append(warning)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if warnings:
+            summary["warnings"] = warnings
         (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if as_json:
             click.echo(json.dumps({**summary, "plot": str(png)}, indent=2, default=str))
@@ -561,9 +616,10 @@ def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json
         sim = (simulated or {}).get(load)
         per = {p: next(s for x, _, s in runs if x == load) for p, runs in results.items()}
         warning = slowdown_warning(per, sim["policies"], facts.get("time_scale")) if sim else None
-        if warning:
-            warnings.append(f"load {load:g}: {warning}")
-            click.echo(f"warning: load {load:g}: {warning}", err=True)
+        found = fallback_warnings(per, prefix=f"load {load:g}: ") + ([f"load {load:g}: {warning}"] if warning else [])
+        for line in found:
+            click.echo(f"warning: {line}", err=True)
+        warnings.extend(found)
     if warnings:
         summary["warnings"] = warnings
     (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -127,3 +127,23 @@ def test_slowdown_warning_names_the_setting():
     assert slowdown_warning({"fcfs": {"mean_jct_s": 2.5}}, sim, 0.1) is None
     warning = slowdown_warning({"fcfs": {"mean_jct_s": 8.0}}, sim, 0.1)
     assert "4.0x slower" in warning and "llm.time_scale" in warning
+
+
+def test_server_counters_over_one_run_come_from_the_ingress_metrics():
+    # The ingress's real Prometheus registry, rendered as GET /metrics renders it.
+    from deployments.metrics import IngressMetrics
+    from loadgen.cmd_bench import counter_deltas, fallback_warnings, parse_counters
+
+    metrics = IngressMetrics()
+    metrics.proxy_fallbacks.inc(2)  # warm-up, before the run
+    metrics.retries.labels("misrouted").inc()
+    before = parse_counters(metrics.render()[0].decode())
+    metrics.proxy_fallbacks.inc(5)
+    metrics.retries.labels("misrouted").inc(2)
+    metrics.retries.labels("replica_died").inc()
+    after = parse_counters(metrics.render()[0].decode())
+    assert counter_deltas(before, after) == {"proxy_fallbacks": 5, "retries": 3}
+    assert counter_deltas(None, after) == {}  # unreadable: nothing claimed
+    lines = fallback_warnings({"fcfs": {"proxy_fallbacks": 0, "num_requests": 9},
+                               "ssjf": {"proxy_fallbacks": 5, "num_requests": 9}}, prefix="load 0.9: ")
+    assert len(lines) == 1 and lines[0].startswith("load 0.9: ssjf: 5 of 9 predictions") and "heuristic" in lines[0]
