@@ -69,11 +69,7 @@ class RouterService:
         """Wait until the policy dispatches ``meta``; answer ``("ok", replica_id, batch_id)``.
         ``requeue``: its last dispatch never ran (the replica died or bounced the call)."""
         rid = meta.request_id
-        existing = self.scheduler.requests.get(rid)
-        if requeue:
-            self.counters["requeued"] += 1
-            if existing is not None and existing.status is RequestStatus.RUNNING:
-                existing = None  # that run is the one that failed: queue it again (_admit)
+        existing = self._to_join(rid, requeue)
         if existing is not None:  # a caller retrying a call that did reach us: join the first one
             if existing.status is RequestStatus.RUNNING:
                 return (DISPATCHED, existing.replica_id, None)
@@ -93,6 +89,17 @@ class RouterService:
                 self._waiters.pop(rid, None)
             self._apply(self.scheduler.cancel(rid))
             raise
+
+    def _to_join(self, request_id: str, requeue: bool):
+        """The scheduled state a call for ``request_id`` joins, or None when it is to be admitted. A
+        requeue is counted, and a running state is then the run that failed: admitted again, in its
+        place (``_admit``), not joined."""
+        existing = self.scheduler.requests.get(request_id)
+        if requeue:
+            self.counters["requeued"] += 1
+            if existing is not None and existing.status is RequestStatus.RUNNING:
+                return None
+        return existing
 
     def _admit(self, meta: RequestMeta, waiter: asyncio.Future | str, requeue: bool = False) -> tuple | None:
         """Queue a new request for ``waiter``: None when it waits, else the immediate answer.
@@ -121,12 +128,8 @@ class RouterService:
         requeue = set(requeue_ids)
         for meta in metas:
             rid = meta.request_id
-            existing = self.scheduler.requests.get(rid)
             again = rid in requeue
-            if again:
-                self.counters["requeued"] += 1
-                if existing is not None and existing.status is RequestStatus.RUNNING:
-                    existing = None  # that run failed: queue it again in its place (_admit)
+            existing = self._to_join(rid, again)
             if existing is not None:  # sent again (the client retried): answer or wait as before
                 if existing.status is RequestStatus.RUNNING:
                     box.append((rid, (DISPATCHED, existing.replica_id, None)))
