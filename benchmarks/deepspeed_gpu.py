@@ -64,7 +64,7 @@ class BenchConfig:
 def load_prompts(n: int) -> list[list[dict]]:
     """Chat conversations from the bundled arena sample (no ../shared needed)."""
     try:
-        from loadgen.datasets import load_dataset
+        from proxy_model.datasets import load_dataset
 
         table = load_dataset("arena", limit=max(n, 1))
         msgs = table.column("messages").to_pylist()

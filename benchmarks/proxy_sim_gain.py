@@ -37,8 +37,8 @@ def heldout_arena(path: Path, *, seed: int, val_frac: float, test_frac: float) -
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from loadgen.datasets import load_dataset
     from proxy_model.data import split_of
+    from proxy_model.datasets import load_dataset
 
     table = load_dataset("arena")
     first = [next((m["content"] for m in msgs if m["role"] == "user"), "") for msgs in table.column("messages").to_pylist()]

@@ -25,12 +25,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from loadgen.cmd_simulate import AUTO_THRESHOLD_FACTOR, prepare_workload
-from loadgen.engine_model import EngineProfile
 from loadgen.options import WorkloadOptions
 from loadgen.predictors_sim import PredictorSpec
 from loadgen.simulator import simulate
 from loadgen.summary import summarize
 from router import SchedulerConfig
+from router.cost_model import EngineProfile
 
 SCENARIOS = {
     "paper-like (none, 4 replicas, load 0.9)": dict(batching="none", max_batch=1, load=0.9),

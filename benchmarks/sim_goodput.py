@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from loadgen.cmd_bench import goodput, parse_sweep
-from loadgen.cmd_simulate import _sim_workload
-from loadgen.engine_model import EngineProfile
+from cluster.bench import goodput, parse_sweep
 from loadgen.options import WorkloadOptions
 from loadgen.predictors_sim import PredictorSpec, predict
-from loadgen.simulator import measure_saturation, simulate
+from loadgen.simulator import SimWorkload, measure_saturation, simulate
 from loadgen.summary import summarize
 from router import Policy, SchedulerConfig
+from router.cost_model import EngineProfile
 
 
 def sweep(n: int, seed: int, loads: list[float], predictor: PredictorSpec, policies: list[str],
@@ -37,10 +36,10 @@ def sweep(n: int, seed: int, loads: list[float], predictor: PredictorSpec, polic
         base = replace(base, aging_threshold_s=aging_threshold_s)
     opts = WorkloadOptions(dataset="arena", trace="azure-conv", num_requests=n, seed=seed)
     pilot = replace(opts, rate=1.0).build()
-    # Capacity as `loadgen bench` measures it (loadgen.cmd_bench.replay_capacity): FCFS with the true
+    # Capacity as `loadgen bench` measures it (cluster.bench.replay_capacity): FCFS with the true
     # lengths, since the least-work balancer places by predicted work and a load must mean one rate.
     truth = pilot.column("output_tokens").to_numpy()
-    saturation = measure_saturation(_sim_workload(pilot, truth), base, engine, replicas)["saturation_rps"]
+    saturation = measure_saturation(SimWorkload.from_table(pilot, truth), base, engine, replicas)["saturation_rps"]
     # The prompt draw does not depend on the rate, so one prediction per request serves every load. It is
     # made on the whole table in its order, as bench's simulation does: a bf16 proxy's answer shifts
     # slightly with the batch a prompt shares, and a p90 can follow that.
@@ -49,7 +48,7 @@ def sweep(n: int, seed: int, loads: list[float], predictor: PredictorSpec, polic
     for load in loads:
         table = replace(opts, load=load).build(saturation)
         assert table.column("request_id").equals(pilot.column("request_id")), "the prompt draw changed with the rate"
-        work = _sim_workload(table, predicted)
+        work = SimWorkload.from_table(table, predicted)
         for name in policies:
             res = simulate(work, replace(base, policy=Policy.parse(name)), engine, replicas)
             points[name].append((load, summarize(res.arrival_at, res.finished_at)))

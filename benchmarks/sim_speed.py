@@ -15,14 +15,14 @@ import time
 
 import numpy as np
 
-from loadgen.engine_model import EngineProfile
 from loadgen.predictors_sim import noisy_predictions
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
 from router import SchedulerConfig
+from router.cost_model import EngineProfile
 
 
 def arena_lengths(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from loadgen.datasets import load_dataset
+    from proxy_model.datasets import load_dataset
 
     table = load_dataset("arena")
     out = table.column("output_tokens").to_numpy()

@@ -19,12 +19,12 @@ import time
 from dataclasses import replace
 
 from loadgen.cmd_simulate import AUTO_THRESHOLD_FACTOR, prepare_workload
-from loadgen.engine_model import EngineProfile
 from loadgen.options import WorkloadOptions
 from loadgen.predictors_sim import PredictorSpec, kendall_tau
 from loadgen.simulator import simulate
 from loadgen.summary import summarize
 from router import SchedulerConfig
+from router.cost_model import EngineProfile
 
 LOADS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 TAUS = (0.2, 0.4, 0.6, 0.8, 1.0)

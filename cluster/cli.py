@@ -5,6 +5,7 @@
     python -m cluster.cli local up [--llm-nodes 2] [--detach]     # a multi-node Ray on this machine
     python -m cluster.cli local down STATE_FILE
     python -m cluster.cli derive SRC DST [--proxy ARTIFACT] [--set router.aging_threshold_s=30 ...]
+    python -m cluster.cli bench --config CLUSTER.yaml [--policies fcfs,ssjf,ssjf-aging] ...
 
 ``check`` exits 1 when a Serve config cannot be placed on the cluster, 2 on a usage error.
 """
@@ -22,11 +23,16 @@ from pathlib import Path
 import click
 
 from cluster import tools
+from cluster.bench import bench
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """Check cluster configs, show where a live cluster runs what, start a local multi-node Ray."""
+    """Check cluster configs, show where a live cluster runs what, start a local multi-node Ray,
+    benchmark policies on a local cluster."""
+
+
+main.add_command(bench)
 
 
 # ---- derive --------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from cluster.lifecycle import free_port
 
 # `ray start --block` prints this once every process of the node is up.
 _READY_MARK = "This command will now block forever"
@@ -80,12 +81,6 @@ def as_cluster_config(specs: Sequence[NodeSpec]) -> dict:
             t["max_workers"] += 1
     head = next(s.node_type for s in specs if s.head)
     return {"available_node_types": types, "head_node_type": head}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from deployments.config import AppConfig
+
 # Resources Ray defines for itself; everything else in a node type is a custom resource.
 BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 # Label Ray sets from RAY_NODE_TYPE_NAME, which `ray up` (autoscaler v2) and
@@ -456,13 +458,40 @@ def _read_yaml(path: str | Path):
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
+def derive_config(data: dict, *, proxy_artifact: str | None = None, overrides: dict[str, object] | None = None) -> dict:
+    """A copy of a cluster config with ``proxy.artifact_path`` and ``section.key`` overrides set.
+
+    ``data`` is either ``build_app``'s dict or a Serve config (``applications: [{args: ...}]``), whose
+    first application's ``args`` is changed and whose wrapper is kept (the copy deploys as the original
+    did). The changed app config is validated, so a misspelt key fails here with the valid ones listed
+    instead of being ignored by a benchmark that then measures the wrong cluster.
+    """
+    out = copy.deepcopy(data or {})
+    if "applications" in out:
+        apps = out["applications"] or []
+        if not apps:
+            raise ValueError("the Serve config lists no applications")
+        cfg = apps[0].setdefault("args", {})
+    else:
+        cfg = out
+    if proxy_artifact is not None:
+        cfg.setdefault("proxy", {})["artifact_path"] = proxy_artifact
+    for key, value in (overrides or {}).items():
+        section, sep, name = key.partition(".")
+        if not sep or not name or "." in name:
+            raise ValueError(f"override keys look like section.key (e.g. router.aging_threshold_s), got {key!r}")
+        if not isinstance(cfg.setdefault(section, {}), dict):
+            raise ValueError(f"{section!r} is not a section of the config")
+        cfg[section][name] = value
+    AppConfig.from_dict(cfg)
+    return out
+
+
 def derive_file(src: str | Path, dst: str | Path, *, proxy_artifact: str | None = None,
                 overrides: dict[str, object] | None = None) -> Path:
-    """Write ``dst``: :func:`cluster.config.derive_config` of the config file ``src`` (``ssjf-cluster
+    """Write ``dst``: :func:`derive_config` of the config file ``src`` (``ssjf-cluster
     derive``, the demo and live_bench make their configs this way). ConfigError (a ValueError) names
     a missing file, bad YAML, or a knob that does not exist."""
-    from cluster.config import derive_config
-
     data = _read_yaml(src)
     if not isinstance(data, dict):
         raise ConfigError(f"{src} must hold a mapping, got {type(data).__name__}")

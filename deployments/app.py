@@ -1,6 +1,6 @@
 """The application builder: ``build_app(config)`` for Python and for ``serve run cluster/*.yaml``.
 
-The config is validated here (``cluster.config.AppConfig``), before any replica starts. Three
+The config is validated here (``deployments.config.AppConfig``), before any replica starts. Three
 deployments: ``ingress`` (HTTP), ``proxy`` (length predictions) and ``llm`` (engines, with the
 pinning request router). The central router actor is not a deployment: the first ingress or LLM
 replica to start creates it (a detached named actor); :func:`shutdown_router` removes it.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ray.serve.config import RequestRouterConfig
 
-from cluster.config import AppConfig
+from deployments.config import AppConfig
 from deployments.ingress import Ingress
 from deployments.llm import LLMServer
 from deployments.proxy_pool import ProxyPool

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.config import AppConfig, EngineKind
+from deployments.config import AppConfig, EngineKind
 from deployments.metrics import IngressMetrics
 from deployments.predictors import heuristic_predictor
 from deployments.prompts import PromptRenderer

@@ -15,7 +15,7 @@ import time
 
 from ray import serve
 
-from cluster.config import AppConfig
+from deployments.config import AppConfig
 from deployments.engines import GenerationRequest, build_engine
 from router.actor import Reporter, RouterClient
 

@@ -13,7 +13,7 @@ import logging
 import re
 from pathlib import Path
 
-from cluster.config import PredictorKind, ProxySettings
+from deployments.config import PredictorKind, ProxySettings
 
 logger = logging.getLogger(__name__)
 

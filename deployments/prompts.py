@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cluster.config import AppConfig, EngineKind
+from deployments.config import AppConfig, EngineKind
 from deployments.protocol import ParsedRequest
 
 REPLAY_CONTEXT_LENGTH = 8192

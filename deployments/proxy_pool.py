@@ -13,7 +13,7 @@ import logging
 
 from ray import serve
 
-from cluster.config import AppConfig
+from deployments.config import AppConfig
 from deployments.predictors import heuristic_predictor, load_predictor
 
 logger = logging.getLogger("ray.serve")

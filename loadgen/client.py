@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import httpx
 
-from router.policies import _parse_enum
+from router.policies import parse_enum
 
 MAX_ERROR_CHARS = 500
 
@@ -35,7 +35,7 @@ class Endpoint(enum.Enum):
 
     @classmethod
     def parse(cls, name) -> Endpoint:
-        return _parse_enum(cls, name, "endpoint")
+        return parse_enum(cls, name, "endpoint")
 
     @property
     def path(self) -> str:

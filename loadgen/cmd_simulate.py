@@ -100,7 +100,7 @@ def simulate(**kwargs):
     policies = _parse_policies(kwargs["policies"])
     threshold = _parse_threshold(kwargs["aging_threshold_s"])
     from loadgen import predictors_sim
-    from loadgen.engine_model import EngineProfile
+    from router.cost_model import EngineProfile
 
     try:
         predictor = predictors_sim.PredictorSpec.parse(kwargs["predictor"])
@@ -142,25 +142,11 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _sim_workload(table, predicted):
-    from loadgen.simulator import SimWorkload
-
-    return SimWorkload(
-        request_id=table.column("request_id").to_pylist(),
-        arrival_s=table.column("arrival_s").to_numpy(),
-        num_prompt_tokens=table.column("num_prompt_tokens").to_numpy(),
-        output_tokens=table.column("output_tokens").to_numpy(),
-        predicted_tokens=predicted,
-        max_tokens=table.column("max_tokens").to_numpy(),
-        model=table.column("model").to_pylist(),
-    )
-
-
 def _predict(predictor, table, seed: int):
     from loadgen import predictors_sim
 
     try:
-        return predictors_sim.predict(predictor, table, truth=table.column("output_tokens").to_numpy(), seed=seed)
+        return predictors_sim.predict_table(predictor, table, seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--predictor") from None
 
@@ -169,21 +155,21 @@ def prepare_workload(opts: WorkloadOptions, predictor, engine, base: SchedulerCo
                      saturation_requests: int | None = None):
     """The workload table, its :class:`SimWorkload` (with predictions), the saturation measurement
     (None unless ``--load``) and the resolved arrival rate."""
-    from loadgen.simulator import measure_saturation
+    from loadgen.simulator import SimWorkload, measure_saturation
 
     saturation = None
     if opts.load is not None:
         # Capacity depends on the lengths, not the arrival times: measure it on the same prompt draw
         # (the workload draws prompts and arrivals from independent streams of the seed).
         pilot = replace(opts, rate=1.0, load=None).build()
-        pilot_work = _sim_workload(pilot, _predict(predictor, pilot, opts.seed))
+        pilot_work = SimWorkload.from_table(pilot, _predict(predictor, pilot, opts.seed))
         n_sat = saturation_requests or len(pilot_work)
         saturation = measure_saturation(pilot_work, base, engine, replicas, max_requests=n_sat)
         table = opts.build(saturation["saturation_rps"])
     else:
         table = opts.build()
     rate = opts.resolve_rate(saturation["saturation_rps"] if saturation else None)
-    work = _sim_workload(table, _predict(predictor, table, opts.seed))
+    work = SimWorkload.from_table(table, _predict(predictor, table, opts.seed))
     return table, work, saturation, rate
 
 

@@ -216,3 +216,9 @@ def _from_file(path: str, table, n: int) -> np.ndarray:
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ValueError(f"predictions file {path} holds negative or non-finite predictions")
     return arr
+
+
+def predict_table(spec: PredictorSpec | str, table, seed: int = 0) -> np.ndarray:
+    """:func:`predict` for a workload table, whose ``output_tokens`` column is the truth that only the
+    synthetic ``oracle``/``noisy`` predictors read."""
+    return predict(spec, table, truth=table.column("output_tokens").to_numpy(), seed=seed)

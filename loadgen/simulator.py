@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loadgen.engine_model import EngineProfile
 from router import BatchingMode, Policy, RequestMeta, Scheduler, SchedulerConfig
+from router.cost_model import EngineProfile
 
 INF = math.inf
 
@@ -65,6 +65,19 @@ class SimWorkload:
             raise ValueError("output_tokens exceed max_tokens: cap the truth at max_tokens first")
         if len(set(self.request_id)) != n:
             raise ValueError("request_id values must be unique")
+
+    @classmethod
+    def from_table(cls, table, predicted) -> SimWorkload:
+        """The workload of a ``loadgen.workload`` table (one row per request) with these predictions."""
+        return cls(
+            request_id=table.column("request_id").to_pylist(),
+            arrival_s=table.column("arrival_s").to_numpy(),
+            num_prompt_tokens=table.column("num_prompt_tokens").to_numpy(),
+            output_tokens=table.column("output_tokens").to_numpy(),
+            predicted_tokens=predicted,
+            max_tokens=table.column("max_tokens").to_numpy(),
+            model=table.column("model").to_pylist(),
+        )
 
     def __len__(self) -> int:
         return len(self.request_id)

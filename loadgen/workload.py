@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loadgen import arrivals
-from loadgen.datasets import BUILTIN_DATASETS, DEFAULT_TOKENIZER, SCHEMA, load_dataset
+from proxy_model.datasets import BUILTIN_DATASETS, DEFAULT_TOKENIZER, SCHEMA, load_dataset
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -125,7 +125,7 @@ def arrival_times(spec: WorkloadSpec) -> np.ndarray:
 def build_workload(spec: WorkloadSpec, dataset: pa.Table | None = None) -> pa.Table:
     """The workload table (``WORKLOAD_SCHEMA``), sorted by arrival; ``output_tokens`` is the truth.
 
-    ``dataset`` reuses an already loaded table of ``loadgen.datasets`` instead of loading
+    ``dataset`` reuses an already loaded table of ``proxy_model.datasets`` instead of loading
     ``spec.dataset`` again.
     """
     table = load_dataset(spec.dataset, tokenizer=spec.tokenizer) if dataset is None else dataset

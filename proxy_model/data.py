@@ -1,6 +1,6 @@
 """``proxy-model prepare``: conversation data -> one Parquet table the proxy trains and evaluates on.
 
-Inputs: any file ``loadgen.datasets.load_dataset`` reads (the formats in ../shared/data, or the
+Inputs: any file ``proxy_model.datasets.load_dataset`` reads (the formats in ../shared/data, or the
 built-in name "arena"), or a team's own logs in the **logs schema** (JSON lines or Parquet), one
 row per served reply:
 
@@ -99,7 +99,7 @@ def read_logs(path: str | Path, *, tokenizer: str = "smollm2") -> list[dict]:
     if to_count:
         if any(records[i].get("output") is None for i in to_count):
             raise ValueError(f"{path}: rows need 'output_tokens' or 'output' (the reply text)")
-        from loadgen.datasets import count_tokens
+        from proxy_model.datasets import count_tokens
 
         counts = count_tokens([str(records[i]["output"]) for i in to_count], tokenizer)
         for i, c in zip(to_count, counts, strict=True):
@@ -117,7 +117,7 @@ def read_logs(path: str | Path, *, tokenizer: str = "smollm2") -> list[dict]:
 
 
 def read_input(name_or_path: str, *, tokenizer: str = "smollm2", limit: int | None = None) -> list[dict]:
-    """Rows from a dataset name/file (via loadgen.datasets) or a logs-schema file."""
+    """Rows from a dataset name/file (via proxy_model.datasets) or a logs-schema file."""
     path = Path(name_or_path)
     if path.is_file():
         first = None
@@ -133,7 +133,7 @@ def read_input(name_or_path: str, *, tokenizer: str = "smollm2", limit: int | No
         if first is not None and _is_logs_record(first):
             rows = read_logs(path, tokenizer=tokenizer)
             return rows[:limit] if limit else rows
-    from loadgen.datasets import load_dataset
+    from proxy_model.datasets import load_dataset
 
     table = load_dataset(name_or_path, tokenizer=tokenizer, limit=limit)
     cols = table.select(["prompt_id", "messages", "model", "output_tokens", "source"]).to_pydict()
@@ -164,7 +164,7 @@ def prepare(inputs: list[str], out_path: str | Path, *, tokenizer: str = "smollm
         raise ValueError("no inputs given")
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise ValueError(f"need 0 <= val_frac, test_frac and val_frac + test_frac < 1, got {val_frac}, {test_frac}")
-    from loadgen.datasets import count_tokens
+    from proxy_model.datasets import count_tokens
 
     rows: list[dict] = []
     dropped = Counter()

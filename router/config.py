@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 
-from router.policies import AgingRule, Policy, _parse_enum
+from router.policies import AgingRule, Policy, parse_enum
 
 
 class BatchingMode(enum.Enum):
@@ -23,7 +23,7 @@ class BatchingMode(enum.Enum):
 
     @classmethod
     def parse(cls, name) -> BatchingMode:
-        return _parse_enum(cls, name, "batching mode")
+        return parse_enum(cls, name, "batching mode")
 
 
 class Balancer(enum.Enum):
@@ -41,7 +41,7 @@ class Balancer(enum.Enum):
 
     @classmethod
     def parse(cls, name) -> Balancer:
-        return _parse_enum(cls, name, "balancer")
+        return parse_enum(cls, name, "balancer")
 
 
 @dataclass

@@ -34,7 +34,7 @@ class Policy(enum.Enum):
 
     @classmethod
     def parse(cls, name: str | Policy) -> Policy:
-        return _parse_enum(cls, name, "policy")
+        return parse_enum(cls, name, "policy")
 
 
 class AgingRule(enum.Enum):
@@ -44,10 +44,10 @@ class AgingRule(enum.Enum):
 
     @classmethod
     def parse(cls, name: str | AgingRule) -> AgingRule:
-        return _parse_enum(cls, name, "aging rule")
+        return parse_enum(cls, name, "aging rule")
 
 
-def _parse_enum(cls, name, what: str):
+def parse_enum(cls, name, what: str):
     if isinstance(name, cls):
         return name
     for member in cls:

@@ -1,7 +1,7 @@
 """The README's main job, run by scripts/demo.sh: FCFS vs SSJF vs SSJF-aging, live over HTTP.
 
 One local Ray (in this process, so it dies with it) serves two stages in turn, each through
-``loadgen bench`` (every policy gets a fresh Serve app and the identical workload):
+``ssjf-cluster bench`` (every policy gets a fresh Serve app and the identical workload):
 
 1. real: two ``hf`` replicas of SmolLM2-135M-Instruct on CPU (cluster/demo.yaml), real generation.
 2. emulated: four ``replay`` replicas at the cost of a 7B model on an A100 (cluster/bench_paper.yaml,
@@ -9,7 +9,7 @@ One local Ray (in this process, so it dies with it) serves two stages in turn, e
    in a few minutes on a small machine. Labelled emulated in every output.
 
 Usage: python scripts/demo.py --proxy ARTIFACT --out DIR [--stages real,emulated] [BENCH ARGS...]
-Extra arguments go to both ``loadgen bench`` calls (e.g. --json, --num-requests 40).
+Extra arguments go to both ``ssjf-cluster bench`` calls (e.g. --json, --num-requests 40).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 
 # (stage, config, what it overrides, the bench arguments of the stage)
 STAGES = {
-    # Real: 12 short-answer and 12 long-answer instructions of our own (loadgen/data/demo_mix.jsonl,
+    # Real: 12 short-answer and 12 long-answer instructions of our own (proxy_model/data/demo_mix.jsonl,
     # SmolLM2's greedy lengths 2-46 vs 64 at the cap; arena prompts run almost all to the cap, which
     # leaves nothing to reorder), in bursts at about 1.3 x the two replicas' capacity; greedy, so every
     # policy gets the same answers. The lengths in the file never reach the server (hf generates).
     "real": ("cluster/demo.yaml", {},
-             ["--dataset", "loadgen/data/demo_mix.jsonl", "--trace", "gamma:4", "--rate", "1.0",
+             ["--dataset", "proxy_model/data/demo_mix.jsonl", "--trace", "gamma:4", "--rate", "1.0",
               "--num-requests", "16", "--max-tokens", "64", "--temperature", "0", "--timeout", "600"]),
     "emulated": ("cluster/bench_paper.yaml",
                  # 0.3: the emulated A100 at 3.3x its speed; ~1,200 tokens/s through Serve at load 0.9.
@@ -75,8 +75,8 @@ def main(argv: list[str]) -> int:
 
     import ray
 
+    from cluster.bench import bench
     from cluster.tools import derive_file
-    from loadgen.cmd_bench import bench
 
     t0 = time.monotonic()
     # Logical CPUs: 2 hf replicas x 1 + proxy 0.5 + ingress 0.5 + the router; replay replicas take 0.
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     # its own route), which saves a Serve start per policy.
     from ray import serve
 
-    from loadgen.cmd_bench import free_port
+    from cluster.lifecycle import free_port
 
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     rc = 0
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
                 bench.main(["--config", str(cfg), "--policies", "fcfs,ssjf,ssjf-aging",
                             "--seed", "0", "--no-stream", "--no-progress", "--out", str(out / stage),
                             "--plot", str(out / f"{stage}.png"), *args, *extra],
-                           prog_name="loadgen bench", standalone_mode=False)
+                           prog_name="ssjf-cluster bench", standalone_mode=False)
             except SystemExit as exc:  # click exits on --help and friends
                 rc = exc.code or 0
             if stage == "real":

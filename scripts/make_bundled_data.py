@@ -1,12 +1,12 @@
-"""Regenerate loadgen/data/ (the small datasets bundled in the repo) from the shared data folder.
+"""Regenerate the small data bundled in the repo (proxy_model/data/, loadgen/data/) from the shared data folder.
 
     .venv/bin/python scripts/make_bundled_data.py [--data-dir ../shared/data]
 
-Only Apache-2.0 / CC-BY files are bundled (see loadgen/data/ATTRIBUTION.md):
-- arena_bench_v1_answers.parquet: every row of arena-hard-auto's arena-bench-v1 answers as the
-  table of ``loadgen.datasets`` with counts for the smollm2 tokenizer, plus whitespace word counts
+Only Apache-2.0 / CC-BY files are bundled (see the ATTRIBUTION.md beside each):
+- proxy_model/data/arena_bench_v1_answers.parquet: every row of arena-hard-auto's arena-bench-v1 answers as the
+  table of ``proxy_model.datasets`` with counts for the smollm2 tokenizer, plus whitespace word counts
   (``num_prompt_words``, ``output_words``); reply texts are left out to keep the repo small.
-- AzureLLMInferenceTrace_{conv,code}.csv.gz: the Azure LLM inference traces, gzipped unchanged.
+- loadgen/data/AzureLLMInferenceTrace_{conv,code}.csv.gz: the Azure LLM inference traces, gzipped unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadgen.datasets import DATA_DIR, iter_rows, rows_to_table  # noqa: E402
+from loadgen.arrivals import DATA_DIR as TRACE_DIR  # noqa: E402
+from proxy_model.datasets import DATA_DIR, iter_rows, rows_to_table  # noqa: E402
 
 ARENA = "arena_bench_v1_answers.jsonl.gz"
 TRACES = ["AzureLLMInferenceTrace_conv.csv", "AzureLLMInferenceTrace_code.csv"]
@@ -35,9 +36,12 @@ TRACES = ["AzureLLMInferenceTrace_conv.csv", "AzureLLMInferenceTrace_code.csv"]
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=ROOT.parent / "shared" / "data", show_default=True, help="Folder of the shared data files.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DATA_DIR,
-              show_default=True, help="Where the bundle goes.")
-def main(data_dir: Path, out_dir: Path) -> None:
+              show_default=True, help="Where the dataset bundle goes.")
+@click.option("--trace-dir", type=click.Path(file_okay=False, path_type=Path), default=TRACE_DIR,
+              show_default=True, help="Where the trace bundle goes.")
+def main(data_dir: Path, out_dir: Path, trace_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    trace_dir.mkdir(parents=True, exist_ok=True)
     _, rows = iter_rows(data_dir / ARENA)
     started = time.perf_counter()
     table = rows_to_table(rows, "smollm2")
@@ -56,7 +60,7 @@ def main(data_dir: Path, out_dir: Path) -> None:
         f"p99 {pc.quantile(pa.array(out_tokens.to_numpy()), q=0.99)[0].as_py():.0f}"
     )
     for name in TRACES:
-        dest = out_dir / (name + ".gz")
+        dest = trace_dir / (name + ".gz")
         # mtime=0: identical bytes on every run, so git sees no change when nothing changed.
         with open(data_dir / name, "rb") as src, open(dest, "wb") as raw, \
                 gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:

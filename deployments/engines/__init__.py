@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from cluster.config import EngineKind, LLMSettings
+from deployments.config import EngineKind, LLMSettings
 from deployments.engines.base import Delta, Engine, GenerationRequest
 
 

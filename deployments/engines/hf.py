@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-from cluster.config import LLMSettings
+from deployments.config import LLMSettings
 from deployments.engines.base import Delta, DeltaStream, Engine, GenerationRequest
 from router.config import BatchingMode
 

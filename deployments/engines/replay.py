@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from cluster.config import LLMSettings
+from deployments.config import LLMSettings
 from deployments.engines.base import Delta, Engine, GenerationRequest
 from router.config import BatchingMode
 
@@ -73,7 +73,7 @@ class ReplayEngine(Engine):
 
     @classmethod
     def from_settings(cls, settings: LLMSettings) -> ReplayEngine:
-        from loadgen.engine_model import EngineProfile
+        from router.cost_model import EngineProfile
 
         profile = EngineProfile.load(settings.profile) if settings.profile else EngineProfile.default()
         return cls(profile, settings.batching_mode, settings.max_batch, settings.time_scale, settings.static_batch_wait_s)

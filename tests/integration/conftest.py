@@ -1,8 +1,9 @@
 """Integration fixtures: one local Ray + Serve per session (free HTTP port), apps torn down per test.
 
 - ``serve_url``: Serve's HTTP address (session). Ray starts in-process, so it dies with pytest.
-- ``deploy(config)``: runs ``deployments.app.build_app(config)`` under its own route prefix and
-  returns an :class:`App`; the app and its router actor are removed when the test ends.
+- ``deploy(config)``: runs ``deployments.app.build_app(config)`` under its own route prefix (through
+  ``cluster.lifecycle.serve_cluster``, the lifecycle bench and the demo use) and returns an
+  :class:`App`; the app and its router actor are removed when the test ends.
 - ``tiny_model_dir``: a tiny random Llama with a tokenizer trained here by ``tokenizers``
   (seconds to build and load; nothing downloaded), for ``hf``/``deepspeed`` tests.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
 from dataclasses import dataclass
 
@@ -22,12 +22,6 @@ for _key, _value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSF
                      "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu",
                      "RAY_SERVE_LOG_TO_STDERR": "0"}.items():
     os.environ.setdefault(_key, _value)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
@@ -56,6 +50,8 @@ def ray_session():
 def serve_url(ray_session):
     from ray import serve
 
+    from cluster.lifecycle import free_port
+
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
@@ -71,7 +67,7 @@ class App:
     def router(self):
         import ray
 
-        from cluster.config import AppConfig
+        from deployments.config import AppConfig
 
         cfg = AppConfig.from_dict(self.config)
         return ray.get_actor(cfg.router_actor_name, namespace=cfg.router.namespace)
@@ -82,56 +78,20 @@ class App:
         return ray.get(self.router().snapshot.remote(dispatch_log), timeout=30)
 
 
-def _deploy(serve_url: str, config: dict) -> App:
-    from ray import serve
-
-    from deployments.app import build_app
-
-    name = config["name"]
-    serve.run(build_app(config), name=name, route_prefix=f"/{name}", blocking=False)
-    wait_until(lambda: _ready(name), timeout=180, interval=0.2, what=f"app {name} to be RUNNING")
-    app = App(name, f"{serve_url}/{name}", config)
-    expected = config.get("llm", {}).get("num_replicas", 2)
-    wait_until(lambda: len(app.snapshot()["replicas"]) >= expected, timeout=60, what="replicas to register")
-    return app
-
-
-def _ready(name: str) -> bool:
-    from ray import serve
-
-    status = serve.status().applications.get(name)
-    if status is None:
-        return False
-    if status.status == "DEPLOY_FAILED":
-        raise RuntimeError(f"app {name} failed to deploy: {status.message}")
-    return status.status == "RUNNING"
-
-
-def _teardown(config: dict) -> None:
-    from ray import serve
-
-    from deployments.app import shutdown_router
-
-    try:
-        serve.delete(config["name"])
-    finally:
-        shutdown_router(config)
-
-
 @contextlib.contextmanager
 def _deploying(serve_url: str):
     """Yields ``deploy(config) -> App``; removes everything it deployed on exit."""
-    deployed: list[dict] = []
+    from cluster.lifecycle import serve_cluster
 
-    def _run(config: dict) -> App:
-        deployed.append(config)
-        return _deploy(serve_url, config)
+    with contextlib.ExitStack() as stack:
+        def _run(config: dict) -> App:
+            # On the session's Ray and Serve, serve_cluster puts the app under /<name>, waits until
+            # every LLM replica has registered, and on exit removes the app and its router actor.
+            url = stack.enter_context(serve_cluster(config, ray_address=None, num_cpus=None, ready_timeout_s=180))
+            assert url == f"{serve_url}/{config['name']}", url
+            return App(config["name"], url, config)
 
-    try:
         yield _run
-    finally:
-        for config in deployed:
-            _teardown(config)
 
 
 @pytest.fixture

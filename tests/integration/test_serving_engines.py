@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from cluster.config import LLMSettings
+from deployments.config import LLMSettings
 from deployments.engines import GenerationRequest, build_engine
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from cluster.local_multinode import NODE_NAME_LABEL, free_port
+from cluster.lifecycle import free_port
+from cluster.local_multinode import NODE_NAME_LABEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 

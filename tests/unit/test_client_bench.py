@@ -1,4 +1,4 @@
-"""``loadgen bench``'s pure parts (config per policy, sweep parsing, goodput, capacity) and its
+"""``ssjf-cluster bench``'s pure parts (config per policy, sweep parsing, goodput, capacity) and its
 argument errors, which all come before any cluster starts."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from loadgen.cli import main
-from loadgen.cmd_bench import config_for_policy, goodput, parse_sweep, read_app_config
+from cluster.bench import config_for_policy, goodput, parse_sweep, read_app_config
+from cluster.cli import main
 
 REPLAY = {"name": "demo", "llm": {"engine": "replay", "num_replicas": 2, "batching": "none", "time_scale": 0.5},
           "proxy": {"predictor": "heuristic"}}
@@ -46,9 +46,9 @@ def test_goodput_is_the_largest_load_before_the_first_violation():
 
 
 def test_replay_capacity_scales_with_time_scale_and_replicas():
-    pytest.importorskip("cluster.config")
-    from cluster.config import AppConfig
-    from loadgen.cmd_bench import replay_capacity
+    pytest.importorskip("deployments.config")
+    from cluster.bench import replay_capacity
+    from deployments.config import AppConfig
     from loadgen.workload import WorkloadSpec, build_workload
 
     table = build_workload(WorkloadSpec(dataset="arena", trace="poisson", rate=1.0, num_requests=60, seed=1))
@@ -90,7 +90,7 @@ def test_bench_rejects_bad_arguments(config_file, args, message):
 
 
 def test_bench_rejects_a_bad_config_and_load_without_capacity(config_file):
-    pytest.importorskip("cluster.config")
+    pytest.importorskip("deployments.config")
     result = CliRunner().invoke(main, ["bench", "--config", config_file({"llm": {"engine": "tpu"}}), "--rate", "1"])
     assert result.exit_code == 2 and "tpu" in result.output
     hf = {"llm": {"engine": "hf", "num_replicas": 1}}
@@ -100,10 +100,10 @@ def test_bench_rejects_a_bad_config_and_load_without_capacity(config_file):
 
 
 def test_simulate_same_and_live_vs_simulated():
-    pytest.importorskip("cluster.config")
+    pytest.importorskip("deployments.config")
     pytest.importorskip("proxy_model.predictor")
-    from cluster.config import AppConfig
-    from loadgen.cmd_bench import live_vs_simulated, simulate_same
+    from cluster.bench import live_vs_simulated, simulate_same
+    from deployments.config import AppConfig
     from loadgen.workload import WorkloadSpec, build_workload
 
     app = AppConfig.from_dict({"llm": {"engine": "replay", "num_replicas": 1, "batching": "none", "time_scale": 0.01},
@@ -121,7 +121,7 @@ def test_simulate_same_and_live_vs_simulated():
 
 
 def test_slowdown_warning_names_the_setting():
-    from loadgen.cmd_bench import slowdown_warning
+    from cluster.bench import slowdown_warning
 
     sim = {"fcfs": {"mean_jct_s": 2.0}}
     assert slowdown_warning({"fcfs": {"mean_jct_s": 2.5}}, sim, 0.1) is None
@@ -131,8 +131,8 @@ def test_slowdown_warning_names_the_setting():
 
 def test_server_counters_over_one_run_come_from_the_ingress_metrics():
     # The ingress's real Prometheus registry, rendered as GET /metrics renders it.
+    from cluster.bench import counter_deltas, fallback_warnings, parse_counters
     from deployments.metrics import IngressMetrics
-    from loadgen.cmd_bench import counter_deltas, fallback_warnings, parse_counters
 
     metrics = IngressMetrics()
     metrics.proxy_fallbacks.inc(2)  # warm-up, before the run
@@ -147,3 +147,15 @@ def test_server_counters_over_one_run_come_from_the_ingress_metrics():
     lines = fallback_warnings({"fcfs": {"proxy_fallbacks": 0, "num_requests": 9},
                                "ssjf": {"proxy_fallbacks": 5, "num_requests": 9}}, prefix="load 0.9: ")
     assert len(lines) == 1 and lines[0].startswith("load 0.9: ssjf: 5 of 9 predictions") and "heuristic" in lines[0]
+
+
+def test_loadgen_bench_is_an_alias_that_runs_the_cluster_command(config_file):
+    """The old spelling runs ``python -m cluster.cli bench`` as a process: same arguments, same exit code."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "loadgen.cli", "bench", "--config", config_file(REPLAY),
+                           "--policies", "fcfs,oracle"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "exists only in `loadgen simulate`" in proc.stderr and "cluster.cli bench" in proc.stderr
+

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.config import AppConfig, LLMSettings, describe
+from deployments.config import AppConfig, LLMSettings, describe
 from deployments.predictors import MarkerPredictor, heuristic_predictor, load_predictor
 from router.config import BatchingMode
 
@@ -75,7 +75,7 @@ def test_marker_predictor_reads_the_prompt():
 
 
 def test_predictor_selection(tmp_path):
-    from cluster.config import ProxySettings
+    from deployments.config import ProxySettings
 
     assert isinstance(load_predictor(ProxySettings(predictor="marker", constant_tokens=9)), MarkerPredictor)
     auto = load_predictor(ProxySettings(predictor="auto", artifact_path=str(tmp_path / "missing")))
@@ -85,7 +85,7 @@ def test_predictor_selection(tmp_path):
 
 
 def test_derive_config_keeps_a_serve_wrapper_and_sets_the_knobs():
-    from cluster.config import derive_config
+    from cluster.tools import derive_config
 
     src = yaml.safe_load((CLUSTER / "demo.yaml").read_text())
     out = derive_config(src, proxy_artifact="artifacts/p", overrides={"router.aging_threshold_s": 12.5,
@@ -106,7 +106,7 @@ def test_derive_config_keeps_a_serve_wrapper_and_sets_the_knobs():
     ({"llm.time_scale": -1}, ["time_scale", "-1"]),
 ])
 def test_derive_config_refuses_a_knob_that_would_be_ignored(overrides, words):
-    from cluster.config import derive_config
+    from cluster.tools import derive_config
 
     with pytest.raises(ValueError) as exc:
         derive_config({}, overrides=overrides)

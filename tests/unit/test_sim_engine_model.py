@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from loadgen.engine_model import EngineProfile, fit_profile
+from router.cost_model import EngineProfile, fit_profile
 
 
 def test_span_is_the_sum_of_its_iterations():

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from loadgen.engine_model import EngineProfile
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
 from router import BatchingMode, RequestMeta, Scheduler, SchedulerConfig
+from router.cost_model import EngineProfile
 
 
 def test_mg1_fcfs_mean_wait_matches_pollaczek_khinchine():

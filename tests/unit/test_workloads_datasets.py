@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loadgen.datasets import BUILTIN_DATASETS, SCHEMA, load_dataset
+from proxy_model.datasets import BUILTIN_DATASETS, SCHEMA, load_dataset
 
 
 def write_jsonl(path, records, gz=False):
@@ -158,11 +158,9 @@ def test_bundled_arena_default_needs_no_tokenizer():
 
 def test_bundled_demo_mix_has_short_and_capped_replies():
     """The demo's real stage relies on this file: SmolLM2's own lengths, half short, half at the 64 cap."""
-    from pathlib import Path
+    from proxy_model.datasets import DATA_DIR
 
-    import loadgen
-
-    path = Path(loadgen.__file__).parent / "data" / "demo_mix.jsonl"
+    path = DATA_DIR / "demo_mix.jsonl"
     table = load_dataset(str(path))
     lengths = table["output_tokens"].to_pylist()
     assert table.num_rows == 24 and set(table["model"].to_pylist()) == {"smollm2"}
@@ -198,7 +196,7 @@ def test_unknown_format_lists_known_formats(tmp_path):
 
 
 def test_builtin_files_exist():
-    from loadgen.datasets import DATA_DIR
+    from proxy_model.datasets import DATA_DIR
 
     for name in BUILTIN_DATASETS.values():
         assert pq.read_schema(DATA_DIR / name).metadata[b"tokenizer"] == b"smollm2"

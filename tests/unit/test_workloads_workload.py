@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from loadgen.datasets import load_dataset
 from loadgen.workload import WORKLOAD_SCHEMA, WorkloadSpec, build_workload
+from proxy_model.datasets import load_dataset
 
 
 def test_default_workload_columns_and_order():

@@ -1,19 +1,18 @@
 """Typed configuration of the serving cluster: one dataclass per part, every knob documented.
 
 ``AppConfig.from_dict`` is what ``deployments.app.build_app(config)`` and the ``args:`` of the
-YAML files in ``cluster/`` go through: unknown keys and bad values fail at build time with a
+Serve YAML files in ``cluster/`` go through: unknown keys and bad values fail at build time with a
 message that shows them, not later inside a replica. Pure Python: no Ray, no torch.
 """
 
 from __future__ import annotations
 
-import copy
 import enum
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from router.config import BatchingMode, SchedulerConfig
-from router.policies import Policy, _parse_enum
+from router.policies import Policy, parse_enum
 
 
 class EngineKind(enum.Enum):
@@ -25,7 +24,7 @@ class EngineKind(enum.Enum):
 
     @classmethod
     def parse(cls, name) -> EngineKind:
-        return _parse_enum(cls, name, "engine")
+        return parse_enum(cls, name, "engine")
 
 
 class PredictorKind(enum.Enum):
@@ -39,7 +38,7 @@ class PredictorKind(enum.Enum):
 
     @classmethod
     def parse(cls, name) -> PredictorKind:
-        return _parse_enum(cls, name, "predictor")
+        return parse_enum(cls, name, "predictor")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -273,32 +272,3 @@ def describe(cls=AppConfig) -> list[tuple[str, str, str]]:
         else:
             rows.append((f.name, repr(f.default), f.metadata.get("help", "")))
     return rows
-
-
-def derive_config(data: dict, *, proxy_artifact: str | None = None, overrides: dict[str, object] | None = None) -> dict:
-    """A copy of a cluster config with ``proxy.artifact_path`` and ``section.key`` overrides set.
-
-    ``data`` is either ``build_app``'s dict or a Serve config (``applications: [{args: ...}]``), whose
-    first application's ``args`` is changed and whose wrapper is kept (the copy deploys as the original
-    did). The changed app config is validated, so a misspelt key fails here with the valid ones listed
-    instead of being ignored by a benchmark that then measures the wrong cluster.
-    """
-    out = copy.deepcopy(data or {})
-    if "applications" in out:
-        apps = out["applications"] or []
-        if not apps:
-            raise ValueError("the Serve config lists no applications")
-        cfg = apps[0].setdefault("args", {})
-    else:
-        cfg = out
-    if proxy_artifact is not None:
-        cfg.setdefault("proxy", {})["artifact_path"] = proxy_artifact
-    for key, value in (overrides or {}).items():
-        section, sep, name = key.partition(".")
-        if not sep or not name or "." in name:
-            raise ValueError(f"override keys look like section.key (e.g. router.aging_threshold_s), got {key!r}")
-        if not isinstance(cfg.setdefault(section, {}), dict):
-            raise ValueError(f"{section!r} is not a section of the config")
-        cfg[section][name] = value
-    AppConfig.from_dict(cfg)
-    return out

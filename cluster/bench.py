@@ -1,4 +1,4 @@
-"""``loadgen bench``: start the serving cluster once per policy on a local Ray, run the identical
+"""``ssjf-cluster bench`` (also spelt ``loadgen bench``): start the serving cluster once per policy on a local Ray, run the identical
 workload against each over HTTP, tear down, and compare.
 
 Per policy: ``ray.init`` (a fresh local instance, or ``--ray-address``), ``serve.start`` on a free
@@ -19,24 +19,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import math
-import os
-import socket
 import sys
-import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import click
 import httpx
 
-from loadgen.client import ClientConfig
+from cluster.lifecycle import ClusterNotReady, serve_cluster
+from deployments.config import AppConfig
+from loadgen.client import ClientConfig, default_model
 from loadgen.cmd_report import emit_comparison, format_summary, plot_runs, ratios_to_baseline
 from loadgen.cmd_run import RunSettings, build_workload_or_fail, default_out_dir, execute_run
 from loadgen.options import WorkloadOptions, workload_options
+from loadgen.predictors_sim import predict_table
 from loadgen.results import read_records
+from loadgen.simulator import SimWorkload, measure_saturation, simulate
+from loadgen.summary import compare, summarize
+from router import Policy
+from router.cost_model import EngineProfile
 
 DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging"
 SLO_METRICS = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "p90_ttft_s", "p99_ttft_s")
@@ -74,18 +76,12 @@ def config_for_policy(config: dict, policy: str) -> dict:
     return out
 
 
-def validate_config(config: dict):
-    """``cluster.config.AppConfig`` of ``config`` (ValueError on a bad value), or None if that module is missing."""
-    try:
-        from cluster.config import AppConfig
-    except ImportError:
-        return None
+def validate_config(config: dict) -> AppConfig:
+    """``deployments.config.AppConfig`` of ``config`` (ValueError on a bad value)."""
     return AppConfig.from_dict(config)
 
 
 def parse_policies(value: str) -> list[str]:
-    from router import Policy
-
     names = [p.strip() for p in value.split(",") if p.strip()]
     if not names:
         raise click.BadParameter("give at least one policy", param_hint="--policies")
@@ -124,8 +120,6 @@ def parse_sweep(value: str | None) -> list[float] | None:
 def replay_profile(app):
     """The replay engine's cost profile as it runs: the config's profile times ``llm.time_scale``
     (every term of the iteration time is linear in the profile's coefficients)."""
-    from loadgen.engine_model import EngineProfile
-
     profile = EngineProfile.load(app.llm.profile) if app.llm.profile else EngineProfile.default()
     scale = app.llm.time_scale
     return replace(profile, **{name: getattr(profile, name) * scale for name in
@@ -134,12 +128,8 @@ def replay_profile(app):
 
 def replay_capacity(app, table, seed: int) -> dict:
     """Saturation throughput of a replay cluster for this workload's lengths (see module docstring)."""
-    from loadgen.cmd_simulate import _predict, _sim_workload
-    from loadgen.predictors_sim import PredictorSpec
-    from loadgen.simulator import measure_saturation
-
     # FCFS saturation does not depend on predictions; the oracle's are cheapest.
-    work = _sim_workload(table, _predict(PredictorSpec.parse("oracle"), table, seed))
+    work = SimWorkload.from_table(table, predict_table("oracle", table, seed))
     base = replace(app.scheduler_config(), policy="fcfs")
     sat = measure_saturation(work, base, replay_profile(app), app.llm.num_replicas)
     sat["time_scale"] = app.llm.time_scale
@@ -161,15 +151,10 @@ def simulator_predictor(app) -> str | None:
 def simulate_same(app, table, policies: list[str], seed: int) -> dict | None:
     """What ``loadgen simulate`` predicts for this very workload, cluster shape, engine profile and
     predictor, per policy: the yardstick for the live gain. None when the predictor has no match."""
-    from loadgen.cmd_simulate import _predict, _sim_workload
-    from loadgen.predictors_sim import PredictorSpec
-    from loadgen.simulator import simulate
-    from loadgen.summary import summarize
-
     spec = simulator_predictor(app)
     if spec is None:
         return None
-    work = _sim_workload(table, _predict(PredictorSpec.parse(spec), table, seed))
+    work = SimWorkload.from_table(table, predict_table(spec, table, seed))
     engine = replay_profile(app)
     summaries = {}
     for policy in policies:
@@ -194,129 +179,7 @@ def live_vs_simulated(live: dict[str, dict], sim: dict[str, dict], key: str = "m
     return out
 
 
-# --- the cluster ----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cpus_needed(config: dict) -> float:
-    need = 1.0  # the router actor and slack
-    for section, default_cpus in (("llm", 1.0), ("proxy", 1.0), ("ingress", 0.5)):
-        part = config.get(section) or {}
-        replicas = part.get("num_replicas", 2 if section == "llm" else 1)
-        need += replicas * part.get("num_cpus", default_cpus)
-    return need
-
-
-def wait_ready(url: str, timeout_s: float, num_replicas: int | None = None) -> dict:
-    """Poll ``/healthz`` until it answers 200 and (when given) reports ``num_replicas`` LLM replicas
-    registered, so no policy starts measuring on a half-registered cluster."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            resp = httpx.get(f"{url}/healthz", timeout=2.0)
-            if resp.status_code == 200:
-                health = resp.json()
-                have = health.get("num_replicas")
-                if num_replicas is None or have is None or have >= num_replicas:
-                    return health
-                last = f"{have} of {num_replicas} LLM replicas registered"
-            else:
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-        except (httpx.HTTPError, ValueError) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.5)
-    raise click.ClickException(f"cluster at {url} not ready within {timeout_s:g} s (last: {last}); "
-                               "raise --ready-timeout or check the config")
-
-
-@contextmanager
-def serve_cluster(config: dict, *, ray_address: str | None, num_cpus: float | None, ready_timeout_s: float):
-    """Deploy the app and yield its base URL; remove it after.
-
-    Without a Ray in this process (and no ``ray_address``) everything is ours: a fresh local Ray,
-    Serve on a free loopback port, the app at ``/``; all of it is shut down after. On a Ray that is
-    already there (``--ray-address``, or a test session) the app goes under ``/<app name>`` of the
-    running Serve (started on a free port if there is none), and only the app and its router actor
-    are removed after.
-    """
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-
-    started_ray = False
-    if not ray.is_initialized():
-        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        if ray_address:
-            kwargs["address"] = ray_address
-        else:
-            # Logical CPUs: the replay engine sleeps, so more replicas than cores is fine.
-            kwargs["num_cpus"] = num_cpus or max(os.cpu_count() or 1, math.ceil(_cpus_needed(config)))
-        ray.init(**kwargs)
-        started_ray = True
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # keep bench's stderr readable
-    app_name = config.get("name", "ssjf")
-    base = _running_serve_url()
-    started_serve = base is None
-    if started_serve:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        base = f"http://127.0.0.1:{port}"
-    route = "/" if started_serve else f"/{app_name}"
-    url = base if route == "/" else base + route
-    try:
-        serve.run(build_app(config), name=app_name, route_prefix=route)
-        app = validate_config(config)
-        wait_ready(url, ready_timeout_s, app.llm.num_replicas if app is not None else None)
-        yield url
-    finally:
-        try:
-            # serve.shutdown even when Ray goes down next: it also drops Serve's cached controller
-            # client, which a next local Ray session (same job id) would otherwise reuse, dead.
-            if started_serve:
-                serve.shutdown()
-            else:
-                serve.delete(app_name)
-        finally:
-            if started_ray:
-                ray.shutdown()  # the router actor goes with it
-            else:
-                _kill_router_actor(config)
-
-
-def _running_serve_url() -> str | None:
-    """The HTTP address of a Serve instance already running on this Ray, or None if there is none.
-
-    Ray has no public call for this: the controller client's ``http_config`` is private API,
-    used only where bench shares a Ray with others.
-    """
-    from ray.serve import context
-
-    try:
-        client = context._get_global_client(raise_if_no_controller_running=False)
-    except Exception:
-        return None
-    if client is None:
-        return None
-    try:
-        http = client.http_config
-        host = "127.0.0.1" if http.host in (None, "", "0.0.0.0", "::") else http.host
-        return f"http://{host}:{http.port}"
-    except AttributeError as exc:
-        raise click.ClickException(f"Serve is running on this Ray but its HTTP address is unknown ({exc})") from None
-
-
-def _kill_router_actor(config: dict) -> None:
-    """The router actor is detached: on a shared Ray it would outlive the app."""
-    from deployments.app import shutdown_router
-
-    shutdown_router(config)
-
+# --- the cluster ---------------------------------------------------------------------------
 
 def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
     """Unrecorded requests so that first-call costs (model load, JIT, connections) stay out of the numbers."""
@@ -324,8 +187,6 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
         return
     if model is None:
         try:
-            from loadgen.client import default_model
-
             model = default_model(httpx.get(f"{url}/v1/models", timeout=10).json().get("data") or []) or "warmup"
         except (httpx.HTTPError, ValueError):
             model = "warmup"
@@ -426,12 +287,22 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, strea
                  target_load=opts.load)
 
 
+@contextlib.contextmanager
+def _cluster(config: dict, **kwargs):
+    """:func:`serve_cluster`, with a cluster that never got ready reported as a CLI error."""
+    try:
+        with serve_cluster(config, **kwargs) as url:
+            yield url
+    except ClusterNotReady as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def run_policies(policy_names, base_config, workloads, settings, client_config, facts, opts, out, results, *,
                  model, warmup, timeout_s, ray_address, num_cpus, ready_timeout_s) -> None:
     for policy in policy_names:
         cfg = config_for_policy(base_config, policy)
         click.echo(f"[bench] {policy}: starting the cluster", err=True)
-        with serve_cluster(cfg, ray_address=ray_address, num_cpus=num_cpus, ready_timeout_s=ready_timeout_s) as url:
+        with _cluster(cfg, ray_address=ray_address, num_cpus=num_cpus, ready_timeout_s=ready_timeout_s) as url:
             warm_up(url, model, warmup, timeout_s)
             for load, spec, table in workloads:
                 name = policy if load is None else f"{policy}@{load:g}"
@@ -553,7 +424,6 @@ def goodput(points: list[tuple[float, dict]], metric: str, slo_s: float) -> floa
 
 def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json, slo_metric, slo_jct_s,
                  simulated: dict | None = None, target_load: float | None = None) -> None:
-    from loadgen.summary import compare
 
     ratio_keys = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "mean_ttft_s", "p99_ttft_s",
                   "mean_jct_long_s", "p99_jct_long_s")

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_TOKENIZER = "smollm2"
 
-# name -> bundled Parquet file (see loadgen/data/ATTRIBUTION.md and scripts/make_bundled_data.py)
+# name -> bundled Parquet file (see proxy_model/data/ATTRIBUTION.md and scripts/make_bundled_data.py)
 BUILTIN_DATASETS: dict[str, str] = {"arena": "arena_bench_v1_answers.parquet"}
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
