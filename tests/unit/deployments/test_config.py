@@ -9,7 +9,7 @@ from deployments.config import AppConfig, LLMSettings, describe
 from deployments.predictors import MarkerPredictor, heuristic_predictor, load_predictor
 from router.config import BatchingMode
 
-CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+CLUSTER = Path(__file__).resolve().parents[3] / "cluster"
 
 
 def test_defaults_build_a_scheduler_config():

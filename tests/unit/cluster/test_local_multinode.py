@@ -83,7 +83,7 @@ def test_multinode_serve_config_places_every_part_on_the_local_topology():
 
     from cluster import tools
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     findings = tools.check(lm.as_cluster_config(lm.default_topology()),
                            tools.load_serve_config(root / "cluster" / "serve_multinode_replay.yaml"))
     assert all(f.level is tools.Level.OK for f in findings), findings

@@ -9,7 +9,7 @@ import yaml
 from cluster import tools
 from cluster.tools import ConfigError, Level, NodeType
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CLUSTER_YAMLS = [ROOT / "ray_cluster.yaml", ROOT / "cluster" / "gcp" / "ray_cluster_gcp.yaml"]
 
 
