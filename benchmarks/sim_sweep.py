@@ -20,9 +20,10 @@ from dataclasses import replace
 
 from loadgen.cmd_simulate import AUTO_THRESHOLD_FACTOR, prepare_workload
 from loadgen.options import WorkloadOptions
-from loadgen.predictors_sim import PredictorSpec, kendall_tau
+from loadgen.predictors_sim import TAU_MAX_N, PredictorSpec
 from loadgen.simulator import simulate
 from loadgen.summary import summarize
+from proxy_model.metrics import kendall_tau
 from router import SchedulerConfig
 from router.cost_model import EngineProfile
 
@@ -49,7 +50,7 @@ def point(mode: str, replicas: int, num_requests: int, seed: int, *, load, tau, 
     out = {"fcfs": fcfs, "oracle": run(policy="oracle"), "ssjf": run(policy="ssjf"),
            "aging": run(policy="ssjf-aging", aging_rule="threshold", aging_threshold_s=AUTO_THRESHOLD_FACTOR * fcfs[1]),
            "saturation_rps": sat["saturation_rps"],
-           "tau": kendall_tau(work.output_tokens, work.predicted_tokens, seed=seed)}
+           "tau": kendall_tau(work.output_tokens, work.predicted_tokens, max_n=TAU_MAX_N, seed=seed)}
     return out
 
 

@@ -184,6 +184,7 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     from loadgen import predictors_sim
     from loadgen.simulator import simulate
     from loadgen.summary import compare, format_table, summarize
+    from proxy_model.metrics import kendall_tau
 
     t0 = time.perf_counter()
     table, work, saturation, rate = prepare_workload(opts, predictor, engine, base, replicas,
@@ -222,7 +223,7 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     summaries = {p.value: results[p.value] for p in policies}
     per_policy = {p.value: per_policy[p.value] for p in policies}
 
-    tau = predictors_sim.kendall_tau(truth, predicted, seed=opts.seed)
+    tau = kendall_tau(truth, predicted, max_n=predictors_sim.TAU_MAX_N, seed=opts.seed)
     summary = {
         "workload": {**opts.to_dict(), "num_requests": n},
         "rate_rps": rate,

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
@@ -20,16 +19,32 @@ import numpy as np
 DEFAULT_EDGES = (64.0, 128.0, 256.0, 512.0)
 
 
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+def kendall_tau(pred, truth, *, max_n: int | None = None, seed: int = 0) -> float:
+    """Kendall's tau-b of two equally long sequences: how well ``pred`` orders ``truth`` (symmetric).
 
+    Edge cases are defined, never NaN:
 
-def kendall_tau(pred, truth) -> float:
+    - ties: tau-b's rule (a pair tied on either side is neither concordant nor discordant, and the
+      denominator leaves out the pairs tied on each side);
+    - a constant side (every pair tied there), or fewer than 2 points: 0.0, since nothing is
+      ordered, rightly or wrongly (a constant predictor gets 0, not an undefined score);
+    - lengths that differ, or a non-finite value: ValueError.
+
+    ``max_n``: above this many points, tau of a seeded sample of ``max_n`` of them, drawn without
+    replacement (bounds the cost on simulator-sized inputs); None: every point.
+    """
     from scipy.stats import kendalltau
 
-    pred, truth = np.asarray(pred, float), np.asarray(truth, float)
+    pred, truth = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    if pred.shape != truth.shape or pred.ndim != 1:
+        raise ValueError(f"kendall_tau needs two 1-d sequences of one length, got shapes {pred.shape} and {truth.shape}")
+    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(truth))):
+        raise ValueError("kendall_tau: values must be finite")
+    if max_n is not None and len(pred) > max_n:
+        idx = np.random.default_rng(seed).choice(len(pred), max_n, replace=False)
+        pred, truth = pred[idx], truth[idx]
     if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(truth) == 0:
-        return 0.0  # a constant predictor orders nothing
+        return 0.0
     return float(kendalltau(pred, truth).statistic)
 
 

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loadgen.predictors_sim import PredictorSpec, kendall_tau, noisy_predictions, predict
+from loadgen.predictors_sim import PredictorSpec, noisy_predictions, predict
 from loadgen.summary import compare, format_table, summarize
+from proxy_model.metrics import kendall_tau
 
 
 @pytest.mark.parametrize("tau", [0.2, 0.6, 1.0])
