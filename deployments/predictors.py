@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from deployments.config import PredictorKind, ProxySettings
+from proxy_model.predictor import ConstantPredictor, HeuristicPredictor, LengthPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +36,8 @@ class MarkerPredictor:
         return out
 
 
-class _PromptLengthFallback:
-    """Used only if ``proxy_model.predictor`` cannot be imported: about 4 characters a token, x2."""
-
-    known_models: list[str] = []
-
-    def predict(self, prompts: list[str], models: list[str]) -> list[float]:
-        return [float(min(1024, max(16, len(p) // 2))) for p in prompts]
-
-
-def heuristic_predictor():
-    """The prompt-length heuristic: pure Python, always available (the fallback of last resort)."""
-    try:
-        from proxy_model.predictor import HeuristicPredictor
-    except ImportError:  # the proxy package is optional on a serving-only install
-        logger.warning("proxy_model.predictor is not importable; using a prompt-length fallback")
-        return _PromptLengthFallback()
+def heuristic_predictor() -> HeuristicPredictor:
+    """The prompt-length heuristic: pure Python, needs nothing loaded (the fallback of last resort)."""
     return HeuristicPredictor()
 
 
@@ -63,12 +50,8 @@ def load_predictor(settings: ProxySettings):
             logger.warning("no proxy artifact at %r: predicting with the prompt-length heuristic "
                            "(set proxy.artifact_path to a trained model)", settings.artifact_path)
     if kind is PredictorKind.LEARNED:
-        from proxy_model.predictor import LengthPredictor
-
         return LengthPredictor.load(settings.artifact_path)
     if kind is PredictorKind.CONSTANT:
-        from proxy_model.predictor import ConstantPredictor
-
         return ConstantPredictor(settings.constant_tokens)
     if kind is PredictorKind.MARKER:
         return MarkerPredictor(settings.constant_tokens)

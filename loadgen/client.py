@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import httpx
 
@@ -169,9 +169,6 @@ class RequestRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
 
 
 class _StreamState:

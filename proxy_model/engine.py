@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -161,8 +160,3 @@ class InferenceEngine:
             batch = {k: v.to(self.device) for k, v in self.tok.pad([seqs[i] for i in idx]).items()}
             out[idx] = self.model.pool(batch["input_ids"], batch["attention_mask"]).float()
         return out
-
-    def timed_predict(self, prompts: list[str], models: list[str]) -> tuple[list[float], float]:
-        t0 = time.perf_counter()
-        values = self.predict(prompts, models)
-        return values, time.perf_counter() - t0

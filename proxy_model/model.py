@@ -13,7 +13,6 @@ that model did not answer). With 15-19 models per prompt this is 15-19x less enc
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -184,7 +183,3 @@ class LengthModel(nn.Module):
         model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
         model.eval()
         return model, tokenizer, doc
-
-
-def finite_or(value: float, default: float) -> float:
-    return value if math.isfinite(value) else default
