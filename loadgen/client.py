@@ -115,7 +115,11 @@ class PlannedRequest:
 
 @dataclass
 class RequestRecord:
-    """What the client saw of one request. Column names follow STYLE: ``*_at`` times, ``*_s`` durations, ``num_*`` counts."""
+    """What the client saw of one request: ``*_at`` times, ``*_s`` durations, ``num_*`` counts.
+
+    The one definition of the per-request record: ``loadgen.results.RECORD_SCHEMA`` (the columns of
+    ``records.parquet``) is derived from these fields and their annotations.
+    """
 
     request_id: str
     prompt_id: str

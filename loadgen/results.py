@@ -11,40 +11,35 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loadgen.client import RequestRecord
+
 RECORDS_FILE = "records.parquet"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 
-RECORD_SCHEMA = pa.schema([
-    ("request_id", pa.string()),
-    ("prompt_id", pa.string()),
-    ("model", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("http_status", pa.int32()),
-    ("finish_reason", pa.string()),
-    ("scheduled_at", pa.float64()),
-    ("sent_at", pa.float64()),
-    ("first_token_at", pa.float64()),
-    ("last_token_at", pa.float64()),
-    ("done_at", pa.float64()),
-    ("send_lag_s", pa.float64()),
-    ("ttft_s", pa.float64()),
-    ("tpot_s", pa.float64()),
-    ("max_gap_s", pa.float64()),
-    ("jct_s", pa.float64()),
-    ("num_output_tokens", pa.int64()),
-    ("num_chunks", pa.int64()),
-    ("num_output_chars", pa.int64()),
-    ("num_prompt_tokens", pa.int64()),
-    ("expected_output_tokens", pa.int64()),
-])
+# Arrow type of each annotation a ``RequestRecord`` field may carry (None: a null in the column).
+_ARROW_TYPES = {"str": pa.string(), "str | None": pa.string(), "float": pa.float64(), "float | None": pa.float64(),
+                "int": pa.int64(), "int | None": pa.int64()}
+
+
+def _record_schema() -> pa.Schema:
+    """One column per ``RequestRecord`` field, in its order: the record class is the one definition."""
+    columns = []
+    for f in fields(RequestRecord):
+        if f.type not in _ARROW_TYPES:
+            raise TypeError(f"RequestRecord.{f.name}: no Arrow type for annotation {f.type!r}")
+        columns.append((f.name, _ARROW_TYPES[f.type]))
+    return pa.schema(columns)
+
+
+RECORD_SCHEMA = _record_schema()
 
 PERCENTILES = (50, 90, 99)
 
