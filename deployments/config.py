@@ -139,13 +139,14 @@ class LLMSettings:
     batching: str = field(default="continuous", metadata={"help": "none (one at a time), static (batch runs until its longest ends) or continuous."})
     max_batch: int = field(default=4, metadata={"help": "Slots per replica for static/continuous batching (none: 1)."})
     context_length: int | None = field(default=None, metadata={"help": "Prompt + max_tokens limit; default the model config's max_position_embeddings (replay: 8192)."})
-    dtype: str = field(default="float32", metadata={"help": "hf/deepspeed weights dtype: float32, bfloat16 or float16."})
+    dtype: str = field(default="auto", metadata={"help": "hf/deepspeed weights dtype: auto (hf: bfloat16 on cuda; deepspeed: float16 on cuda; float32 on cpu), float32, bfloat16 or float16."})
+    gguf_weights: str = field(default="auto", metadata={"help": "hf/deepspeed, GGUF models only: dense (GgufConfig(dequantize=True): plain tensors), packed (transformers' default: GGUF blocks where it has a kernel) or auto (dense; see docs/engine_speed.md)."})
     device: str = field(default="auto", metadata={"help": "hf/deepspeed device: auto (cuda if visible, else cpu), cpu or cuda."})
     torch_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads in each replica (None: torch's default)."})
     static_batch_wait_s: float = field(default=0.01, metadata={"help": "static batching: how long a replica gathers the calls of one router batch."})
-    kv_pages: int = field(default=256, metadata={"help": "hf continuous: KV-cache pages of cb_page_size tokens per replica."})
+    kv_pages: int | None = field(default=None, metadata={"help": "hf continuous: KV-cache pages of cb_page_size tokens per replica. None: enough for all max_batch slots to hold context_length tokens each (2048 when context_length is None) with the scheduler's 15% free margin."})
     cb_page_size: int = field(default=64, metadata={"help": "hf continuous: tokens per KV-cache page."})
-    max_batch_tokens: int = field(default=2048, metadata={"help": "hf continuous: most tokens (prefill + decode) per engine step."})
+    max_batch_tokens: int | None = field(default=None, metadata={"help": "hf continuous: most tokens (prefill + decode) per engine step. None: max(2048, max_batch + 1024), so every slot decodes in each step and prompts still prefill."})
     tensor_parallel: int = field(default=1, metadata={"help": "deepspeed: tensor-parallel degree (GPUs per replica)."})
     kernel_inject: bool | None = field(default=None, metadata={"help": "deepspeed: kernel injection (None: on GPU only; never on CPU)."})
     profile: str | None = field(default=None, metadata={"help": "replay: EngineProfile JSON path (None: EngineProfile.default(), 7B on A100)."})
@@ -170,13 +171,17 @@ class LLMSettings:
                f"llm.served_models '*' (any name) is for the replay engine only, got engine {self.engine!r}")
         _check(self.context_length is None or self.context_length >= 2,
                f"llm.context_length must be >= 2 or None, got {self.context_length}")
-        _check(self.dtype in ("float32", "bfloat16", "float16"), f"llm.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"),
+               f"llm.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        _check(self.gguf_weights in ("auto", "dense", "packed"),
+               f"llm.gguf_weights must be auto, dense or packed, got {self.gguf_weights!r}")
         _check(self.device in ("auto", "cpu", "cuda"), f"llm.device must be auto, cpu or cuda, got {self.device!r}")
         _check(self.time_scale > 0 and math.isfinite(self.time_scale), f"llm.time_scale must be > 0, got {self.time_scale}")
         _check(self.tensor_parallel >= 1, f"llm.tensor_parallel must be >= 1, got {self.tensor_parallel}")
         _check(self.static_batch_wait_s >= 0, f"llm.static_batch_wait_s must be >= 0, got {self.static_batch_wait_s}")
-        _check(self.kv_pages >= 1 and self.cb_page_size >= 4 and self.max_batch_tokens >= 1,
-               f"llm.kv_pages >= 1, cb_page_size >= 4 and max_batch_tokens >= 1 needed, got "
+        _check((self.kv_pages is None or self.kv_pages >= 1) and self.cb_page_size >= 4
+               and (self.max_batch_tokens is None or self.max_batch_tokens >= 1),
+               f"llm.kv_pages >= 1 (or None), cb_page_size >= 4 and max_batch_tokens >= 1 (or None) needed, got "
                f"{self.kv_pages}, {self.cb_page_size}, {self.max_batch_tokens}")
         _check(self.heartbeat_s > 0, f"llm.heartbeat_s must be > 0, got {self.heartbeat_s}")
         _check(self.max_ongoing_requests is None or self.max_ongoing_requests > self.max_batch,

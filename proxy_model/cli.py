@@ -84,16 +84,30 @@ def prepare(inputs, out, tokenizer, max_history_chars, val_frac, test_frac, seed
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Distinct prompts to run per input.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-def collect(inputs, out, model, model_name, max_new_tokens, temperature, top_p, batch_size, limit, seed, device):
-    """Run a real LLM over the prompts of INPUTS and record its actual output lengths."""
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="auto: bfloat16 on cuda, float32 on cpu.")
+@click.option("--weights", default="dense", show_default=True, type=click.Choice(["dense", "packed"]),
+              help="GGUF models: dense (dequantized at load) or packed (transformers' default).")
+@click.option("--deadline-s", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Wall-clock budget (loading included): stop then, keeping every finished reply.")
+@click.option("--resume/--overwrite", default=True, show_default=True,
+              help="Skip prompts already in OUT (append) or start OUT afresh.")
+def collect(inputs, out, model, model_name, max_new_tokens, temperature, top_p, batch_size, limit, seed, device,
+            dtype, weights, deadline_s, resume):
+    """Run a real LLM over the prompts of INPUTS and record its actual output lengths.
+
+    Rows are appended batch by batch, so an interrupted or deadline-bound run keeps its work and a
+    rerun with the same OUT continues where it stopped.
+    """
     from proxy_model.collect import CollectConfig
     from proxy_model.collect import collect as run
     from proxy_model.data import read_input
 
     try:
         cfg = CollectConfig(model=model, model_name=model_name, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, device=device)
+                            temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, device=device,
+                            dtype=dtype, weights=weights, deadline_s=deadline_s)
         convs, seen = [], set()
         for name in inputs:
             count = 0
@@ -105,7 +119,7 @@ def collect(inputs, out, model, model_name, max_new_tokens, temperature, top_p, 
                 count += 1
                 if limit and count >= limit:
                     break
-        summary = run(convs, out, cfg)
+        summary = run(convs, out, cfg, resume=resume)
     except (ValueError, FileNotFoundError) as exc:
         _bad(exc)
     click.echo(json.dumps(summary, indent=2))

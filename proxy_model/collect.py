@@ -13,7 +13,15 @@ writes one logs-schema row per reply (JSON lines; see ``proxy_model.data``):
   on what the engine would really emit under that cap.
 - Decoding: greedy by default (deterministic: one reply per prompt); ``temperature > 0`` samples
   (``top_p`` applies) with a seed, closer to chat serving defaults.
-- Prompts are generated in length-sorted batches with left padding.
+- Prompts are generated in length-sorted batches with left padding; rows are appended to the
+  output batch by batch (shortest prompts first), so an interrupted run keeps what it finished.
+- Resume: prompts whose ``prompt_id`` is already in the output file are skipped (the file must
+  hold this model's rows); ``resume=False`` starts the file afresh.
+- ``deadline_s``: wall-clock budget of the call (loading included). The batch running at the
+  deadline is stopped then; its rows that ended (EOS or the cap) are kept, rows cut short by the
+  clock are dropped (their length is unknown) and run on the next resume.
+- GPU leases: GGUF files load dense (``GgufConfig(dequantize=True)``) and ``dtype="auto"`` is
+  bfloat16 on CUDA, float32 on CPU.
 """
 
 from __future__ import annotations
@@ -38,8 +46,17 @@ class CollectConfig:
     max_prompt_tokens: int = 1024
     seed: int = 0
     device: str = "cpu"
+    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16"})
+    weights: str = field(default="dense", metadata={"help": "GGUF files: dense (dequantize at load) or packed (transformers' default)"})
+    deadline_s: float | None = field(default=None, metadata={"help": "wall-clock budget; what is done by then is written"})
 
     def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.weights not in ("dense", "packed"):
+            raise ValueError(f"weights must be dense or packed, got {self.weights!r}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0 (or None), got {self.deadline_s}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -50,91 +67,159 @@ class CollectConfig:
             raise ValueError(f"batch_size and max_prompt_tokens must be >= 1, got {self.batch_size}, {self.max_prompt_tokens}")
 
 
-def load_causal_lm(name: str, device: str = "cpu"):
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: bfloat16 on CUDA, float32 elsewhere."""
+    if dtype == "auto":
+        return "bfloat16" if str(device).startswith("cuda") else "float32"
+    return dtype
+
+
+def load_causal_lm(name: str, device: str = "cpu", dtype: str = "auto", weights: str = "dense"):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from proxy_model.offline_models import resolve_model_name
 
     path, kwargs = resolve_model_name(name)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+    if "gguf_file" in kwargs and weights == "dense":
+        from transformers import GgufConfig
+
+        kwargs = {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs).to(device).eval()
     return model, tokenizer
 
 
+def _prompt_id(c: dict, i: int):
+    return c.get("prompt_id") or str(i)
+
+
+def read_done(out_path: Path, model_name: str) -> set[str]:
+    """prompt_ids already in ``out_path``; a torn last line (a killed run) is cut off the file."""
+    if not out_path.exists():
+        return set()
+    data = out_path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # the last row was being written when the run died
+        with open(out_path, "r+b") as f:
+            f.truncate(end)
+        data = data[:end]
+    done = set()
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("model") != model_name:
+            raise ValueError(f"{out_path}: line {n} holds model {row.get('model')!r}, not {model_name!r}; "
+                             "write to another file or start afresh (resume=False / --overwrite)")
+        done.add(str(row["prompt_id"]))
+    return done
+
+
 def collect(conversations: list[dict], out_path: str | Path, cfg: CollectConfig, *, model=None, tokenizer=None,
-            progress: bool = True) -> dict:
+            progress: bool = True, resume: bool = True) -> dict:
     """``conversations``: dicts with ``prompt_id``, ``messages`` (last: user) and optional ``source``."""
     import torch
 
+    t0 = time.monotonic()  # the deadline counts loading and tokenising too: it bounds the whole call
     if not conversations:
         raise ValueError("no prompts to run")
     for i, c in enumerate(conversations):
         if not c.get("messages") or c["messages"][-1].get("role") != "user":
             raise ValueError(f"conversation {i} ({c.get('prompt_id')}) must end with a user turn")
+    name = cfg.model_name or Path(str(cfg.model)).name
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done(out_path, name) if resume else set()
+    todo = [i for i, c in enumerate(conversations) if str(_prompt_id(c, i)) not in done]
+    summary = {"rows": 0, "skipped": len(conversations) - len(todo), "remaining": len(todo), "model": name,
+               "capped": 0, "dropped_at_deadline": 0, "deadline_hit": False, "seconds": 0.0,
+               "config": asdict(cfg), "out": str(out_path)}
+    if not resume or not out_path.exists():
+        out_path.write_text("")
+    if not todo:
+        return summary
     if model is None or tokenizer is None:
-        model, tokenizer = load_causal_lm(cfg.model, cfg.device)
+        model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.weights)
     if tokenizer.chat_template is None:
         raise ValueError(f"{cfg.model}: the tokenizer has no chat template; collect needs a chat model")
-    name = cfg.model_name or Path(str(cfg.model)).name
     eos_ids = _eos_ids(model, tokenizer)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     torch.manual_seed(cfg.seed)
 
-    encoded = []
-    for c in conversations:
-        ids = tokenizer.apply_chat_template(c["messages"], add_generation_prompt=True, tokenize=True)
+    encoded = {}
+    for i in todo:
+        ids = tokenizer.apply_chat_template(conversations[i]["messages"], add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
-        encoded.append(list(ids)[-cfg.max_prompt_tokens:])  # keep the end: the last turn and the reply cue
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+        encoded[i] = list(ids)[-cfg.max_prompt_tokens:]  # keep the end: the last turn and the reply cue
+    order = sorted(todo, key=lambda i: len(encoded[i]))
     gen_kwargs = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
                   "eos_token_id": eos_ids}
     if cfg.temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
     else:
         gen_kwargs.update(do_sample=False)
-    results: dict[int, dict] = {}
-    t0 = time.time()
+    deadline_at = None if cfg.deadline_s is None else t0 + cfg.deadline_s
     pbar = None
     if progress:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=len(order), desc=f"collect {name}", unit="prompt")
-    with torch.inference_mode():
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            n = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), n), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), n), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, n - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[r, n - len(encoded[i]):] = 1
-            gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **gen_kwargs)
-            for r, i in enumerate(idx):
-                new = gen[r, n:].tolist()
-                stop = next((k for k, t in enumerate(new) if t in eos_ids), None)
-                reply = new if stop is None else new[:stop]
-                results[i] = {"output_tokens": len(reply), "finished": stop is not None,
-                              "output": tokenizer.decode(reply, skip_special_tokens=True)}
-            if pbar is not None:
-                pbar.update(len(idx))
-    if pbar is not None:
-        pbar.close()
-    num_capped = 0
-    with open(out_path, "w", encoding="utf-8") as f:
-        for i, c in enumerate(conversations):
-            r = results[i]
-            num_capped += not r["finished"]
-            row = {"prompt_id": c.get("prompt_id") or str(i), "messages": c["messages"], "model": name,
-                   "output_tokens": r["output_tokens"], "finished": r["finished"], "output": r["output"],
-                   "source": c.get("source") or "collect"}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return {"rows": len(conversations), "model": name, "capped": num_capped, "seconds": round(time.time() - t0, 1),
-            "config": asdict(cfg), "out": str(out_path)}
+        pbar = tqdm(total=len(conversations), initial=summary["skipped"], desc=f"collect {name}", unit="prompt",
+                    dynamic_ncols=True)
+    try:
+        with torch.inference_mode(), open(out_path, "a", encoding="utf-8") as f:
+            for s in range(0, len(order), cfg.batch_size):
+                if deadline_at is not None and time.monotonic() >= deadline_at:
+                    summary["deadline_hit"] = True
+                    break
+                idx = order[s : s + cfg.batch_size]
+                n = max(len(encoded[i]) for i in idx)
+                ids = torch.full((len(idx), n), tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), n), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    ids[r, n - len(encoded[i]):] = torch.tensor(encoded[i])
+                    mask[r, n - len(encoded[i]):] = 1
+                kwargs = dict(gen_kwargs)
+                if deadline_at is not None:
+                    kwargs["max_time"] = max(deadline_at - time.monotonic(), 1e-3)
+                gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs)
+                cut = deadline_at is not None and time.monotonic() >= deadline_at
+                written = 0
+                for r, i in enumerate(idx):
+                    new = gen[r, n:].tolist()
+                    stop = next((k for k, t in enumerate(new) if t in eos_ids), None)
+                    reply = new if stop is None else new[:stop]
+                    if cut and stop is None and len(reply) < cfg.max_new_tokens:  # stopped by the clock: length unknown
+                        summary["dropped_at_deadline"] += 1
+                        continue
+                    c = conversations[i]
+                    row = {"prompt_id": _prompt_id(c, i), "messages": c["messages"], "model": name,
+                           "output_tokens": len(reply), "finished": stop is not None,
+                           "output": tokenizer.decode(reply, skip_special_tokens=True),
+                           "source": c.get("source") or "collect"}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    written += 1
+                    summary["capped"] += stop is None
+                f.flush()
+                summary["rows"] += written
+                summary["remaining"] -= written
+                if pbar is not None:
+                    pbar.update(written)
+                if cut:
+                    summary["deadline_hit"] = True
+                    break
+    finally:
+        if pbar is not None:
+            pbar.close()
+    summary["seconds"] = round(time.monotonic() - t0, 1)
+    return summary
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

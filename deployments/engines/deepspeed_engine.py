@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 class DeepSpeedEngine(HFEngine):
     kind = "deepspeed"
+    gpu_dtype = "float16"  # dtype "auto" on CUDA: what DeepSpeed's injected kernels are built for
 
     def _load_model(self, path: str, kwargs: dict):
         if self.device == "cpu":
@@ -32,7 +33,7 @@ class DeepSpeedEngine(HFEngine):
             logger.warning("deepspeed kernel injection needs a GPU: running the model plain on %s", self.device)
             inject = False
         engine = deepspeed.init_inference(
-            model, dtype=getattr(torch, self.settings.dtype), replace_with_kernel_inject=inject,
+            model, dtype=getattr(torch, self.dtype_name), replace_with_kernel_inject=inject,
             tensor_parallel={"tp_size": self.settings.tensor_parallel},
         )
         self.ds_engine = engine

@@ -8,12 +8,18 @@
 
 Per-request ``temperature``/``top_p`` are honoured in ``none`` and ``static``; ``continuous``
 decodes greedily (the manager applies one generation config to all requests).
+
+Loading: ``dtype: auto`` is bfloat16 on CUDA and float32 on CPU. A GGUF checkpoint loads dense
+(``GgufConfig(dequantize=True)``) unless ``gguf_weights: packed``; docs/engine_speed.md has the
+measurements. The continuous manager's KV pages and per-step token budget scale with the slots
+(:func:`continuous_sizing`), so ``max_batch`` requests really run at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -49,23 +55,74 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_dtype(dtype: str, device: str, gpu_default: str = "bfloat16") -> str:
+    """``auto``: ``gpu_default`` on CUDA (vLLM's choice for bf16-trained models), float32 on CPU."""
+    if dtype == "auto":
+        return gpu_default if device.startswith("cuda") else "float32"
+    return dtype
+
+
+def resolve_gguf_weights(weights: str, device: str) -> str:
+    """``auto`` is ``dense`` on every device.
+
+    transformers 5.25 keeps GGUF blocks packed only for the architectures of its new loader (qwen35,
+    qwen35moe, lfm2) and only where a matmul kernel loads from the Hub; otherwise it unpacks them
+    itself. Llama-family files (SmolLM2) go through its legacy loader, which unpacks every tensor
+    either way, so the two settings run the same dense ``nn.Linear`` layers; ``packed`` only leaves
+    the quantizer attached (``is_quantized``, which DeepSpeed refuses to cast). Measured speeds are
+    in docs/engine_speed.md. ``device`` is kept for a per-device choice.
+    """
+    del device
+    return "dense" if weights == "auto" else weights
+
+
+# The FIFO scheduler of transformers' continuous batching stops admitting prompts when fewer than
+# this fraction of KV pages is free (FIFOScheduler's default safety margin).
+CB_SAFETY_MARGIN = 0.15
+AUTO_TOKENS_PER_SLOT = 2048
+
+
+def continuous_sizing(slots: int, page_size: int, kv_pages: int | None, max_batch_tokens: int | None,
+                      tokens_per_slot: int) -> tuple[int, int]:
+    """(KV pages, tokens per step) for the continuous batching manager; explicit values win.
+
+    Pages: every slot can hold ``tokens_per_slot`` tokens (prompt + reply) at once, on top of the
+    scheduler's free margin, so ``slots`` requests decode together instead of being offloaded and
+    recomputed. Tokens per step: every slot decodes one token in each step and prompts still
+    prefill at least 1024 tokens a step.
+    """
+    if kv_pages is None:
+        pages_per_slot = math.ceil(tokens_per_slot / page_size)
+        kv_pages = math.ceil(slots * pages_per_slot / (1 - CB_SAFETY_MARGIN)) + 1
+    if max_batch_tokens is None:
+        max_batch_tokens = max(2048, slots + 1024)
+    return kv_pages, max_batch_tokens
+
+
 class HFEngine(Engine):
     """transformers generation behind the :class:`Engine` interface."""
 
     kind = "hf"
 
-    def __init__(self, settings: LLMSettings):
+    gpu_dtype = "bfloat16"  # what dtype "auto" means on CUDA
+
+    def __init__(self, settings: LLMSettings, *, model=None, tokenizer=None):
+        """``model``/``tokenizer``: already loaded (benchmarks reuse one model across engines)."""
         self.settings = settings
         self.batching = settings.batching_mode
         self.num_slots = settings.max_batch
-        self.tokenizer = None
-        self.model = None
+        self.tokenizer = tokenizer
+        self.model = model
         self.device = "cpu"
+        self.dtype_name = settings.dtype
+        self.weights = settings.gguf_weights
+        self.cb_sizing: dict | None = None  # what the continuous manager was given
         self.eos_ids: set[int] = set()
         self.pad_id = 0
         self._manager = None
         self._executor: ThreadPoolExecutor | None = None
         self._waiting: list[_Seq] = []
+        self._running: list[_Seq] = []  # the batch on the worker thread (none/static)
         self._batcher: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
 
@@ -87,10 +144,16 @@ class HFEngine(Engine):
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        path, kwargs = resolve_model_name(self.settings.model)
-        self.device = resolve_device(self.settings.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        self.model = self._load_model(path, kwargs)
+        if self.model is not None and self.tokenizer is not None:  # handed over already loaded
+            self.device = str(self.model.device.type)
+            self.dtype_name = str(self.model.dtype).removeprefix("torch.")
+        else:
+            path, kwargs = resolve_model_name(self.settings.model)
+            self.device = resolve_device(self.settings.device)
+            self.dtype_name = resolve_dtype(self.settings.dtype, self.device, self.gpu_dtype)
+            self.weights = resolve_gguf_weights(self.settings.gguf_weights, self.device)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            self.model = self._load_model(path, kwargs)
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self.tokenizer.eos_token_id is not None:
@@ -103,7 +166,11 @@ class HFEngine(Engine):
         import torch
         from transformers import AutoModelForCausalLM
 
-        dtype = getattr(torch, self.settings.dtype)
+        dtype = getattr(torch, self.dtype_name)
+        if "gguf_file" in kwargs and self.weights == "dense":
+            from transformers import GgufConfig
+
+            kwargs = {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         return model.to(self.device).eval()
 
@@ -111,9 +178,15 @@ class HFEngine(Engine):
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
         s = self.settings
+        context = s.context_length or min(getattr(self.model.config, "max_position_embeddings", None)
+                                          or AUTO_TOKENS_PER_SLOT, AUTO_TOKENS_PER_SLOT)
+        kv_pages, max_batch_tokens = continuous_sizing(s.max_batch, s.cb_page_size, s.kv_pages, s.max_batch_tokens,
+                                                       context)
+        self.cb_sizing = {"slots": s.max_batch, "page_size": s.cb_page_size, "kv_pages": kv_pages,
+                          "max_batch_tokens": max_batch_tokens, "tokens_per_slot": context}
         gen = GenerationConfig(do_sample=False, max_new_tokens=256, pad_token_id=self.pad_id,
                                eos_token_id=sorted(self.eos_ids) or -1)
-        cb = ContinuousBatchingConfig(page_size=s.cb_page_size, num_blocks=s.kv_pages, max_batch_tokens=s.max_batch_tokens,
+        cb = ContinuousBatchingConfig(page_size=s.cb_page_size, num_blocks=kv_pages, max_batch_tokens=max_batch_tokens,
                                       max_requests_per_batch=s.max_batch, allow_block_sharing=False)
         self._manager = self.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
         self._manager.start()
@@ -193,12 +266,15 @@ class HFEngine(Engine):
             self._waiting = [s for s in self._waiting if s not in batch]
             if not batch:
                 continue
+            self._running = batch
             try:
                 await loop.run_in_executor(self._executor, self._run_batch, batch)
             except Exception as e:
                 logger.exception("generation failed for %s", [s.req.request_id for s in batch])
                 for s in batch:
                     s.stream.push([], finished=True, error=repr(e))
+            finally:
+                self._running = []
 
     def _run_batch(self, batch: list[_Seq]) -> None:
         """One padded ``generate`` on the worker thread; each row streams to its own request."""
@@ -244,10 +320,13 @@ class HFEngine(Engine):
     async def stop(self) -> None:
         if self._manager is not None:
             await asyncio.to_thread(self._manager.stop, True, 5.0)
+        for seq in [*self._waiting, *self._running]:
+            seq.cancelled = True  # a running generate stops after its current step
         if self._batcher is not None:
             self._batcher.cancel()
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            # Wait for that step, so nothing else uses the model once stop returns.
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
 
 class _RowStreamer:
