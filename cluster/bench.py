@@ -30,13 +30,13 @@ import httpx
 from cluster.lifecycle import ClusterNotReady, serve_cluster
 from deployments.config import AppConfig
 from loadgen.client import ClientConfig, default_model
-from loadgen.cmd_report import emit_comparison, format_summary, plot_runs, ratios_to_baseline
+from loadgen.cmd_report import RATIO_KEYS, emit_comparison, format_summary, plot_runs
 from loadgen.cmd_run import RunSettings, build_workload_or_fail, default_out_dir, execute_run
 from loadgen.options import WorkloadOptions, workload_options
 from loadgen.predictors_sim import predict_table
 from loadgen.results import read_records
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
-from loadgen.summary import compare, summarize
+from loadgen.summary import compare, fmt, gain, ratio, ratios_to_baseline, summarize
 from router import Policy
 from router.cost_model import EngineProfile
 
@@ -169,13 +169,10 @@ def live_vs_simulated(live: dict[str, dict], sim: dict[str, dict], key: str = "m
     baseline = next(iter(live))
     out = {}
     for policy in list(live)[1:]:
-        gains = {}
-        for name, runs in (("live", live), ("simulated", sim)):
-            a, b = runs[baseline].get(key), runs[policy].get(key)
-            gains[name] = (1 - b / a) if a and b is not None else None
-        ratio = gains["live"] / gains["simulated"] if gains["live"] is not None and gains["simulated"] else None
-        out[policy] = {f"{key}_gain_live": gains["live"], f"{key}_gain_simulated": gains["simulated"],
-                       "live_over_simulated": ratio}
+        live_gain = gain(live[policy].get(key), live[baseline].get(key))
+        sim_gain = gain(sim[policy].get(key), sim[baseline].get(key))
+        out[policy] = {f"{key}_gain_live": live_gain, f"{key}_gain_simulated": sim_gain,
+                       "live_over_simulated": ratio(live_gain, sim_gain)}
     return out
 
 
@@ -403,14 +400,6 @@ def slowdown_warning(live: dict[str, dict], sim: dict[str, dict], time_scale: fl
             "gains are not those of the emulated engine; raise llm.time_scale or lower the load")
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _fmt_ratio(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
 def goodput(points: list[tuple[float, dict]], metric: str, slo_s: float) -> float | None:
     """The largest load at which the SLO held, with every request completed, at it and every smaller load."""
     best = None
@@ -424,54 +413,71 @@ def goodput(points: list[tuple[float, dict]], metric: str, slo_s: float) -> floa
 
 def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json, slo_metric, slo_jct_s,
                  simulated: dict | None = None, target_load: float | None = None) -> None:
-
-    ratio_keys = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "mean_ttft_s", "p99_ttft_s",
-                  "mean_jct_long_s", "p99_jct_long_s")
+    """Write OUT/bench.json and print the comparison (one workload) or the goodput sweep (``loads``)."""
     spec_rates = {load: spec.rate for load, spec, _ in workloads}
     if loads is None:
-        summaries = {p: runs[0][2] for p, runs in results.items()}
-        tables = {p: read_records(runs[0][1]) for p, runs in results.items()}
-        png = Path(plot_path) if plot_path else out / "compare.png"
-        plot_runs(tables, png, title=" vs ".join(tables) + f" ({facts.get('engine', '?')}, live)")
-        baseline = next(iter(summaries))
-        summary = {
-            "workload": workloads[0][1].to_dict(), "rate_rps": spec_rates[None], "target_load": target_load,
-            "saturation_rps": facts.get("saturation_rps"), "cluster": facts, "policies": summaries,
-            f"ratios_vs_{baseline}": compare(summaries, baseline, keys=ratio_keys),
-            "results_dirs": {p: str(runs[0][1]) for p, runs in results.items()},
-        }
-        sim = (simulated or {}).get(None)
-        warnings = fallback_warnings(summaries)
-        if sim is not None:
-            summary["simulated"] = {**sim, "live_vs_simulated": live_vs_simulated(summaries, sim["policies"])}
-            warning = slowdown_warning(summaries, sim["policies"], facts.get("time_scale"))
-            if warning:
-                warnings.append(warning)
-        for warning in warnings:
-            click.echo(f"warning: {warning}", err=True)
-        if warnings:
-            summary["warnings"] = warnings
-        (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        if as_json:
-            click.echo(json.dumps({**summary, "plot": str(png)}, indent=2, default=str))
-        else:
-            emit_comparison(tables, summaries, ratios_to_baseline(summaries), False, png)
-            if sim is not None:
-                click.echo(f"\nsimulated, same workload (predictor {sim['predictor']}), mean JCT gain over {baseline}:")
-                for policy, row in summary["simulated"]["live_vs_simulated"].items():
-                    click.echo(f"  {policy}: live {_pct(row['mean_jct_s_gain_live'])}, simulated "
-                               f"{_pct(row['mean_jct_s_gain_simulated'])}, live/simulated "
-                               f"{_fmt_ratio(row['live_over_simulated'])}")
-            click.echo(f"results: {out}")
-        return
+        report_comparison(results, facts, workloads[0][1], spec_rates[None], out, plot_path, as_json,
+                          (simulated or {}).get(None), target_load)
+    else:
+        report_sweep(results, loads, facts, workloads[0][1], spec_rates, out, as_json, slo_metric, slo_jct_s,
+                     simulated or {})
 
-    for p, runs in results.items():
-        for load, _, run_summary in runs:
-            sim = (simulated or {}).get(load)
-            if sim is not None:
-                run_summary["simulated_mean_jct_s"] = sim["policies"][p].get("mean_jct_s")
-    sweep = {p: [{"load": load, "rate_rps": spec_rates[load], "results_dir": str(d), **s} for load, d, s in runs]
-             for p, runs in results.items()}
+
+# Ratios to the baseline that bench.json holds (the printed table shows loadgen compare's RATIO_KEYS).
+BENCH_RATIO_KEYS = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "mean_ttft_s", "p99_ttft_s",
+                    "mean_jct_long_s", "p99_jct_long_s")
+
+
+def _finish(summary: dict, warnings: list[str], out: Path) -> None:
+    """Warnings to stderr and into the summary, which is written to OUT/bench.json."""
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if warnings:
+        summary["warnings"] = warnings
+    (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json, sim: dict | None,
+                      target_load: float | None) -> None:
+    """One workload per policy: the loadgen compare table, the plot, and the live gain vs the simulated one."""
+    summaries = {p: runs[0][2] for p, runs in results.items()}
+    tables = {p: read_records(runs[0][1]) for p, runs in results.items()}
+    png = Path(plot_path) if plot_path else out / "compare.png"
+    plot_runs(tables, png, title=" vs ".join(tables) + f" ({facts.get('engine', '?')}, live)")
+    baseline = next(iter(summaries))
+    summary = {
+        "workload": spec.to_dict(), "rate_rps": rate, "target_load": target_load,
+        "saturation_rps": facts.get("saturation_rps"), "cluster": facts, "policies": summaries,
+        f"ratios_vs_{baseline}": compare(summaries, baseline, keys=BENCH_RATIO_KEYS),
+        "results_dirs": {p: str(runs[0][1]) for p, runs in results.items()},
+    }
+    warnings = fallback_warnings(summaries)
+    if sim is not None:
+        summary["simulated"] = {**sim, "live_vs_simulated": live_vs_simulated(summaries, sim["policies"])}
+        warning = slowdown_warning(summaries, sim["policies"], facts.get("time_scale"))
+        if warning:
+            warnings.append(warning)
+    _finish(summary, warnings, out)
+    if as_json:
+        click.echo(json.dumps({**summary, "plot": str(png)}, indent=2, default=str))
+        return
+    emit_comparison(tables, summaries, ratios_to_baseline(summaries, RATIO_KEYS), False, png)
+    if sim is not None:
+        click.echo(f"\nsimulated, same workload (predictor {sim['predictor']}), mean JCT gain over {baseline}:")
+        for policy, row in summary["simulated"]["live_vs_simulated"].items():
+            click.echo(f"  {policy}: live {fmt(row['mean_jct_s_gain_live'], '{:.1%}')}, simulated "
+                       f"{fmt(row['mean_jct_s_gain_simulated'], '{:.1%}')}, live/simulated "
+                       f"{fmt(row['live_over_simulated'], '{:.2f}')}")
+    click.echo(f"results: {out}")
+
+
+def _at_load(results, load) -> dict[str, dict]:
+    """{policy: summary of its run at ``load``}."""
+    return {p: next(s for x, _, s in runs if x == load) for p, runs in results.items()}
+
+
+def sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated: dict) -> dict:
+    """Per policy: the live goodput (load and rate) and, where every load was simulated, the simulated one."""
     good = {}
     for p, runs in results.items():
         g = goodput([(load, s) for load, _, s in runs], slo_metric, slo_jct_s)
@@ -479,27 +485,35 @@ def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json
         if simulated and all(simulated.get(load) for load in loads):
             good[p]["load_simulated"] = goodput([(load, simulated[load]["policies"][p]) for load in loads],
                                                 slo_metric, slo_jct_s)
-    summary = {"workload": workloads[0][1].to_dict(), "cluster": facts, "saturation_rps": facts.get("saturation_rps"),
+    return good
+
+
+def report_sweep(results, loads, facts, spec, spec_rates, out: Path, as_json, slo_metric, slo_jct_s,
+                 simulated: dict) -> None:
+    """Every load of the sweep per policy: a table per load and each policy's goodput."""
+    for p, runs in results.items():
+        for load, _, run_summary in runs:
+            if simulated.get(load) is not None:
+                run_summary["simulated_mean_jct_s"] = simulated[load]["policies"][p].get("mean_jct_s")
+    sweep = {p: [{"load": load, "rate_rps": spec_rates[load], "results_dir": str(d), **s} for load, d, s in runs]
+             for p, runs in results.items()}
+    good = sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated)
+    summary = {"workload": spec.to_dict(), "cluster": facts, "saturation_rps": facts.get("saturation_rps"),
                "slo": {"metric": slo_metric, "max_s": slo_jct_s}, "goodput": good, "sweep": sweep}
     warnings = []
     for load in loads:
-        sim = (simulated or {}).get(load)
-        per = {p: next(s for x, _, s in runs if x == load) for p, runs in results.items()}
+        sim = simulated.get(load)
+        per = _at_load(results, load)
         warning = slowdown_warning(per, sim["policies"], facts.get("time_scale")) if sim else None
-        found = fallback_warnings(per, prefix=f"load {load:g}: ") + ([f"load {load:g}: {warning}"] if warning else [])
-        for line in found:
-            click.echo(f"warning: {line}", err=True)
-        warnings.extend(found)
-    if warnings:
-        summary["warnings"] = warnings
-    (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        warnings += fallback_warnings(per, prefix=f"load {load:g}: ") + ([f"load {load:g}: {warning}"] if warning else [])
+    _finish(summary, warnings, out)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     for load in loads:
         click.echo(f"load {load:g} ({spec_rates[load]:.3f} req/s):")
-        per = {p: next(s for x, _, s in runs if x == load) for p, runs in results.items()}
-        click.echo(format_summary(per, ratios_to_baseline(per)))
+        per = _at_load(results, load)
+        click.echo(format_summary(per, ratios_to_baseline(per, RATIO_KEYS)))
         click.echo()
     click.echo(f"goodput (largest load with {slo_metric} <= {slo_jct_s:g} s and no failures, at it and below):")
     for p, g in good.items():

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from loadgen.results import read_records, resolve_results, run_label, summarize
+from loadgen.summary import fmt, ratios_to_baseline, stats, text_table
 
 # Rows of the summary table: (key, label, format).
 TABLE_ROWS = (
@@ -46,20 +47,6 @@ RATIO_KEYS = tuple(k for k, _, _ in TABLE_ROWS if k.endswith("_s") or k.endswith
 BUCKET_EDGES = (0, 32, 64, 128, 256, 512, 1024, math.inf)
 
 
-def _fmt(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return fmt.format(value)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def format_summary(summaries: dict[str, dict], ratios: dict[str, dict] | None = None) -> str:
     """A metrics x runs table; with ``ratios`` ({label: {key: ratio}}) one ``label/baseline`` column per run."""
     labels = list(summaries)
@@ -68,24 +55,11 @@ def format_summary(summaries: dict[str, dict], ratios: dict[str, dict] | None = 
     ratio_labels = [lab for lab in labels[1:] if ratios and lab in ratios]
     header += [f"{lab}/{baseline}" for lab in ratio_labels]
     rows = []
-    for key, name, fmt in TABLE_ROWS:
-        row = [name] + [_fmt(summaries[lab].get(key), fmt) for lab in labels]
-        row += [_fmt(ratios[lab].get(key), "{:.3f}") for lab in ratio_labels]
+    for key, name, spec in TABLE_ROWS:
+        row = [name] + [fmt(summaries[lab].get(key), spec) for lab in labels]
+        row += [fmt(ratios[lab].get(key)) for lab in ratio_labels]
         rows.append(row)
-    return _table(header, rows)
-
-
-def ratios_to_baseline(summaries: dict[str, dict]) -> dict[str, dict]:
-    """{label: {metric: value / baseline value}} for every run but the first (the baseline)."""
-    labels = list(summaries)
-    base = summaries[labels[0]]
-    out = {}
-    for lab in labels[1:]:
-        out[lab] = {}
-        for key in RATIO_KEYS:
-            a, b = base.get(key), summaries[lab].get(key)
-            out[lab][key] = (b / a) if (a not in (None, 0) and b is not None) else None
-    return out
+    return text_table(header, rows)
 
 
 def length_column(table: pa.Table) -> tuple[np.ndarray, str]:
@@ -110,8 +84,9 @@ def jct_by_bucket(table: pa.Table) -> list[dict]:
             mask |= ok & (lengths == 0) & ~np.isnan(jct)
         if not mask.any():
             continue
+        jct_stats = stats(jct[mask], (99,))
         rows.append({"bucket": _bucket_name(lo, hi), "count": int(mask.sum()),
-                     "mean_jct_s": float(jct[mask].mean()), "p99_jct_s": float(np.percentile(jct[mask], 99))})
+                     "mean_jct_s": jct_stats["mean"], "p99_jct_s": jct_stats["p99"]})
     return rows
 
 
@@ -129,8 +104,8 @@ def format_buckets(per_run: dict[str, list[dict]]) -> str:
         if not any(cells):
             continue
         rows.append([name] + [str(c["count"]) if c else "0" for c in cells]
-                    + [_fmt(c["mean_jct_s"], "{:.3f}") if c else "-" for c in cells])
-    return _table(header, rows) if rows else "(no completed requests)"
+                    + [fmt(c["mean_jct_s"]) if c else "-" for c in cells])
+    return text_table(header, rows) if rows else "(no completed requests)"
 
 
 def _load(paths) -> tuple[dict[str, pa.Table], dict[str, dict]]:
@@ -253,7 +228,7 @@ def compare(results, as_json, plot_path):
     if len(results) < 2:
         raise click.UsageError(f"compare needs at least two results, got {len(results)}")
     tables, summaries = _load(results)
-    ratios = ratios_to_baseline(summaries)
+    ratios = ratios_to_baseline(summaries, RATIO_KEYS)
     png = None
     if plot_path is not None:
         png = Path(plot_path) if plot_path else resolve_results(results[0]).parent.parent / "compare.png"

@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loadgen.client import RequestRecord
+from loadgen.summary import add_stats, stats
+from loadgen.summary import summarize as summarize_times
 
 RECORDS_FILE = "records.parquet"
 CONFIG_FILE = "config.json"
@@ -40,9 +42,6 @@ def _record_schema() -> pa.Schema:
 
 
 RECORD_SCHEMA = _record_schema()
-
-PERCENTILES = (50, 90, 99)
-
 
 def records_table(records: Iterable) -> pa.Table:
     """Records (``RequestRecord`` or dicts) -> an Arrow table of :data:`RECORD_SCHEMA`."""
@@ -84,15 +83,6 @@ def run_label(path: str | Path) -> str:
     return str(label) if label else resolve_results(path).parent.name
 
 
-def _stats(name: str, values: np.ndarray, out: dict) -> None:
-    """mean/p50/p90/p99/max of the finite values, as ``loadgen.summary`` names them."""
-    v = values[np.isfinite(values)]
-    out[f"mean_{name}"] = float(v.mean()) if v.size else None
-    for q in PERCENTILES:
-        out[f"p{q}_{name}"] = float(np.percentile(v, q)) if v.size else None
-    out[f"max_{name}"] = float(v.max()) if v.size else None
-
-
 def _floats(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=float)
 
@@ -106,8 +96,6 @@ def summarize(table: pa.Table) -> dict:
     Throughput is completed requests per second over the whole run, not the paper's
     "done by the 25th percentile".
     """
-    from loadgen.summary import summarize as summarize_times
-
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     ok = status == "ok"
     sent = _floats(table, "sent_at")
@@ -120,14 +108,12 @@ def summarize(table: pa.Table) -> dict:
     out = summarize_times(arrival, finished, first_token_at=first, output_tokens=truth)
     out["num_errors"] = int((status == "error").sum())
     out["num_timeouts"] = int((status == "timeout").sum())
-    _stats("tpot_s", np.where(ok, _floats(table, "tpot_s"), np.nan), out)
-    _stats("max_gap_s", np.where(ok, _floats(table, "max_gap_s"), np.nan), out)
+    add_stats(out, "tpot_s", np.where(ok, _floats(table, "tpot_s"), np.nan))
+    add_stats(out, "max_gap_s", np.where(ok, _floats(table, "max_gap_s"), np.nan))
     tokens = np.where(ok, _floats(table, "num_output_tokens"), np.nan)
     out["num_output_tokens"] = int(np.nansum(tokens)) if tokens.size else 0
     span = out.get("duration_s") or 0.0
     out["output_tokens_per_s"] = out["num_output_tokens"] / span if span > 0 else None
-    lag = _floats(table, "send_lag_s")
-    lag = lag[np.isfinite(lag)]
-    out["p99_send_lag_s"] = float(np.percentile(lag, 99)) if lag.size else None
-    out["max_send_lag_s"] = float(lag.max()) if lag.size else None
+    lag = stats(_floats(table, "send_lag_s"), (99,))
+    out["p99_send_lag_s"], out["max_send_lag_s"] = lag["p99"], lag["max"]
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}

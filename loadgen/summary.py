@@ -1,33 +1,42 @@
-"""Summaries of one run's per-request times: JCT percentiles, queueing delay, TTFT, throughput.
+"""Summaries of runs and the one place their numbers are computed and laid out.
 
-Shared by ``loadgen simulate`` and the live load generator, so both report the same fields:
-``mean_jct_s``, ``p50_jct_s``, ``p90_jct_s``, ``p99_jct_s``, ``mean_queue_delay_s``, ... and
-``throughput_rps`` = completed requests per second over the whole run (first arrival to last
-completion; DESIGN.md's honesty rules: not the paper's "jobs done by the 25th percentile").
-Times in seconds; requests that never finished (NaN finish) count as failures, not as zeros.
+- :func:`stats` (mean, percentiles, max of the finite values) and :func:`summarize` (one run's
+  per-request times: JCT percentiles, queueing delay, TTFT, throughput). Shared by
+  ``loadgen simulate``, the live load generator and the benchmarks, so all report the same fields:
+  ``mean_jct_s``, ``p50_jct_s``, ``p90_jct_s``, ``p99_jct_s``, ``mean_queue_delay_s``, ... and
+  ``throughput_rps`` = completed requests per second over the whole run (first arrival to last
+  completion; not the paper's "jobs done by the 25th percentile"). Times in seconds; requests that
+  never finished (NaN finish) count as failures, not as zeros.
+- :func:`ratio`, :func:`gain`, :func:`share_of_gain` and :func:`ratios_to_baseline`: one run's
+  numbers against a baseline's (a missing or zero baseline gives None, never a crash or inf).
+- :func:`text_table` and :func:`markdown_row`: the fixed-width and markdown tables printed by the
+  commands and the benchmarks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 PERCENTILES = (50, 90, 99)
 
 
-def _stats(name: str, values: np.ndarray, out: dict) -> None:
-    v = values[np.isfinite(values)]
-    if len(v) == 0:
-        out[f"mean_{name}"] = None
-        for q in PERCENTILES:
-            out[f"p{q}_{name}"] = None
-        out[f"max_{name}"] = None
-        return
-    out[f"mean_{name}"] = float(v.mean())
-    for q, value in zip(PERCENTILES, np.percentile(v, PERCENTILES), strict=True):
-        out[f"p{q}_{name}"] = float(value)
-    out[f"max_{name}"] = float(v.max())
+def stats(values, percentiles: Sequence[float] = PERCENTILES) -> dict[str, float | None]:
+    """``{"mean", "p<q>" for each q, "max"}`` of the finite ``values``; all None when there are none."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": None, **{f"p{q:g}": None for q in percentiles}, "max": None}
+    qs = np.percentile(v, list(percentiles)) if len(percentiles) else []
+    return {"mean": float(v.mean()), **{f"p{q:g}": float(x) for q, x in zip(percentiles, qs, strict=True)},
+            "max": float(v.max())}
+
+
+def add_stats(out: dict, name: str, values, percentiles: Sequence[float] = PERCENTILES) -> None:
+    """Put :func:`stats` of ``values`` into ``out`` as ``mean_<name>``, ``p<q>_<name>``, ``max_<name>``."""
+    out.update({f"{key}_{name}": value for key, value in stats(values, percentiles).items()})
 
 
 def summarize(arrival_at, finished_at, *, started_at=None, first_token_at=None, output_tokens=None,
@@ -48,11 +57,11 @@ def summarize(arrival_at, finished_at, *, started_at=None, first_token_at=None, 
     n, n_ok = len(arrival), int(ok.sum())
     out: dict = {"num_requests": n, "num_completed": n_ok, "num_failed": n - n_ok}
     jct = finished - arrival
-    _stats("jct_s", jct, out)
+    add_stats(out, "jct_s", jct)
     if started_at is not None:
-        _stats("queue_delay_s", np.asarray(started_at, dtype=np.float64) - arrival, out)
+        add_stats(out, "queue_delay_s", np.asarray(started_at, dtype=np.float64) - arrival)
     if first_token_at is not None:
-        _stats("ttft_s", np.asarray(first_token_at, dtype=np.float64) - arrival, out)
+        add_stats(out, "ttft_s", np.asarray(first_token_at, dtype=np.float64) - arrival)
     if n_ok:
         span = float(finished[ok].max() - arrival.min())
         out["duration_s"] = span
@@ -63,45 +72,95 @@ def summarize(arrival_at, finished_at, *, started_at=None, first_token_at=None, 
     if output_tokens is not None and n:
         tokens = np.asarray(output_tokens, dtype=np.float64)
         long = tokens >= np.quantile(tokens, long_quantile)
-        v = jct[long & ok]
-        out["mean_jct_long_s"] = float(v.mean()) if len(v) else None
-        out["p99_jct_long_s"] = float(np.percentile(v, 99)) if len(v) else None
+        tail = stats(jct[long & ok], (99,))
+        out["mean_jct_long_s"], out["p99_jct_long_s"] = tail["mean"], tail["p99"]
         out["long_quantile"] = long_quantile
     return out
 
 
+def ratio(value, base) -> float | None:
+    """``value / base``; None when either is missing or the base is 0."""
+    if value is None or not base:
+        return None
+    return value / base
+
+
+def gain(value, base) -> float | None:
+    """The fraction by which ``value`` is below ``base`` (``1 - value / base``; 0.2 = 20% lower)."""
+    r = ratio(value, base)
+    return None if r is None else 1 - r
+
+
+def share_of_gain(value, best, base) -> float | None:
+    """How much of ``best``'s reduction from ``base`` ``value`` achieves: ``(base - value) / (base - best)``."""
+    if value is None or best is None or base is None or base == best:
+        return None
+    return (base - value) / (base - best)
+
+
+def ratios_to_baseline(summaries: dict[str, dict], keys: Sequence[str], baseline: str | None = None
+                       ) -> dict[str, dict[str, float | None]]:
+    """``{run: {key: run's value / baseline's}}`` for every run but the baseline (default: the first run)."""
+    if not summaries:
+        return {}
+    baseline = next(iter(summaries)) if baseline is None else baseline
+    base = summaries[baseline]
+    return {name: {k: ratio(s.get(k), base.get(k)) for k in keys} for name, s in summaries.items() if name != baseline}
+
+
 def compare(summaries: dict[str, dict], baseline: str = "fcfs",
             keys=("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "mean_queue_delay_s")) -> dict:
-    """Ratios of each run's metrics to the baseline's (``{name: {key_ratio: value}}``)."""
+    """Ratios of each run's metrics to the baseline's, the baseline's own included, as
+    ``{name: {key_ratio: value}}`` with the undefined ones left out (the shape of the JSON summaries)."""
     if baseline not in summaries:
         return {}
     base = summaries[baseline]
-    ratios = {}
-    for name, s in summaries.items():
-        r = {}
-        for k in keys:
-            a, b = s.get(k), base.get(k)
-            if a is not None and b:
-                r[f"{k}_ratio"] = a / b
-        ratios[name] = r
-    return ratios
+    return {name: {f"{k}_ratio": r for k in keys if (r := ratio(s.get(k), base.get(k))) is not None}
+            for name, s in summaries.items()}
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, min_widths: Sequence[int] = (),
+               sep: str = "  ") -> str:
+    """A fixed-width table: the first column left-aligned, the others right-aligned, a dashed rule under
+    the header. Each column is as wide as its widest cell, and at least ``min_widths[i]``."""
+    table = [list(header), *(list(r) for r in rows)]
+    widths = [max([min_widths[i] if i < len(min_widths) else 0] + [len(str(r[i])) for r in table])
+              for i in range(len(header))]
+
+    def line(cells) -> str:
+        return sep.join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                        for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    return "\n".join([line(table[0]), sep.join("-" * w for w in widths), *(line(r) for r in table[1:])])
+
+
+def markdown_row(cells: Sequence) -> str:
+    """One row of a markdown table (its header: ``markdown_row(names)``, then ``markdown_rule(len(names))``)."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown_rule(num_columns: int) -> str:
+    """The line under a markdown table's header."""
+    return "|" + "---|" * num_columns
+
+
+def fmt(value, spec: str = "{:.3f}") -> str:
+    """``spec.format(value)``, or "-" for a missing or NaN value (tables show gaps, not "None"/"nan")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return spec.format(value)
 
 
 def format_table(summaries: dict[str, dict], baseline: str | None = "fcfs") -> str:
-    """A fixed-width text table, one row per run (policy)."""
+    """One row per run (policy): mean, p50, p90, p99 JCT, mean wait, throughput, and mean JCT / baseline's."""
     cols = [("mean_jct_s", "mean JCT"), ("p50_jct_s", "p50"), ("p90_jct_s", "p90"), ("p99_jct_s", "p99"),
             ("mean_queue_delay_s", "mean wait"), ("throughput_rps", "req/s")]
-    head = f"{'policy':<24}" + "".join(f"{label:>11}" for _, label in cols)
-    if baseline in summaries:
-        head += f"{'vs ' + baseline:>10}"
-    lines = [head, "-" * len(head)]
+    with_ratio = baseline in summaries
+    header = ["policy"] + [label for _, label in cols] + (["vs " + baseline] if with_ratio else [])
+    rows = []
     for name, s in summaries.items():
-        row = f"{name:<24}"
-        for key, _ in cols:
-            v = s.get(key)
-            row += f"{v:>11.3f}" if isinstance(v, (int, float)) else f"{'-':>11}"
-        if baseline in summaries:
-            b = summaries[baseline].get("mean_jct_s")
-            row += f"{s['mean_jct_s'] / b:>10.3f}" if b and s.get("mean_jct_s") is not None else f"{'-':>10}"
-        lines.append(row)
-    return "\n".join(lines)
+        row = [name] + [fmt(s.get(key)) for key, _ in cols]
+        if with_ratio:
+            row.append(fmt(ratio(s.get("mean_jct_s"), summaries[baseline].get("mean_jct_s"))))
+        rows.append(row)
+    return text_table(header, rows, min_widths=[24] + [11] * len(cols) + [10], sep="")

@@ -16,7 +16,7 @@ from loadgen.client import (
     is_replay_server,
     plan_requests,
 )
-from loadgen.cmd_report import jct_by_bucket, ratios_to_baseline
+from loadgen.cmd_report import jct_by_bucket
 from loadgen.results import records_table, summarize
 
 
@@ -139,14 +139,6 @@ def test_records_never_sent_still_count():
     never = RequestRecord.planned(PlannedRequest("z", scheduled_at=5.0, model="m"))
     s = summarize(records_table([rec("a", "ok", 0.0, 1.0), never]))
     assert s["num_requests"] == 2 and s["num_failed"] == 1 and never.error == "not sent"
-
-
-def test_ratios_to_the_first_run():
-    ratios = ratios_to_baseline({"fcfs": {"mean_jct_s": 4.0, "p99_jct_s": None},
-                                 "ssjf": {"mean_jct_s": 3.0, "p99_jct_s": 9.0}})
-    assert list(ratios) == ["ssjf"]
-    assert ratios["ssjf"]["mean_jct_s"] == pytest.approx(0.75)
-    assert ratios["ssjf"]["p99_jct_s"] is None  # no baseline value: no ratio
 
 
 def test_jct_by_bucket_uses_true_lengths():

@@ -1,4 +1,4 @@
-"""Simulation predictors (oracle, noisy:TAU, constant, files) and the run summary."""
+"""Simulation predictors (oracle, noisy:TAU, constant, files) and their spec strings."""
 
 import json
 
@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from loadgen.predictors_sim import PredictorSpec, noisy_predictions, predict
-from loadgen.summary import compare, format_table, summarize
 from proxy_model.metrics import kendall_tau
 
 
@@ -65,25 +64,3 @@ def test_bad_predictor_specs_say_what_is_valid(spec, message):
 def test_predictor_spec_round_trips_to_its_label():
     for s in ("oracle", "noisy:0.6", "heuristic", "constant", "constant:100", "file:x.csv", "proxy:dir"):
         assert str(PredictorSpec.parse(s)) == s
-
-
-def test_summary_reports_jct_percentiles_waits_and_whole_run_throughput():
-    arrival = np.array([0.0, 1.0, 2.0, 3.0])
-    started = np.array([0.0, 1.5, 2.0, 5.0])
-    finished = np.array([1.0, 3.0, 4.0, np.nan])  # the last one failed
-    s = summarize(arrival, finished, started_at=started, output_tokens=[1, 2, 3, 100])
-    assert s["num_completed"] == 3 and s["num_failed"] == 1
-    assert s["mean_jct_s"] == pytest.approx((1 + 2 + 2) / 3)
-    assert s["p50_jct_s"] == pytest.approx(2.0)
-    assert s["mean_queue_delay_s"] == pytest.approx((0 + 0.5 + 0 + 2) / 4)
-    assert s["throughput_rps"] == pytest.approx(3 / 4.0)  # first arrival to last completion
-    assert s["mean_jct_long_s"] is None  # the longest request never finished
-
-
-def test_compare_and_table_show_ratios_to_fcfs():
-    runs = {"fcfs": {"mean_jct_s": 10.0, "p99_jct_s": 50.0}, "ssjf": {"mean_jct_s": 6.0, "p99_jct_s": 80.0}}
-    ratios = compare(runs)
-    assert ratios["ssjf"]["mean_jct_s_ratio"] == pytest.approx(0.6)
-    assert ratios["ssjf"]["p99_jct_s_ratio"] == pytest.approx(1.6)
-    table = format_table(runs)
-    assert "vs fcfs" in table and "0.600" in table
