@@ -1,4 +1,4 @@
-"""``loadgen bench`` end to end on the session's Ray: a small replay cluster per policy, the same
+"""``ssjf-cluster bench`` end to end on the session's Ray: a small replay cluster per policy, the same
 workload for each, the comparison and the plot. Each policy's app goes under its own route of the
 running Serve and is removed afterwards (the session's Serve stays up)."""
 
@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from loadgen.cli import main
+from cluster.cli import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
