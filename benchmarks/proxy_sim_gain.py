@@ -32,6 +32,10 @@ SCENARIOS = {
 }
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def heldout_arena(path: Path, *, seed: int, val_frac: float, test_frac: float) -> Path:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -50,6 +54,8 @@ def heldout_arena(path: Path, *, seed: int, val_frac: float, test_frac: float) -
 
 
 def main(argv=None) -> int:
+    from loadgen.summary import ratio, share_of_gain
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifact", default="artifacts/proxy-default")
     ap.add_argument("--heldout", action=argparse.BooleanOptionalAction, default=True)
@@ -84,9 +90,10 @@ def main(argv=None) -> int:
             row = {"scenario": scen, "seed": seed, "dataset": "arena test split" if args.heldout else "arena (all)",
                    "predictor_kendall_tau": round(res["predictor_kendall_tau"], 3),
                    "fcfs_mean_jct_s": round(f, 2), "ssjf_mean_jct_s": round(s, 2), "oracle_mean_jct_s": round(o, 2),
-                   "ssjf_over_fcfs": round(s / f, 3), "share_of_oracle_reduction": round((f - s) / (f - o), 3),
-                   "ssjf_aging_mean_jct_s": round(a.get("mean_jct_s", float("nan")), 2),
-                   "ssjf_aging_p99_over_fcfs_p99": round(a.get("p99_jct_s", float("nan")) / pol["fcfs"]["p99_jct_s"], 3)}
+                   "ssjf_over_fcfs": _round(ratio(s, f), 3),
+                   "share_of_oracle_reduction": _round(share_of_gain(s, best=o, base=f), 3),
+                   "ssjf_aging_mean_jct_s": _round(a.get("mean_jct_s"), 2),
+                   "ssjf_aging_p99_over_fcfs_p99": _round(ratio(a.get("p99_jct_s"), pol["fcfs"]["p99_jct_s"]), 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     work.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from loadgen.cmd_simulate import AUTO_THRESHOLD_FACTOR, prepare_workload
 from loadgen.options import WorkloadOptions
 from loadgen.predictors_sim import PredictorSpec
 from loadgen.simulator import simulate
-from loadgen.summary import summarize
+from loadgen.summary import markdown_row, markdown_rule, ratio, share_of_gain, summarize
 from router import SchedulerConfig
 from router.cost_model import EngineProfile
 
@@ -57,7 +57,7 @@ def scenario_points(name: str, sc: dict, seed: int, num_requests: int, predictor
 
     def point(rule, label, param, mean, p99):
         return {"rule": rule, "param": label, "value": param, "mean": mean, "p99": p99,
-                "p99_ratio": p99 / fcfs[1], "gain_kept": (fcfs[0] - mean) / (fcfs[0] - ssjf[0])}
+                "p99_ratio": ratio(p99, fcfs[1]), "gain_kept": share_of_gain(mean, best=ssjf[0], base=fcfs[0])}
 
     points = []
     for a in ALPHAS:
@@ -78,13 +78,13 @@ def markdown(results: list[dict]) -> str:
         f, s, o = r["fcfs"], r["ssjf"], r["oracle"]
         out.append(f"### {r['name']}, seed {r['seed']}\n")
         out.append(f"FCFS mean {f[0]:.1f} s, p99 {f[1]:.0f} s; SSJF mean {s[0]:.1f} s, p99 {s[1]:.0f} s "
-                   f"({s[1] / f[1]:.2f}x); oracle mean {o[0]:.1f} s; theta = {r['theta']:.0f} predicted tokens/s\n")
-        out.append("| rule | parameter | mean JCT s | p99 JCT s | p99 / FCFS | gain kept | target |")
-        out.append("|---|---|---|---|---|---|---|")
+                   f"({ratio(s[1], f[1]):.2f}x); oracle mean {o[0]:.1f} s; theta = {r['theta']:.0f} predicted tokens/s\n")
+        header = ["rule", "parameter", "mean JCT s", "p99 JCT s", "p99 / FCFS", "gain kept", "target"]
+        out += [markdown_row(header), markdown_rule(len(header))]
         for p in r["points"]:
             ok = "yes" if p["p99_ratio"] <= 1.5 and p["gain_kept"] >= 0.6 else ""
-            out.append(f"| {p['rule']} | {p['param']} | {p['mean']:.1f} | {p['p99']:.0f} | {p['p99_ratio']:.2f} "
-                       f"| {p['gain_kept']:.2f} | {ok} |")
+            out.append(markdown_row([p["rule"], p["param"], f"{p['mean']:.1f}", f"{p['p99']:.0f}",
+                                     f"{p['p99_ratio']:.2f}", f"{p['gain_kept']:.2f}", ok]))
         out.append("")
     return "\n".join(out)
 
@@ -106,7 +106,7 @@ def plot(results: list[dict], path: Path) -> None:
         if chosen:
             ax.plot(chosen[0]["p99_ratio"], chosen[0]["gain_kept"], "*", ms=16, color="crimson",
                     label=f"default: threshold {AUTO_THRESHOLD_FACTOR:g} x FCFS p99")
-        ssjf_ratio = r["ssjf"][1] / r["fcfs"][1]
+        ssjf_ratio = ratio(r["ssjf"][1], r["fcfs"][1])
         ax.plot(ssjf_ratio, 1.0, "k^", label="ssjf (no aging)")
         ax.plot(1.0, 0.0, "kv", label="fcfs")
         ax.set_xlim(0.8, max(3.2, ssjf_ratio * 1.05))

@@ -23,7 +23,7 @@ from cluster.bench import goodput, parse_sweep
 from loadgen.options import WorkloadOptions
 from loadgen.predictors_sim import PredictorSpec, predict
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
-from loadgen.summary import summarize
+from loadgen.summary import fmt, markdown_row, markdown_rule, summarize
 from router import Policy, SchedulerConfig
 from router.cost_model import EngineProfile
 
@@ -74,9 +74,8 @@ def main() -> None:
     predictor = PredictorSpec.parse(args.predictor)
 
     print(f"p90 JCT SLO {args.slo_s:g} s (time scale 1); predictor {args.predictor}; loads {args.loads}\n")
-    print("| requests | seed | " + " | ".join(f"goodput {p}" for p in policies) + " | p90 JCT per load (" +
-          " / ".join(policies) + ") |")
-    print("|---|---|" + "---|" * len(policies) + "---|")
+    header = ["requests", "seed", *(f"goodput {p}" for p in policies), f"p90 JCT per load ({' / '.join(policies)})"]
+    print(markdown_row(header) + "\n" + markdown_rule(len(header)))
     for n in (int(x) for x in args.num_requests.split(",")):
         for seed in (int(x) for x in args.seeds.split(",")):
             points = sweep(n, seed, loads, predictor, policies, args.aging_threshold_s, args.replicas)
@@ -84,8 +83,7 @@ def main() -> None:
             per_load = "; ".join(
                 f"{load:g}: " + " / ".join(f"{points[p][i][1]['p90_jct_s']:.0f}" for p in policies)
                 for i, load in enumerate(loads))
-            print(f"| {n} | {seed} | " + " | ".join("-" if g is None else f"{g:g}" for g in good) + f" | {per_load} |",
-                  flush=True)
+            print(markdown_row([n, seed, *(fmt(g, "{:g}") for g in good), per_load]), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 
 from loadgen.predictors_sim import noisy_predictions
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
+from loadgen.summary import markdown_row, markdown_rule
 from router import SchedulerConfig
 from router.cost_model import EngineProfile
 
@@ -52,8 +53,8 @@ def main() -> None:
     ids = [f"q{i}" for i in range(n)]
     print(f"{n:,} requests, {args.replicas} replicas, max_batch {args.max_batch}, load {args.load}, "
           f"balancer {args.balancer}, engine {engine.name}\n")
-    print("| batching | policy | saturation req/s | sim wall s | simulated req/s | events |")
-    print("|---|---|---|---|---|---|")
+    header = ["batching", "policy", "saturation req/s", "sim wall s", "simulated req/s", "events"]
+    print(markdown_row(header) + "\n" + markdown_rule(len(header)))
     for mode in args.modes.split(","):
         base = SchedulerConfig(policy="fcfs", batching=mode, max_batch=args.max_batch, balancer=args.balancer)
         n_sat = min(n, 50_000)
@@ -68,7 +69,8 @@ def main() -> None:
             t0 = time.perf_counter()
             res = simulate(work, cfg, engine, args.replicas)
             wall = time.perf_counter() - t0
-            print(f"| {mode} | {policy} | {sat:.2f} | {wall:.1f} | {n / wall:,.0f} | {res.num_events:,} |", flush=True)
+            print(markdown_row([mode, policy, f"{sat:.2f}", f"{wall:.1f}", f"{n / wall:,.0f}", f"{res.num_events:,}"]),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from loadgen.cmd_simulate import AUTO_THRESHOLD_FACTOR, prepare_workload
 from loadgen.options import WorkloadOptions
 from loadgen.predictors_sim import TAU_MAX_N, PredictorSpec
 from loadgen.simulator import simulate
-from loadgen.summary import summarize
+from loadgen.summary import gain, markdown_row, markdown_rule, ratio, summarize
 from proxy_model.metrics import kendall_tau
 from router import SchedulerConfig
 from router.cost_model import EngineProfile
@@ -56,15 +56,9 @@ def point(mode: str, replicas: int, num_requests: int, seed: int, *, load, tau, 
 
 def row(label: str, r: dict) -> str:
     f = r["fcfs"]
-
-    def gain(name):
-        return f"{100 * (1 - r[name][0] / f[0]):.0f}%"
-
-    def tail(name):
-        return f"{r[name][1] / f[1]:.2f}"
-
-    return (f"| {label} | {f[0]:.1f} | {gain('oracle')} | {gain('ssjf')} | {gain('aging')} "
-            f"| {tail('ssjf')} | {tail('aging')} |")
+    gains = [f"{100 * gain(r[name][0], f[0]):.0f}%" for name in ("oracle", "ssjf", "aging")]
+    tails = [f"{ratio(r[name][1], f[1]):.2f}" for name in ("ssjf", "aging")]
+    return markdown_row([label, f"{f[0]:.1f}", *gains, *tails])
 
 
 def main() -> None:
@@ -75,8 +69,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    head = ("| {} | FCFS mean JCT s | oracle gain | SSJF gain | aging gain | SSJF p99/FCFS | aging p99/FCFS |\n"
-            "|---|---|---|---|---|---|---|")
+    columns = ["FCFS mean JCT s", "oracle gain", "SSJF gain", "aging gain", "SSJF p99/FCFS", "aging p99/FCFS"]
     print(f"{args.num_requests:,} requests per point, {args.replicas} replicas, seed {args.seed}; base: "
           f"Poisson, load 0.9, noisy:0.6, 8 slots (static/continuous). Gain = 1 - policy mean JCT / FCFS mean JCT.\n")
     for mode in args.modes.split(","):
@@ -86,7 +79,7 @@ def main() -> None:
             factors.append(("max_batch", "slots per replica", BATCHES))
         factors.append(("trace", "arrivals", TRACES))
         for key, title, values in factors:
-            print(head.format(title))
+            print(markdown_row([title, *columns]) + "\n" + markdown_rule(1 + len(columns)))
             for v in values:
                 kw = {**BASE, key: v}
                 if mode == "none":
