@@ -124,6 +124,65 @@ def _load(paths) -> tuple[dict[str, pa.Table], dict[str, dict]]:
     return tables, summaries
 
 
+def _ok_floats(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(which requests ended ok, the column as floats)."""
+    ok = np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
+    return ok, np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=float)
+
+
+def _plot_jct_cdf(ax, tables: dict[str, pa.Table]) -> None:
+    all_jct = []
+    for label, table in tables.items():
+        ok, jct = _ok_floats(table, "jct_s")
+        jct = np.sort(jct[ok & ~np.isnan(jct)])
+        if jct.size:
+            ax.plot(jct, np.arange(1, jct.size + 1) / jct.size, label=label)
+            all_jct.append(jct)
+    if all_jct:
+        lo, hi = min(j[0] for j in all_jct), max(j[-1] for j in all_jct)
+        if lo > 0 and hi / lo > 100:
+            ax.set_xscale("log")
+    ax.set(xlabel="JCT (s)", ylabel="fraction of requests", title="JCT CDF")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_jct_by_bucket(ax, tables: dict[str, pa.Table]) -> None:
+    per_run = {label: jct_by_bucket(table) for label, table in tables.items()}
+    length_what = length_column(list(tables.values())[-1])[1] if tables else "output tokens"
+    names = [_bucket_name(lo, hi) for lo, hi in zip(BUCKET_EDGES[:-1], BUCKET_EDGES[1:], strict=True)]
+    names = [n for n in names if any(b["bucket"] == n for bs in per_run.values() for b in bs)]
+    width = 0.8 / max(1, len(per_run))
+    for i, (label, buckets) in enumerate(per_run.items()):
+        means = [next((b["mean_jct_s"] for b in buckets if b["bucket"] == n), np.nan) for n in names]
+        ax.bar(np.arange(len(names)) + i * width, means, width=width, label=label)
+    ax.set_xticks(np.arange(len(names)) + width * (len(per_run) - 1) / 2, names, rotation=30)
+    ax.set(xlabel=length_what, ylabel="mean JCT (s)", title="JCT by output length")
+    ax.legend(fontsize=8)
+
+
+def _plot_queue_delay(ax, tables: dict[str, pa.Table]) -> None:
+    """TTFT against send time, with a rolling median per run (the client's view of the queue)."""
+    for label, table in tables.items():
+        ok, ttft = _ok_floats(table, "ttft_s")
+        sent = np.asarray(table.column("sent_at").to_numpy(zero_copy_only=False), dtype=float)
+        keep = ok & ~np.isnan(ttft)
+        if not keep.any():
+            continue
+        order = np.argsort(sent[keep])
+        xs, ys = sent[keep][order], ttft[keep][order]
+        points = ax.scatter(xs, ys, s=4, alpha=0.25)
+        window = max(1, xs.size // 50)
+        smooth = np.array([np.median(ys[max(0, i - window): i + window + 1]) for i in range(xs.size)])
+        ax.plot(xs, smooth, color=points.get_facecolor()[0][:3], label=f"{label} (rolling median)")
+    ax.set(xlabel="send time (s from start)", ylabel="TTFT (s) ~ queue delay", title="Queue delay over time")
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no TTFT (run without streaming?)", ha="center", va="center", transform=ax.transAxes)
+
+
 def plot_runs(tables: dict[str, pa.Table], path: Path, title: str | None = None) -> Path:
     """One PNG, three panels: JCT CDF, mean JCT by output-length bucket, queue delay (TTFT) over time."""
     import matplotlib
@@ -132,52 +191,9 @@ def plot_runs(tables: dict[str, pa.Table], path: Path, title: str | None = None)
     import matplotlib.pyplot as plt
 
     fig, (ax_cdf, ax_bucket, ax_queue) = plt.subplots(1, 3, figsize=(17, 4.8))
-    all_jct = []
-    length_what = "output tokens"
-    per_run = {}
-    for label, table in tables.items():
-        ok = np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
-        jct = np.sort(np.asarray(table.column("jct_s").to_numpy(zero_copy_only=False), dtype=float)[ok])
-        jct = jct[~np.isnan(jct)]
-        if jct.size:
-            ax_cdf.plot(jct, np.arange(1, jct.size + 1) / jct.size, label=label)
-            all_jct.append(jct)
-        per_run[label] = jct_by_bucket(table)
-        _, length_what = length_column(table)
-        sent = np.asarray(table.column("sent_at").to_numpy(zero_copy_only=False), dtype=float)
-        ttft = np.asarray(table.column("ttft_s").to_numpy(zero_copy_only=False), dtype=float)
-        keep = ok & ~np.isnan(ttft)
-        if keep.any():
-            order = np.argsort(sent[keep])
-            xs, ys = sent[keep][order], ttft[keep][order]
-            points = ax_queue.scatter(xs, ys, s=4, alpha=0.25)
-            window = max(1, xs.size // 50)
-            smooth = np.array([np.median(ys[max(0, i - window): i + window + 1]) for i in range(xs.size)])
-            ax_queue.plot(xs, smooth, color=points.get_facecolor()[0][:3], label=f"{label} (rolling median)")
-    if all_jct:
-        lo, hi = min(j[0] for j in all_jct), max(j[-1] for j in all_jct)
-        if lo > 0 and hi / lo > 100:
-            ax_cdf.set_xscale("log")
-    ax_cdf.set(xlabel="JCT (s)", ylabel="fraction of requests", title="JCT CDF")
-    ax_cdf.grid(alpha=0.3)
-    ax_cdf.legend(fontsize=8)
-
-    names = [_bucket_name(lo, hi) for lo, hi in zip(BUCKET_EDGES[:-1], BUCKET_EDGES[1:], strict=True)]
-    names = [n for n in names if any(b["bucket"] == n for bs in per_run.values() for b in bs)]
-    width = 0.8 / max(1, len(per_run))
-    for i, (label, buckets) in enumerate(per_run.items()):
-        means = [next((b["mean_jct_s"] for b in buckets if b["bucket"] == n), np.nan) for n in names]
-        ax_bucket.bar(np.arange(len(names)) + i * width, means, width=width, label=label)
-    ax_bucket.set_xticks(np.arange(len(names)) + width * (len(per_run) - 1) / 2, names, rotation=30)
-    ax_bucket.set(xlabel=length_what, ylabel="mean JCT (s)", title="JCT by output length")
-    ax_bucket.legend(fontsize=8)
-
-    ax_queue.set(xlabel="send time (s from start)", ylabel="TTFT (s) ~ queue delay", title="Queue delay over time")
-    ax_queue.grid(alpha=0.3)
-    if ax_queue.has_data():
-        ax_queue.legend(fontsize=8)
-    else:
-        ax_queue.text(0.5, 0.5, "no TTFT (run without streaming?)", ha="center", va="center", transform=ax_queue.transAxes)
+    _plot_jct_cdf(ax_cdf, tables)
+    _plot_jct_by_bucket(ax_bucket, tables)
+    _plot_queue_delay(ax_queue, tables)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -66,35 +66,8 @@ def execute_run(client_config: ClientConfig, workload: pa.Table, settings: RunSe
     records of an interrupted run before re-raising KeyboardInterrupt.
     """
     models = asyncio.run(_list_models(client_config, need_model=settings.model is None and not settings.model_from_dataset))
-    model = settings.model or (None if settings.model_from_dataset else default_model(models))
-    if model is None and not settings.model_from_dataset:
-        raise click.UsageError(f"{client_config.url}/v1/models lists no concrete model; pass --model NAME or --model-from-dataset")
-    replay = settings.replay_lengths
-    if replay is None:
-        replay = is_replay_server(models) and "output_tokens" in workload.column_names
-    try:
-        planned = plan_requests(workload, model=model, model_from_dataset=settings.model_from_dataset,
-                                replay_lengths=replay, max_tokens=settings.max_tokens,
-                                temperature=settings.temperature)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-
-    progress = Progress(len(planned), enabled=settings.progress)
-    holder: dict = {}
-
-    async def go():
-        async with LoadClient(client_config) as client:
-            run = holder["run"] = OpenLoopRun(client, planned, on_sent=progress.on_sent, on_done=progress.on_done)
-            await run.run()
-
-    interrupted = False
-    try:
-        asyncio.run(go())
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        progress.close()
-    run: OpenLoopRun | None = holder.get("run")
+    model, replay, planned = _plan(client_config, workload, settings, models)
+    run, interrupted = _send_all(client_config, planned, settings.progress)
     records = run.records if run is not None else []
     summary = summarize(records_table(records))
     config = {
@@ -119,6 +92,44 @@ def execute_run(client_config: ClientConfig, workload: pa.Table, settings: RunSe
         click.echo(f"interrupted: partial results written to {out_dir}", err=True)
         raise KeyboardInterrupt
     return RunOutcome(summary=summary, out_dir=out_dir, config=config)
+
+
+def _plan(client_config: ClientConfig, workload: pa.Table, settings: RunSettings,
+          models: list[dict]) -> tuple[str | None, bool, list]:
+    """(the model sent, whether true lengths are sent for replay, the planned requests)."""
+    model = settings.model or (None if settings.model_from_dataset else default_model(models))
+    if model is None and not settings.model_from_dataset:
+        raise click.UsageError(f"{client_config.url}/v1/models lists no concrete model; pass --model NAME or --model-from-dataset")
+    replay = settings.replay_lengths
+    if replay is None:
+        replay = is_replay_server(models) and "output_tokens" in workload.column_names
+    try:
+        planned = plan_requests(workload, model=model, model_from_dataset=settings.model_from_dataset,
+                                replay_lengths=replay, max_tokens=settings.max_tokens,
+                                temperature=settings.temperature)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return model, replay, planned
+
+
+def _send_all(client_config: ClientConfig, planned: list, show_progress: bool) -> tuple[OpenLoopRun | None, bool]:
+    """Send the planned requests open loop: (the run, whose records survive a Ctrl-C, and whether it was one)."""
+    progress = Progress(len(planned), enabled=show_progress)
+    holder: dict = {}
+
+    async def go():
+        async with LoadClient(client_config) as client:
+            run = holder["run"] = OpenLoopRun(client, planned, on_sent=progress.on_sent, on_done=progress.on_done)
+            await run.run()
+
+    interrupted = False
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+    return holder.get("run"), interrupted
 
 
 async def _list_models(cfg: ClientConfig, need_model: bool) -> list[dict]:
