@@ -317,8 +317,9 @@ def run_policies(policy_names, base_config, workloads, settings, client_config, 
 
 
 # What the client cannot see: the ingress's own counters over one run (``GET /metrics``, read before
-# and after it, while the cluster is still up). A prediction that missed ``proxy.timeout_s`` came
-# from the prompt-length heuristic, so the policy ordered that request without the proxy.
+# and after it, while the cluster is still up). A prediction that missed ``proxy.timeout_s``, or that
+# the proxy pool answered without its model (busy, failed, artifact not loaded), is counted there by
+# reason; the policy ordered that request without the proxy.
 SERVER_COUNTERS = {"proxy_fallbacks": "ssjf_proxy_fallbacks_total", "retries": "ssjf_retries_total"}
 
 
@@ -359,9 +360,9 @@ def fallback_warnings(summaries: dict[str, dict], prefix: str = "") -> list[str]
     for policy, s in summaries.items():
         n = s.get("proxy_fallbacks") or 0
         if n:
-            lines.append(f"{prefix}{policy}: {n} of {s.get('num_requests', '?')} predictions came from the prompt-length "
-                         f"heuristic (the proxy answered later than proxy.timeout_s): those requests were ordered "
-                         f"without the proxy")
+            lines.append(f"{prefix}{policy}: {n} of {s.get('num_requests', '?')} predictions were not the proxy "
+                         f"model's (it missed proxy.timeout_s, was busy or failed; reasons in the ingress's "
+                         f"ssjf_proxy_fallbacks_total): those requests were ordered without the proxy")
     return lines
 
 

@@ -115,7 +115,7 @@ class ProxySettings:
     num_gpus: float = field(default=0.0, metadata={"help": "GPUs (fractions allowed) per proxy replica."})
     max_batch_size: int = field(default=32, metadata={"help": "@serve.batch: most prompts per predictor call."})
     batch_wait_timeout_s: float = field(default=0.005, metadata={"help": "@serve.batch: longest wait to fill a batch."})
-    timeout_s: float = field(default=0.5, metadata={"help": "The ingress waits this long for a prediction, then uses the heuristic."})
+    timeout_s: float = field(default=0.5, metadata={"help": "The one prediction deadline: the ingress waits this long for the proxy pool, then uses the heuristic; a trained proxy stops waiting for its model after it too (answering its per-model median)."})
 
     def __post_init__(self):
         PredictorKind.parse(self.predictor)

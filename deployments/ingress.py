@@ -38,6 +38,7 @@ from deployments.protocol import (
     stream_chunk,
     usage,
 )
+from proxy_model.predictor import text_for
 from router.actor import (
     CANCELLED,
     DISPATCHED,
@@ -262,14 +263,23 @@ class Ingress:
         return Response(content=body, media_type=content_type)
 
     # ---- one request -------------------------------------------------------------------------
-    async def _predict(self, text: str, model: str) -> float:
+    async def _predict(self, conversation, model: str) -> float:
+        """The proxy pool's prediction within ``proxy.timeout_s`` (the one prediction deadline), else the
+        heuristic's. Every prediction that is not the proxy model's own is counted by reason."""
         try:
-            value = await asyncio.wait_for(self.proxy.predict.remote(text, model), timeout=self.cfg.proxy.timeout_s)
-            return float(value)
-        except Exception as e:  # slow or failed proxy: never block serving on it
-            self.metrics.proxy_fallbacks.inc()
+            answer = await asyncio.wait_for(self.proxy.predict.remote(conversation, model),
+                                            timeout=self.cfg.proxy.timeout_s)
+        except asyncio.TimeoutError:
+            reason = "timeout"
+        except Exception as e:  # a failed proxy must never block serving
+            reason = "error"
             logger.debug("proxy prediction failed (%r): heuristic fallback", e)
-            return float(self.fallback.predict([text], [model])[0])
+        else:
+            if answer.fallback is not None:  # the pool answered, but not with its model (busy, ...)
+                self.metrics.proxy_fallbacks.labels(answer.fallback).inc()
+            return answer.tokens
+        self.metrics.proxy_fallbacks.labels(reason).inc()
+        return float(self.fallback.predict([text_for(self.fallback, conversation)], [model])[0])
 
     def _prepare(self, raw: bytes, kind: str):
         parsed = parse_completion(parse_json(raw)) if kind == "completion" else parse_chat(parse_json(raw))
@@ -299,7 +309,7 @@ class Ingress:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             return error_response(e)
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        predicted = await self._predict(parsed.proxy_text, parsed.model)
+        predicted = await self._predict(parsed.conversation, parsed.model)
         meta = RequestMeta(rid, parsed.model, prompt.num_tokens, predicted, max_tokens, t0)
         payload = dict(request_id=rid, prompt=prompt.text, prompt_token_ids=prompt.token_ids,
                        num_prompt_tokens=prompt.num_tokens, max_tokens=max_tokens, temperature=parsed.temperature,

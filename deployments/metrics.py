@@ -14,8 +14,10 @@ class IngressMetrics:
         self.requests = Counter("ssjf_requests", "Requests answered, by endpoint and HTTP status (499: client left).",
                                 ["endpoint", "status"], registry=r)
         self.retries = Counter("ssjf_retries", "Re-dispatches and router re-enqueues, by reason.", ["reason"], registry=r)
-        self.proxy_fallbacks = Counter("ssjf_proxy_fallbacks", "Predictions answered by the heuristic because the proxy "
-                                       "was slow or failed.", registry=r)
+        self.proxy_fallbacks = Counter("ssjf_proxy_fallbacks", "Predictions that are not the proxy model's own, by "
+                                       "reason: timeout (past proxy.timeout_s) or error at the ingress, which then "
+                                       "asks the heuristic; or the pool's own fallback: busy, timeout, error, "
+                                       "load_failed.", ["reason"], registry=r)
         self.queue_wait = Histogram("ssjf_queue_wait_seconds", "Arrival to start on a replica (proxy + router queue).",
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("ssjf_time_to_first_token_seconds", "Arrival to first streamed text.",

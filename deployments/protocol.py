@@ -61,14 +61,10 @@ class ParsedRequest:
     replay_output_tokens: int | None = None  # benchmark-only: read by the replay engine alone
 
     @property
-    def proxy_text(self) -> str:
-        """What the length predictor sees: the prompt, or the last user turn (as in training data)."""
-        if self.prompt is not None:
-            return self.prompt
-        for message in reversed(self.messages or ()):
-            if message.role == "user":
-                return message.content
-        return self.messages[-1].content if self.messages else ""
+    def conversation(self) -> str | tuple[ChatMessage, ...]:
+        """What the length predictor reads, through the proxy text rule (``proxy_model.text``): the
+        prompt, or the chat's messages (the rule renders the history its training data had)."""
+        return self.prompt if self.prompt is not None else self.messages
 
 
 def parse_json(raw: bytes) -> dict:

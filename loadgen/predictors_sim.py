@@ -14,6 +14,9 @@
   keyed by ``request_id``, or by ``prompt_id`` (and ``model`` when present).
 - ``proxy:PATH``: a trained proxy artifact, ``proxy_model.predictor.LengthPredictor.load(PATH)``
   (imports torch lazily). A bare PATH means ``proxy:`` for a directory and ``file:`` for a file.
+
+``heuristic`` and ``proxy`` read each row's conversation through the proxy text rule
+(:func:`predictor_inputs`), the text the serving cluster's proxy reads for the same chat request.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from proxy_model.predictor import HeuristicPredictor, LengthPredictor, text_for
 
 KINDS = ("oracle", "noisy:TAU", "heuristic", "constant[:N]", "file:PATH", "proxy:PATH")
 # A run's realised Kendall tau (``proxy_model.metrics.kendall_tau``) is measured on a seeded sample of
@@ -121,24 +126,23 @@ def predict(spec: PredictorSpec | str, table, *, truth: np.ndarray, seed: int = 
     if spec.kind == "constant":
         value = spec.tokens if spec.tokens is not None else (float(np.median(truth)) if n else 0.0)
         return np.full(n, value)
-    if spec.kind == "heuristic":
-        try:
-            from proxy_model.predictor import HeuristicPredictor
-        except ImportError as exc:
-            raise ValueError(f"predictor 'heuristic' needs proxy_model.predictor ({exc})") from None
-        return _checked(HeuristicPredictor().predict(_column(table, "prompt"), _column(table, "model")), n, spec)
-    if spec.kind == "proxy":
-        try:
-            from proxy_model.predictor import LengthPredictor
-        except ImportError as exc:
-            raise ValueError(f"predictor 'proxy:PATH' needs proxy_model.predictor ({exc})") from None
-        # Offline: wait for the proxy however long it takes (its serving-time latency bound would
+    if spec.kind in ("heuristic", "proxy"):
+        # proxy: offline, it waits for its model however long it takes (a serving-time deadline would
         # silently swap in fallback answers on a busy machine and understate the proxy).
-        model = LengthPredictor.load(spec.path, timeout_s=None)
-        return _checked(model.predict(_column(table, "prompt"), _column(table, "model")), n, spec)
+        model = HeuristicPredictor() if spec.kind == "heuristic" else LengthPredictor.load(spec.path, timeout_s=None)
+        return _checked(model.predict(predictor_inputs(model, table), _column(table, "model")), n, spec)
     if spec.kind == "file":
         return _from_file(spec.path, table, n)
     raise ValueError(f"unknown predictor kind {spec.kind!r}")
+
+
+def predictor_inputs(predictor, table) -> list[str]:
+    """The text ``predictor`` reads for each row: the proxy text rule over the row's conversation
+    (``messages``), as the serving cluster renders a chat request; a row without one gives its ``prompt``."""
+    prompts = _column(table, "prompt")
+    names = table.keys() if isinstance(table, dict) else table.column_names
+    conversations = _column(table, "messages") if "messages" in names else [None] * len(prompts)
+    return [text_for(predictor, conv if conv else prompt) for conv, prompt in zip(conversations, prompts, strict=True)]
 
 
 def _column(table, name: str) -> list:

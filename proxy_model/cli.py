@@ -202,11 +202,11 @@ def evaluate(artifact, data, split, as_json, out, dtype, batch_size):
               help="Latency bound per call; past it the fallback answers.")
 def predict(artifact, prompts, model_name, dtype, timeout_s):
     """Predict output tokens. Stdin lines: {"prompt": ..., "model": ...} or {"messages": [...], "model": ...}."""
-    from proxy_model.predictor import LengthPredictor
-    from proxy_model.text import render_messages
+    from proxy_model.predictor import LengthPredictor, text_for
+    from proxy_model.text import proxy_text
 
     _quiet_transformers()
-    rows = [{"prompt": p, "model": model_name} for p in prompts]
+    rows = [{"prompt": p, "conversation": p, "model": model_name} for p in prompts]
     if not rows:
         for i, line in enumerate(sys.stdin, 1):
             if not line.strip():
@@ -217,20 +217,21 @@ def predict(artifact, prompts, model_name, dtype, timeout_s):
                 raise click.BadParameter(f"stdin line {i} is not JSON: {e}") from None
             if "prompt" not in rec and "messages" not in rec:
                 raise click.BadParameter(f"stdin line {i} needs 'prompt' or 'messages', has {sorted(rec)}")
+            conversation = rec["prompt"] if "prompt" in rec else rec["messages"]
             try:
-                text = rec["prompt"] if "prompt" in rec else render_messages(rec["messages"])
-            except ValueError as exc:
+                proxy_text(conversation)  # a malformed conversation is the caller's mistake: say which line
+            except (ValueError, TypeError) as exc:
                 raise click.BadParameter(f"stdin line {i}: {exc}") from None
-            rows.append({**rec, "prompt": text, "model": rec.get("model", model_name)})
+            rows.append({**rec, "conversation": conversation, "model": rec.get("model", model_name)})
     if not rows:
         raise click.UsageError("no prompts: pass --prompt or JSON lines on stdin")
     try:
         pred = LengthPredictor.load(artifact, timeout_s=timeout_s, dtype=dtype)
-        values = pred.predict([r["prompt"] for r in rows], [str(r["model"]) for r in rows])
+        values = pred.predict([text_for(pred, r["conversation"]) for r in rows], [str(r["model"]) for r in rows])
     except (ValueError, FileNotFoundError) as exc:
         _bad(exc)
     for r, v in zip(rows, values, strict=True):
-        out = {k: r[k] for k in r if k not in ("prompt", "messages")}
+        out = {k: r[k] for k in r if k not in ("prompt", "messages", "conversation")}
         out["predicted_tokens"] = round(v, 1)
         click.echo(json.dumps(out))
 

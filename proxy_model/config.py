@@ -6,6 +6,8 @@ import enum
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from proxy_model.text import DEFAULT_MAX_HISTORY_CHARS
+
 UNKNOWN_MODEL = "<unk>"
 
 
@@ -44,7 +46,8 @@ class HeadConfig:
     binary_short_values: list[float] = field(default_factory=list)
     binary_long_values: list[float] = field(default_factory=list)
     max_length: int = field(default=128, metadata={"help": "encoder tokens per prompt (head + tail)"})
-    max_history_chars: int = 1000
+    max_history_chars: int = field(default=DEFAULT_MAX_HISTORY_CHARS, metadata={
+        "help": "history cut of the proxy text rule the training prompts were rendered with"})
 
     def __post_init__(self):
         self.head = HeadType.parse(self.head).value

@@ -19,8 +19,10 @@ source          no       where the row came from (default: the file's name)
 ``proxy-model collect`` writes this schema too.
 
 Output columns: ``prompt_id, prompt, model, output_tokens, num_prompt_tokens, num_turns,
-source, split``. ``prompt`` is ``proxy_model.text.render_messages(messages)``: the last user turn
-whole, with at most ``max_history_chars`` of earlier turns cut from the left.
+source, split``. ``prompt`` is ``proxy_model.text.proxy_text(messages, max_history_chars)``: the
+last user turn whole, with at most ``max_history_chars`` of earlier turns cut from the left (the
+rule that serving and the simulator apply too; ``train`` carries ``max_history_chars`` into the
+artifact from the table's metadata, see :func:`max_history_chars_of`).
 
 Splits are by prompt: the split of a row is a seeded hash of its conversation's FIRST user turn
 (normalised: lower case, collapsed white space). So every model's reply to one prompt, every turn
@@ -38,7 +40,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from proxy_model.text import DEFAULT_MAX_HISTORY_CHARS, render_messages
+from proxy_model.text import DEFAULT_MAX_HISTORY_CHARS, proxy_text
 
 SPLITS = ("train", "val", "test")
 PREPARED_SCHEMA = pa.schema([
@@ -182,7 +184,7 @@ def prepare(inputs: list[str], out_path: str | Path, *, tokenizer: str = "smollm
                 continue
             first_user = next((m["content"] for m in msgs if m.get("role", "user") == "user"), msgs[-1]["content"])
             rows.append({
-                "prompt_id": r["prompt_id"], "prompt": render_messages(msgs, max_history_chars),
+                "prompt_id": r["prompt_id"], "prompt": proxy_text(msgs, max_history_chars),
                 "model": r["model"], "output_tokens": int(r["output_tokens"]), "num_turns": len(msgs),
                 "source": r["source"],
                 "split": split_of(str(first_user), seed=seed, val_frac=val_frac, test_frac=test_frac),
@@ -232,3 +234,12 @@ def read_prepared(path: str | Path, splits: tuple[str, ...] | None = None) -> pa
 
         table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(list(splits))))
     return table
+
+
+def max_history_chars_of(table: pa.Table) -> int:
+    """The history cut a prepared table's prompts were rendered with (``prepare`` records it in the
+    table's metadata; a table without it was rendered with the default)."""
+    meta = (table.schema.metadata or {}).get(b"proxy_prepare")
+    if not meta:
+        return DEFAULT_MAX_HISTORY_CHARS
+    return int(json.loads(meta).get("max_history_chars", DEFAULT_MAX_HISTORY_CHARS))

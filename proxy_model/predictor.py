@@ -3,12 +3,18 @@
 Imports without torch: ``LengthPredictor.load`` imports the torch engine lazily, so the simulator
 and the router can use ``HeuristicPredictor`` / ``ConstantPredictor`` in a bare Python process.
 
-``LengthPredictor`` wraps a trained artifact with a latency bound: each call runs on one worker
+``LengthPredictor`` wraps a trained artifact, optionally with a latency bound: given ``timeout_s``
+(serving passes its one prediction deadline, ``proxy.timeout_s``), each call runs on one worker
 thread and waits at most ``timeout_s`` per batch of ``batch_size`` distinct prompts (a call of
-n distinct prompts waits ``timeout_s * ceil(n / batch_size)``, so bulk offline calls such as the
-simulator's are not cut short, while a serving call of one batch is bounded); on a timeout, an exception, or while an earlier timed-out
-call still occupies the worker, it returns its fallback's answer instead and counts it in
-``stats``. A slow proxy therefore degrades scheduling quality, never serving latency.
+n distinct prompts waits ``timeout_s * ceil(n / batch_size)``, so bulk calls are not cut short,
+while a serving call of one batch is bounded); on a timeout, an exception, or while an earlier
+timed-out call still occupies the worker, it returns its fallback's answer instead, counts it in
+``stats`` and names the reason (:data:`FALLBACK_REASONS`, see ``predict_with_fallback``). A slow
+proxy therefore degrades scheduling quality, never serving latency. Without ``timeout_s`` (the
+default: evaluation, simulation) it waits for the model however long it takes.
+
+:func:`text_for` is the text a predictor reads for one request: ``proxy_model.text.proxy_text``
+with the history cut the predictor's artifact was trained with.
 
 Documented fallbacks (no exceptions for these):
 - unknown target model: the artifact's generic ``<unk>`` model row (trained on every model's
@@ -28,11 +34,22 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy_model.text import approx_tokens, render_messages
+from proxy_model.text import DEFAULT_MAX_HISTORY_CHARS, approx_tokens, proxy_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LengthPredictor", "HeuristicPredictor", "ConstantPredictor", "check_inputs", "normalize_model_name"]
+__all__ = ["LengthPredictor", "HeuristicPredictor", "ConstantPredictor", "FALLBACK_REASONS", "check_inputs",
+           "normalize_model_name", "text_for"]
+
+# Why a LengthPredictor answered with its fallback: the call ran past timeout_s, an earlier timed-out
+# call still occupied the worker, or the model raised.
+FALLBACK_REASONS = ("timeout", "busy", "error")
+
+
+def text_for(predictor, conversation) -> str:
+    """What ``predictor`` reads for one request (a prompt string or chat messages): the proxy text
+    rule with its artifact's history cut (the default cut for predictors without an artifact)."""
+    return proxy_text(conversation, getattr(predictor, "max_history_chars", DEFAULT_MAX_HISTORY_CHARS))
 
 
 def check_inputs(prompts: Sequence[str], models: Sequence[str]) -> None:
@@ -112,12 +129,12 @@ class HeuristicPredictor:
 class LengthPredictor:
     """A trained proxy artifact, batched, with a latency bound and a fallback (see module doc).
 
-    ``timeout_s=None`` waits for the model however long it takes (evaluation); serving should
-    keep a bound. ``dtype``: "auto" (bf16 where the CPU has native bf16, else fp32; always fp32
+    ``timeout_s=None`` (the default) waits for the model however long it takes (evaluation,
+    simulation); serving passes its prediction deadline. ``dtype``: "auto" (bf16 where the CPU has native bf16, else fp32; always fp32
     on GPU unless told), "fp32", "bf16", or "int8" (dynamic quantization of the linear layers).
     """
 
-    def __init__(self, engine, *, timeout_s: float | None = 2.0, fallback=None):
+    def __init__(self, engine, *, timeout_s: float | None = None, fallback=None):
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
         self._engine = engine
@@ -131,7 +148,7 @@ class LengthPredictor:
                       "num_errors": 0, "num_busy": 0, "num_unknown_model": 0, "num_empty_prompt": 0}
 
     @classmethod
-    def load(cls, path: str | Path, *, timeout_s: float | None = 2.0, batch_size: int = 32,
+    def load(cls, path: str | Path, *, timeout_s: float | None = None, batch_size: int = 32,
              dtype: str = "auto", num_threads: int | None = None, device: str = "cpu",
              fallback=None) -> LengthPredictor:
         from proxy_model.engine import InferenceEngine  # torch: imported only here
@@ -150,13 +167,24 @@ class LengthPredictor:
     def config(self) -> dict:
         return self._engine.describe()
 
+    @property
+    def max_history_chars(self) -> int:
+        """The history cut of the proxy text rule this artifact was trained with."""
+        return self._engine.max_history_chars
+
     def predict(self, prompts: Sequence[str], models: Sequence[str]) -> list[float]:
+        return self.predict_with_fallback(prompts, models)[0]
+
+    def predict_with_fallback(self, prompts: Sequence[str], models: Sequence[str]) -> tuple[list[float], str | None]:
+        """``predict``, and why the model's answers were replaced by the fallback's (one of
+        :data:`FALLBACK_REASONS`), or None when the model answered. Empty prompts always get the
+        fallback's answer (there is nothing to read) and do not make the call a fallback."""
         check_inputs(prompts, models)
         prompts, models = list(prompts), list(models)
         self.stats["num_calls"] += 1
         self.stats["num_prompts"] += len(prompts)
         if not prompts:
-            return []
+            return [], None
         empty = [i for i, p in enumerate(prompts) if not p.strip()]
         self.stats["num_empty_prompt"] += len(empty)
         self.stats["num_unknown_model"] += sum(1 for m in models if self._engine.model_index(m) == 0)
@@ -165,19 +193,20 @@ class LengthPredictor:
         if empty:
             for i, v in zip(empty, self.fallback.predict([prompts[i] for i in empty], [models[i] for i in empty]), strict=True):
                 out[i] = float(v)
+        reason = None
         if todo:
-            values = self._bounded([prompts[i] for i in todo], [models[i] for i in todo])
+            values, reason = self._bounded([prompts[i] for i in todo], [models[i] for i in todo])
             for i, v in zip(todo, values, strict=True):
                 out[i] = float(v)
-        return out
+        return out, reason
 
     def predict_messages(self, conversations: Sequence[Sequence[dict]], models: Sequence[str]) -> list[float]:
-        """Like ``predict`` for chat requests: each conversation is rendered by ``render_messages``."""
-        return self.predict([render_messages(c, self._engine.max_history_chars) for c in conversations], models)
+        """Like ``predict`` for chat requests: each conversation is rendered by :func:`text_for`."""
+        return self.predict([text_for(self, c) for c in conversations], models)
 
-    def _bounded(self, prompts: list[str], models: list[str]) -> list[float]:
+    def _bounded(self, prompts: list[str], models: list[str]) -> tuple[list[float], str | None]:
         if self.timeout_s is None:
-            return self._engine.predict(prompts, models)
+            return self._engine.predict(prompts, models), None
         with self._lock:
             if self._busy is not None and not self._busy.done():
                 # An earlier call timed out and still runs: do not queue behind it.
@@ -188,20 +217,20 @@ class LengthPredictor:
         num_batches = max(1, math.ceil(len(set(prompts)) / self._engine.batch_size))
         timeout = self.timeout_s * num_batches
         try:
-            return fut.result(timeout=timeout)
+            return fut.result(timeout=timeout), None
         except cf.TimeoutError:
             self.stats["num_timeouts"] += 1
-            return self._fall_back(prompts, models, f"timed out after {timeout:g}s ({num_batches} batches)")
+            return self._fall_back(prompts, models, "timeout", f"timed out after {timeout:g}s ({num_batches} batches)")
         except Exception:  # the proxy must never fail a request
             self.stats["num_errors"] += 1
             logger.exception("proxy prediction failed; using the fallback predictor")
             return self._fall_back(prompts, models, "error")
 
-    def _fall_back(self, prompts, models, why: str) -> list[float]:
+    def _fall_back(self, prompts, models, reason: str, detail: str | None = None) -> tuple[list[float], str]:
         self.stats["num_fallback_calls"] += 1
         logger.warning("proxy prediction %s for %d prompts; answering with %r (tune timeout_s)",
-                       why, len(prompts), self.fallback)
-        return [float(v) for v in self.fallback.predict(prompts, models)]
+                       detail or reason, len(prompts), self.fallback)
+        return [float(v) for v in self.fallback.predict(prompts, models)], reason
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from proxy_model.config import HeadConfig, TrainConfig
-from proxy_model.data import read_prepared
+from proxy_model.data import max_history_chars_of, read_prepared
 from proxy_model.engine import SUMMARY_FILE, Tokenize, cpu_has_native_bf16
 from proxy_model.model import LengthModel
 from proxy_model.offline_models import resolve_model_name
@@ -227,7 +227,8 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
     tokenizer = AutoTokenizer.from_pretrained(enc_path, **enc_kwargs)
     encoder = AutoModel.from_pretrained(enc_path, **enc_kwargs)
     head_cfg = HeadConfig(head=cfg.head, hidden_size=cfg.hidden_size, dropout=cfg.dropout,
-                          encoder_dim=encoder.config.hidden_size, models=models, max_length=cfg.max_length, **stats)
+                          encoder_dim=encoder.config.hidden_size, models=models, max_length=cfg.max_length,
+                          max_history_chars=max_history_chars_of(table), **stats)
     if cfg.head == "classes" and not head_cfg.bucket_edges:
         raise ValueError("could not derive bucket edges from the training data; pass --bucket-edges")
     tok = Tokenize(tokenizer, cfg.max_length)

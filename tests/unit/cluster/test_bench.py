@@ -135,10 +135,12 @@ def test_server_counters_over_one_run_come_from_the_ingress_metrics():
     from deployments.metrics import IngressMetrics
 
     metrics = IngressMetrics()
-    metrics.proxy_fallbacks.inc(2)  # warm-up, before the run
+    metrics.proxy_fallbacks.labels("timeout").inc(2)  # warm-up, before the run
     metrics.retries.labels("misrouted").inc()
     before = parse_counters(metrics.render()[0].decode())
-    metrics.proxy_fallbacks.inc(5)
+    metrics.proxy_fallbacks.labels("timeout").inc(3)  # every reason counts: the ingress's and the pool's
+    metrics.proxy_fallbacks.labels("busy").inc(1)
+    metrics.proxy_fallbacks.labels("load_failed").inc(1)
     metrics.retries.labels("misrouted").inc(2)
     metrics.retries.labels("replica_died").inc()
     after = parse_counters(metrics.render()[0].decode())
@@ -146,7 +148,7 @@ def test_server_counters_over_one_run_come_from_the_ingress_metrics():
     assert counter_deltas(None, after) == {}  # unreadable: nothing claimed
     lines = fallback_warnings({"fcfs": {"proxy_fallbacks": 0, "num_requests": 9},
                                "ssjf": {"proxy_fallbacks": 5, "num_requests": 9}}, prefix="load 0.9: ")
-    assert len(lines) == 1 and lines[0].startswith("load 0.9: ssjf: 5 of 9 predictions") and "heuristic" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("load 0.9: ssjf: 5 of 9 predictions") and "proxy.timeout_s" in lines[0]
 
 
 def test_loadgen_bench_is_an_alias_that_runs_the_cluster_command(config_file):

@@ -81,7 +81,7 @@ def test_chat_messages_and_content_parts():
     assert [m.role for m in req.messages] == ["system", "user", "assistant", "user"]
     assert req.messages[1].content == "hello there" and req.messages[2].content == ""
     assert req.max_tokens == 9
-    assert req.proxy_text == "last"  # the predictor sees the last user turn, as in its training data
+    assert req.conversation == req.messages  # the predictor renders the whole chat by the proxy text rule
 
 
 @pytest.mark.parametrize("body, param", [

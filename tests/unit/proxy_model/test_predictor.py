@@ -1,13 +1,19 @@
-"""Pure-Python parts of the proxy: text rule, fallback predictors, metrics, input checks."""
+"""Pure-Python parts of the proxy: fallback predictors, metrics, input checks."""
 
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from proxy_model.metrics import length_metrics
-from proxy_model.predictor import ConstantPredictor, HeuristicPredictor, check_inputs
-from proxy_model.text import head_tail_ids, render_messages
+from proxy_model.predictor import (
+    ConstantPredictor,
+    HeuristicPredictor,
+    LengthPredictor,
+    check_inputs,
+    text_for,
+)
 
 
 def test_predictor_module_imports_without_torch():
@@ -16,26 +22,52 @@ def test_predictor_module_imports_without_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_render_keeps_last_turn_and_cuts_history_from_left():
-    msgs = [{"role": "user", "content": "A" * 50}, {"role": "assistant", "content": "B" * 50},
-            {"role": "user", "content": "final question"}]
-    text = render_messages(msgs, max_history_chars=30)
-    assert text.endswith("user: final question")
-    assert "A" not in text  # the oldest turn went first
-    assert text.startswith("...") and "B" * 10 in text
-    assert render_messages([{"role": "user", "content": "hi"}]) == "hi"
+class GatedEngine:
+    """The parts of a proxy engine that LengthPredictor uses (no torch); ``predict`` waits for ``gate``."""
+
+    batch_size = 32
+    max_history_chars = 20
+    median_tokens = 100.0
+    median_tokens_per_model = {"m": 60.0}
+    path, head_type = "fake", "regression"
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.seen = []
+
+    def model_index(self, name):
+        return 1
+
+    def predict(self, prompts, models):
+        self.gate.wait(10)
+        self.seen += prompts
+        return [7.0] * len(prompts)
 
 
-def test_render_rejects_conversation_not_ending_with_user():
-    with pytest.raises(ValueError, match="last message must be the user"):
-        render_messages([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
-    with pytest.raises(ValueError, match="empty"):
-        render_messages([])
+def test_length_predictor_names_why_it_fell_back():
+    engine = GatedEngine()
+    proxy = LengthPredictor(engine, timeout_s=0.05)
+    try:
+        assert proxy.predict_with_fallback(["q"], ["m"]) == ([60.0], "timeout")
+        assert proxy.predict_with_fallback(["q"], ["m"]) == ([60.0], "busy")  # the timed-out call holds the worker
+        engine.gate.set()
+        proxy._busy.result(timeout=5)
+        assert proxy.predict_with_fallback(["q", "  "], ["m", "m"]) == ([7.0, 60.0], None)  # empty: no model call
+        assert proxy.stats["num_timeouts"] == 1 and proxy.stats["num_busy"] == 1
+    finally:
+        engine.gate.set()
+        proxy.close()
 
 
-def test_head_tail_ids_keeps_both_ends():
-    assert head_tail_ids(list(range(10)), 4) == [0, 1, 8, 9]
-    assert head_tail_ids([1, 2], 4) == [1, 2]
+def test_length_predictor_waits_unless_given_a_deadline_and_renders_chats_with_its_history_cut():
+    engine = GatedEngine()
+    engine.gate.set()
+    proxy = LengthPredictor(engine)
+    assert proxy.timeout_s is None  # no hidden bound: serving passes proxy.timeout_s
+    chat = [{"role": "user", "content": "an old question, long ago"}, {"role": "user", "content": "now"}]
+    assert proxy.predict_messages([chat], ["m"]) == [7.0]
+    assert engine.seen == [text_for(proxy, chat)] == ["...d question, long ago\n\nuser: now"]
+    assert text_for(HeuristicPredictor(), "plain") == "plain"
 
 
 def test_constant_predictor_per_model_and_loose_names():

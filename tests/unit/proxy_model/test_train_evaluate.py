@@ -121,6 +121,20 @@ def test_timeout_returns_fallback_and_counts(trained):
     gate.set()
 
 
+def test_the_artifact_carries_the_history_cut_of_its_training_text(encoder_dir, tmp_path):
+    """``prepare --max-history-chars`` renders the training text; serving and the simulator must render
+    requests with the same cut, so training records it in the artifact."""
+    from proxy_model.train import train
+
+    data = tmp_path / "prepared.parquet"
+    prepare([str(_logs(tmp_path / "logs.jsonl", n_prompts=4))], data, tokenizer="whitespace", max_history_chars=50,
+            val_frac=0.0, test_frac=0.0)
+    cfg = TrainConfig(encoder=str(encoder_dir), epochs=1, batch_size=8, max_length=32, hidden_size=8, bf16="no",
+                      freeze_encoder=True)
+    train(data, tmp_path / "artifact", cfg, progress=False)
+    assert LengthPredictor.load(tmp_path / "artifact", dtype="fp32").max_history_chars == 50
+
+
 @pytest.mark.parametrize("head", ["classes", "binary"])
 def test_classes_and_binary_heads_train_and_predict(encoder_dir, prepared, tmp_path, head):
     from proxy_model.train import train
