@@ -161,3 +161,51 @@ def test_loadgen_bench_is_an_alias_that_runs_the_cluster_command(config_file):
     assert proc.returncode == 2, proc.stderr
     assert "exists only in `loadgen simulate`" in proc.stderr and "cluster.cli bench" in proc.stderr
 
+
+
+def _run_dir(tmp_path, name, jcts, fallbacks=0):
+    """A results directory of ok requests with the given JCTs, and its summary (with bench's counters)."""
+    from loadgen.client import PlannedRequest, RequestRecord
+    from loadgen.results import records_table, summarize, write_results
+
+    records = []
+    for i, jct in enumerate(jcts):
+        rec = RequestRecord.planned(PlannedRequest(f"r{i}", scheduled_at=float(i), model="m", expected_output_tokens=10))
+        rec.status, rec.error = "ok", None
+        rec.sent_at, rec.first_token_at, rec.last_token_at, rec.done_at = float(i), i + 0.1, i + jct, i + jct
+        rec.num_output_tokens = 10
+        rec.finish_metrics()
+        records.append(rec)
+    summary = {**summarize(records_table(records)), "proxy_fallbacks": fallbacks, "retries": 0}
+    write_results(tmp_path / name, records, {"label": name}, summary)
+    return tmp_path / name, summary
+
+
+def test_report_bench_compares_policies_and_sweeps_goodput(tmp_path, capsys):
+    import json
+
+    from cluster.bench import report_bench
+    from loadgen.workload import WorkloadSpec
+
+    spec = WorkloadSpec(dataset="arena", trace="poisson", rate=2.0, num_requests=3)
+    facts = {"engine": "replay", "time_scale": 1.0}
+    fcfs, ssjf = _run_dir(tmp_path, "fcfs", [4.0, 4.0, 4.0]), _run_dir(tmp_path, "ssjf", [1.0, 2.0, 3.0], fallbacks=1)
+    sim = {"predictor": "heuristic", "policies": {"fcfs": {"mean_jct_s": 4.0}, "ssjf": {"mean_jct_s": 3.0}}}
+    report_bench({"fcfs": [(None, *fcfs)], "ssjf": [(None, *ssjf)]}, None, facts, [(None, spec, None)], tmp_path,
+                 None, False, "p90_jct_s", None, {None: sim})
+    out, err = capsys.readouterr()
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["ratios_vs_fcfs"]["ssjf"]["mean_jct_s_ratio"] == pytest.approx(0.5)
+    row = bench["simulated"]["live_vs_simulated"]["ssjf"]  # live gain 50%, simulated 25%
+    assert row["live_over_simulated"] == pytest.approx(2.0)
+    assert "live 50.0%, simulated 25.0%, live/simulated 2.00" in out and (tmp_path / "compare.png").is_file()
+    assert "ssjf: 1 of 3 predictions" in err and bench["warnings"]
+
+    sweep = {"fcfs": [(0.5, *fcfs), (0.9, *_run_dir(tmp_path, "fcfs9", [9.0, 9.0, 9.0]))],
+             "ssjf": [(0.5, *ssjf), (0.9, *_run_dir(tmp_path, "ssjf9", [2.0, 3.0, 4.0]))]}
+    workloads = [(0.5, spec, None), (0.9, spec, None)]
+    report_bench(sweep, [0.5, 0.9], facts, workloads, tmp_path, None, False, "p90_jct_s", 5.0, None)
+    out, _ = capsys.readouterr()
+    good = json.loads((tmp_path / "bench.json").read_text())["goodput"]
+    assert good["fcfs"]["load"] == 0.5 and good["ssjf"]["load"] == 0.9  # FCFS's p90 broke the 5 s SLO at 0.9
+    assert "  ssjf: load 0.9 = 2.000 req/s" in out and "load 0.9 (2.000 req/s):" in out
