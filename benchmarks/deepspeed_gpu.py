@@ -62,7 +62,7 @@ class BenchConfig:
 
 
 def load_prompts(n: int) -> list[list[dict]]:
-    """Chat conversations from the bundled arena sample (no ../shared needed)."""
+    """Chat conversations from the bundled arena sample (no external data needed)."""
     try:
         from proxy_model.datasets import load_dataset
 

@@ -58,7 +58,7 @@ def main(verbose):
 def prepare(inputs, out, tokenizer, max_history_chars, val_frac, test_frac, seed, limit):
     """Turn dataset files (or logs-schema JSONL/Parquet) into the proxy's Parquet table.
 
-    INPUTS: files in the formats of ../shared/data, the built-in name 'arena', or your own logs
+    INPUTS: dataset files (sharegpt, arena, alpaca_eval, alpaca, codealpaca), the built-in name 'arena', or your own logs
     (columns model, messages|prompt, output_tokens|output; see proxy_model/data.py).
     """
     from proxy_model.data import prepare as run

@@ -1,7 +1,7 @@
 """``proxy-model prepare``: conversation data -> one Parquet table the proxy trains and evaluates on.
 
-Inputs: any file ``proxy_model.datasets.load_dataset`` reads (the formats in ../shared/data, or the
-built-in name "arena"), or a team's own logs in the **logs schema** (JSON lines or Parquet), one
+Inputs: any file ``proxy_model.datasets.load_dataset`` reads (its formats, or the built-in name
+"arena"), or a team's own logs in the **logs schema** (JSON lines or Parquet), one
 row per served reply:
 
 =============== ======== =====================================================================

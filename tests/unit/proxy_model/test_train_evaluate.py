@@ -208,7 +208,7 @@ def test_cli_predict_json_lines(trained):
 
 
 def test_prepare_reads_loadgen_datasets(tmp_path):
-    # The bundled arena sample through proxy_model.datasets (no ../shared needed).
+    # The bundled arena sample through proxy_model.datasets (no external data needed).
     out = tmp_path / "arena.parquet"
     summary = prepare(["arena"], out, tokenizer="whitespace", limit=60)
     t = read_prepared(out)
