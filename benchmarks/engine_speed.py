@@ -126,7 +126,7 @@ async def run_one(engine, run: dict, ids: list[list[int]], max_tokens: int) -> d
                     if rec["ttft"] is None and (d.num_tokens or d.finish_reason):
                         rec["ttft"] = now
                     if d.finish_reason:
-                        rec["end"], rec["finish"] = now, d.finish_reason
+                        rec["end"], rec["finish"] = now, d.finish_reason.value
             finally:
                 await stream.aclose()
 

@@ -24,6 +24,7 @@ import asyncio
 import os
 import socket
 import statistics
+import threading
 import time
 import uuid
 
@@ -94,6 +95,7 @@ class LoadGen:
         self.reporter = Reporter(client)
 
     async def run(self, seconds: float, concurrency: int) -> tuple[int, list[float]]:
+        from router.messages import Dispatched, Report
         from router.request import RequestMeta
 
         stop_at = time.monotonic() + seconds
@@ -112,16 +114,26 @@ class LoadGen:
                 else:
                     answer = await self.router.enqueue.remote(meta)
                 latencies.append(time.perf_counter() - t0)
-                assert answer[0] == "ok", answer
+                assert isinstance(answer, Dispatched), answer
+                done = Report.complete(meta.request_id, 10)
                 if self.batched:
-                    self.reporter.report("complete", meta.request_id, 10)
+                    self.reporter.report(done)
                 else:
-                    await self.router.complete.remote(meta.request_id, 10)
+                    await self.router.report.remote([done])
                 count += 1
                 i += 1
 
         await asyncio.gather(*[loop(k) for k in range(concurrency)])
         return count, latencies
+
+
+def _keep_registered(router, replicas: int, slots: int, stop: threading.Event, period_s: float = 2.0) -> None:
+    """Heartbeat the fake replicas until ``stop``, as LLM replicas do: the router drops a replica
+    silent for ``replica_timeout_s`` (15 s), which would end a longer run with NoReplica answers."""
+    import ray
+
+    while not stop.wait(period_s):
+        ray.get([router.heartbeat.remote(f"r{r}", slots) for r in range(replicas)])
 
 
 def bench_actor(seconds: float, generators: int, concurrency: int, replicas: int, slots: int) -> None:
@@ -140,24 +152,31 @@ def bench_actor(seconds: float, generators: int, concurrency: int, replicas: int
                                      max_batch=slots, max_queued=None).to_dict()
             router = RouterClient(name, "bench", config).handle
             ray.get([router.heartbeat.remote(f"r{r}", slots) for r in range(replicas)])
-            solo = gen_cls.remote(name, "bench", batched)
-            ray.get(solo.run.remote(0.5, 1))  # warm up
-            _, lat = ray.get(solo.run.remote(min(3.0, seconds), 1))
-            print(f"actor [{label}]: enqueue round trip, free slot, 1 caller: {fmt_ms(lat)}")
-            gens = [gen_cls.remote(name, "bench", batched) for _ in range(generators)]
-            ray.get([g.run.remote(0.5, 2) for g in gens])  # warm up
-            before = ray.get(router.snapshot.remote())["counters"]["dispatched"]
-            t0 = time.perf_counter()
-            results = ray.get([g.run.remote(seconds, concurrency) for g in gens])
-            elapsed = time.perf_counter() - t0
-            after = ray.get(router.snapshot.remote())["counters"]["dispatched"]
-            lat = [x for _, ls in results for x in ls]
-            total = generators * concurrency
-            queued = "requests queue" if total > replicas * slots else "slots always free"
-            print(f"actor [{label}]: {after - before} decisions in {elapsed:.2f} s = "
-                  f"{(after - before) / elapsed:,.0f} decisions/s ({generators} load generators x {concurrency} "
-                  f"loops, {replicas} replicas x {slots} slots: {queued})")
-            print(f"actor [{label}]: enqueue round trip under that load: {fmt_ms(lat)}")
+            stop = threading.Event()
+            beats = threading.Thread(target=_keep_registered, args=(router, replicas, slots, stop), daemon=True)
+            beats.start()
+            try:
+                solo = gen_cls.remote(name, "bench", batched)
+                ray.get(solo.run.remote(0.5, 1))  # warm up
+                _, lat = ray.get(solo.run.remote(min(3.0, seconds), 1))
+                print(f"actor [{label}]: enqueue round trip, free slot, 1 caller: {fmt_ms(lat)}")
+                gens = [gen_cls.remote(name, "bench", batched) for _ in range(generators)]
+                ray.get([g.run.remote(0.5, 2) for g in gens])  # warm up
+                before = ray.get(router.snapshot.remote())["counters"]["dispatched"]
+                t0 = time.perf_counter()
+                results = ray.get([g.run.remote(seconds, concurrency) for g in gens])
+                elapsed = time.perf_counter() - t0
+                after = ray.get(router.snapshot.remote())["counters"]["dispatched"]
+                lat = [x for _, ls in results for x in ls]
+                total = generators * concurrency
+                queued = "requests queue" if total > replicas * slots else "slots always free"
+                print(f"actor [{label}]: {after - before} decisions in {elapsed:.2f} s = "
+                      f"{(after - before) / elapsed:,.0f} decisions/s ({generators} load generators x {concurrency} "
+                      f"loops, {replicas} replicas x {slots} slots: {queued})")
+                print(f"actor [{label}]: enqueue round trip under that load: {fmt_ms(lat)}")
+            finally:
+                stop.set()
+                beats.join()
             for actor in (solo, *gens):
                 ray.kill(actor)
             ray.kill(router, no_restart=True)
@@ -172,6 +191,7 @@ def bench_http(n: int) -> None:
     from ray import serve
 
     from deployments.app import build_app, shutdown_router
+    from deployments.engines import GenerationRequest
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -199,13 +219,13 @@ def bench_http(n: int) -> None:
         # Pinning's own cost: the LLM deployment called from here, pinned to a replica or not.
         llm = serve.get_deployment_handle("llm", "overhead").options(stream=True)
         target = ray.get(ray.get_actor("ssjf-router-overhead", namespace="ssjf").snapshot.remote())["replicas"][0]
-        payload = {"request_id": "x", "prompt": "hi", "max_tokens": 1, "replay_output_tokens": 1}
 
         async def first_chunk(pin: str | None) -> list[float]:
             out = []
             for i in range(n):
+                request = GenerationRequest(f"b{i}", "hi", 1, replay_output_tokens=1)
                 t0 = time.perf_counter()
-                gen = llm.generate.remote({**payload, "request_id": f"b{i}"}, target_replica_id=pin)
+                gen = llm.generate.remote(request, target_replica_id=pin)
                 async for _ in gen:
                     out.append(time.perf_counter() - t0)
                     break

@@ -12,6 +12,7 @@ No ``from __future__ import annotations`` here: FastAPI must resolve the endpoin
 """
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import AppConfig, EngineKind
+from deployments.engines.base import Delta, FinishReason, GenerationRequest, Misrouted, Started
 from deployments.metrics import IngressMetrics
 from deployments.predictors import heuristic_predictor
 from deployments.prompts import PromptRenderer
@@ -39,15 +41,8 @@ from deployments.protocol import (
     usage,
 )
 from proxy_model.predictor import text_for
-from router.actor import (
-    CANCELLED,
-    DISPATCHED,
-    NO_REPLICA,
-    QUEUE_FULL,
-    BatchedEnqueuer,
-    Reporter,
-    RouterClient,
-)
+from router.actor import BatchedEnqueuer, Reporter, RouterClient
+from router.messages import Cancelled, Dispatched, NoReplica, QueueFull, Report
 from router.request import RequestMeta
 
 logger = logging.getLogger("ray.serve")
@@ -81,14 +76,19 @@ def _replica_gone(error: BaseException) -> bool:
     return isinstance(error, (rex.RayActorError, rex.ActorUnavailableError, ReplicaUnavailableError))
 
 
-class _Run:
-    """One request's trip through router and replica, as events: ("started", replica_id), then
-    ("delta", chunk) ... ; ("reset",) when a non-streaming request restarts after its replica died."""
+@dataclasses.dataclass(frozen=True)
+class Restart:
+    """A non-streaming request starts over on another replica (its replica died): drop its output so far."""
 
-    def __init__(self, ingress: "Ingress", meta: RequestMeta, payload: dict, restart_after_output: bool):
+
+class _Run:
+    """One request's trip through router and replica, as events: :class:`Started`, then
+    :class:`Delta` s; a :class:`Restart` when a non-streaming request restarts after its replica died."""
+
+    def __init__(self, ingress: "Ingress", meta: RequestMeta, request: GenerationRequest, restart_after_output: bool):
         self.ingress = ingress
         self.meta = meta
-        self.payload = payload
+        self.request = request
         self.restart_after_output = restart_after_output
         self.finished = False
         self.replica_id: str | None = None
@@ -97,7 +97,7 @@ class _Run:
         self.router_s = 0.0  # time inside router calls (queue wait included): the benchmark reads it
         self.num_retries = 0
 
-    async def _dispatch(self, requeue: bool) -> tuple[str, int | None]:
+    async def _dispatch(self, requeue: bool) -> Dispatched:
         ing = self.ingress
         deadline = time.time() + ing.cfg.ingress.router_timeout_s
         delay = 0.05
@@ -120,17 +120,17 @@ class _Run:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 1.0)
                 continue
-            if answer[0] == DISPATCHED:
-                return answer[1], answer[2]
-            if answer[0] == QUEUE_FULL:
-                retry_after = max(1, math.ceil(answer[1]))
+            if isinstance(answer, Dispatched):
+                return answer
+            if isinstance(answer, QueueFull):
+                retry_after = max(1, math.ceil(answer.retry_after_s))
                 raise APIError(429, "the server is at capacity: too many requests are waiting; retry later",
                                type="rate_limit_error", code="queue_full", headers={"Retry-After": str(retry_after)})
-            if answer[0] == NO_REPLICA:
+            if isinstance(answer, NoReplica):
                 raise APIError(503, "no LLM replica is available (all were lost or none has started); retry later",
                                type="server_error", code="no_replica",
-                               headers={"Retry-After": str(max(1, math.ceil(answer[1])))})
-            if answer[0] == CANCELLED:  # our place was dropped (e.g. its replica vanished): ask again
+                               headers={"Retry-After": str(max(1, math.ceil(answer.retry_after_s)))})
+            if isinstance(answer, Cancelled):  # our place was dropped (e.g. its replica vanished): ask again
                 requeue = False
                 continue
             raise RuntimeError(f"unexpected router answer {answer!r}")
@@ -143,18 +143,20 @@ class _Run:
         gen = None
         try:
             while True:
-                replica_id, batch_id = await self._dispatch(requeue=attempt > 0)
-                self.replica_id = replica_id
+                dispatched = await self._dispatch(requeue=attempt > 0)
+                replica_id = self.replica_id = dispatched.replica_id
                 self.dispatched_at = time.time()
-                payload = self.payload if batch_id is None else {**self.payload, "batch_id": batch_id}
-                gen = ing.llm.generate.remote(payload, target_replica_id=replica_id)
+                request = self.request
+                if dispatched.batch_id is not None:
+                    request = dataclasses.replace(request, batch_id=dispatched.batch_id)
+                gen = ing.llm.generate.remote(request, target_replica_id=replica_id)
                 produced = False
                 try:
                     try:
                         first = await asyncio.wait_for(gen.__anext__(), timeout=cfg.first_chunk_timeout_s)
                     except asyncio.TimeoutError:
                         raise _Retry("first_chunk_timeout") from None
-                    if first.get("event") == "misrouted":
+                    if isinstance(first, Misrouted):
                         # Serve has not listed the pinned replica for ingress.pin_grace_s: it is gone (a lost
                         # node) or not yet visible here. Either way the router should stop choosing it until
                         # it heartbeats again (every llm.heartbeat_s), or every retry lands on it and the
@@ -163,15 +165,16 @@ class _Run:
                     if not started:
                         started = True
                         self.started_at = time.time()
-                        yield ("started", replica_id)
-                    async for chunk in gen:
-                        produced = produced or chunk["num_tokens"] > 0
-                        if chunk["finish_reason"] is not None:
+                        yield Started(replica_id)
+                    delta: Delta
+                    async for delta in gen:
+                        produced = produced or delta.num_tokens > 0
+                        if delta.finish_reason is not None:
                             # Set before the yield: the consumer may close us right after it.
                             self.finished = True
-                            yield ("delta", chunk)
+                            yield delta
                             return
-                        yield ("delta", chunk)
+                        yield delta
                     raise _Retry("stream_ended_early")
                 except Exception as e:
                     if isinstance(e, _Retry):
@@ -183,7 +186,7 @@ class _Run:
                     gen.cancel()
                     gen = None
                     if retry.drop_replica:
-                        ing.reporter.report("remove_replica", replica_id)
+                        ing.reporter.report(Report.remove_replica(replica_id))
                     ing.metrics.retries.labels(retry.reason).inc()
                     if produced and not self.restart_after_output:
                         raise APIError(502, f"the replica serving this request failed mid-stream ({retry.reason})",
@@ -196,12 +199,12 @@ class _Run:
                                        type="server_error", code="replica_failed",
                                        headers={"Retry-After": "1"}) from None
                     if produced:
-                        yield ("reset",)
+                        yield Restart()
         finally:
             if not self.finished:
                 if gen is not None:
                     gen.cancel()
-                ing.reporter.report("cancel", self.meta.request_id)
+                ing.reporter.report(Report.cancel(self.meta.request_id))
 
 
 @serve.deployment(name="ingress")
@@ -311,13 +314,14 @@ class Ingress:
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         predicted = await self._predict(parsed.conversation, parsed.model)
         meta = RequestMeta(rid, parsed.model, prompt.num_tokens, predicted, max_tokens, t0)
-        payload = dict(request_id=rid, prompt=prompt.text, prompt_token_ids=prompt.token_ids,
-                       num_prompt_tokens=prompt.num_tokens, max_tokens=max_tokens, temperature=parsed.temperature,
-                       top_p=parsed.top_p, seed=parsed.seed, replay_output_tokens=parsed.replay_output_tokens)
-        run = _Run(self, meta, payload, restart_after_output=not parsed.stream)
+        request = GenerationRequest(
+            request_id=rid, prompt=prompt.text, max_tokens=max_tokens, num_prompt_tokens=prompt.num_tokens,
+            prompt_token_ids=tuple(prompt.token_ids) if prompt.token_ids else None, temperature=parsed.temperature,
+            top_p=parsed.top_p, seed=parsed.seed, replay_output_tokens=parsed.replay_output_tokens)
+        run = _Run(self, meta, request, restart_after_output=not parsed.stream)
         events = run.events()
         try:
-            await events.__anext__()  # ("started", replica): dispatched and running
+            await events.__anext__()  # Started: dispatched and running
         except APIError as e:
             await events.aclose()
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
@@ -340,18 +344,17 @@ class Ingress:
         stop = StopMatcher(parsed.stop)
         try:
             async for event in events:
-                if event[0] == "reset":
+                if isinstance(event, Restart):
                     parts, num_out, stop = [], 0, StopMatcher(parsed.stop)
                     continue
-                chunk = event[1]
-                num_out += chunk["num_tokens"]
-                parts.append(stop.feed(chunk["text"]))
+                num_out += event.num_tokens
+                parts.append(stop.feed(event.text))
                 if stop.stopped:
-                    finish = "stop"
+                    finish = FinishReason.STOP
                     break
-                if chunk["finish_reason"] is not None:
+                if event.finish_reason is not None:
                     parts.append(stop.flush())
-                    finish = chunk["finish_reason"]
+                    finish = event.finish_reason
                     break
         except APIError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
@@ -360,7 +363,8 @@ class Ingress:
             await events.aclose()
         self.metrics.requests.labels(endpoint, "200").inc()
         self.metrics.e2e.observe(time.time() - t0)
-        body = completion_response(rid, parsed.model, parsed.kind, "".join(parts), finish or "stop", num_prompt, num_out)
+        body = completion_response(rid, parsed.model, parsed.kind, "".join(parts), (finish or FinishReason.STOP).value,
+                                   num_prompt, num_out)
         return JSONResponse(body, headers=headers)
 
     async def _sse(self, parsed, rid, num_prompt, run, events, t0, endpoint):
@@ -374,15 +378,14 @@ class Ingress:
         try:
             if kind == "chat":
                 yield sse(stream_chunk(rid, model, kind, created, role=True))
-            async for event in events:
-                chunk = event[1]
-                num_out += chunk["num_tokens"]
-                text = stop.feed(chunk["text"])
+            async for delta in events:  # a stream never restarts: deltas only
+                num_out += delta.num_tokens
+                text = stop.feed(delta.text)
                 if stop.stopped:
-                    finish = "stop"
-                elif chunk["finish_reason"] is not None:
+                    finish = FinishReason.STOP
+                elif delta.finish_reason is not None:
                     text += stop.flush()
-                    finish = chunk["finish_reason"]
+                    finish = delta.finish_reason
                 if text:
                     if first_token:
                         first_token = False
@@ -390,7 +393,7 @@ class Ingress:
                     yield sse(stream_chunk(rid, model, kind, created, text=text))
                 if finish is not None:
                     break
-            yield sse(stream_chunk(rid, model, kind, created, finish_reason=finish or "stop"))
+            yield sse(stream_chunk(rid, model, kind, created, finish_reason=(finish or FinishReason.STOP).value))
             if parsed.include_usage:
                 yield sse(stream_chunk(rid, model, kind, created, usage_dict=usage(num_prompt, num_out), no_choices=True))
             yield SSE_DONE

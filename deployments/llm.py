@@ -16,8 +16,9 @@ import time
 from ray import serve
 
 from deployments.config import AppConfig
-from deployments.engines import GenerationRequest, build_engine
+from deployments.engines import GenerationRequest, Misrouted, Started, build_engine
 from router.actor import Reporter, RouterClient
+from router.messages import Report
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,8 +40,6 @@ class LLMServer:
         )
         self.reporter = Reporter(self.router)
         self.running: dict[str, float] = {}  # request_id -> started_at
-        self.num_served = 0
-        self.num_misrouted = 0
         await self._register()
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         logger.info("LLM replica %s up: engine %s, %d slots", self.replica_id, self.engine.kind, self.engine.num_slots)
@@ -59,47 +58,32 @@ class LLMServer:
             await asyncio.sleep(self.settings.heartbeat_s)
             await self._register()
 
-    async def generate(self, payload: dict, target_replica_id: str | None = None):
-        """Stream one request: a start event, then deltas; the last carries ``finish_reason``."""
+    async def generate(self, request: GenerationRequest, target_replica_id: str | None = None):
+        """Stream one request: :class:`Started`, then :class:`Delta` s, the last with a finish reason;
+        or :class:`Misrouted` alone when the call was pinned to another replica."""
         if target_replica_id is not None and target_replica_id != self.replica_id:
-            self.num_misrouted += 1
-            yield {"event": "misrouted", "replica_id": self.replica_id}
+            yield Misrouted(self.replica_id)
             return
-        rid = payload["request_id"]
-        request = GenerationRequest(
-            request_id=rid, prompt=payload.get("prompt", ""), max_tokens=payload["max_tokens"],
-            num_prompt_tokens=payload.get("num_prompt_tokens", 0),
-            prompt_token_ids=tuple(payload["prompt_token_ids"]) if payload.get("prompt_token_ids") else None,
-            temperature=payload.get("temperature", 1.0), top_p=payload.get("top_p", 1.0), seed=payload.get("seed"),
-            replay_output_tokens=payload.get("replay_output_tokens"), batch_id=payload.get("batch_id"),
-        )
+        rid = request.request_id
         self.running[rid] = time.time()
-        yield {"event": "start", "replica_id": self.replica_id}
+        yield Started(self.replica_id)
         num_tokens = 0
-        outcome = "cancel"
+        report = Report.cancel(rid)  # unless it finishes or fails: the caller went away (or hit a stop string)
         try:
             async for delta in self.engine.generate(request):
                 num_tokens += delta.num_tokens
                 if delta.finish_reason is not None:
                     # Report before the last chunk leaves: the next job starts while it travels.
-                    outcome = "complete"
-                    self.reporter.report("complete", rid, num_tokens)
-                yield {"event": "delta", "text": delta.text, "num_tokens": delta.num_tokens,
-                       "finish_reason": delta.finish_reason}
+                    report = None
+                    self.reporter.report(Report.complete(rid, num_tokens))
+                yield delta
         except Exception:
-            outcome = "fail"
+            report = Report.fail(rid)
             raise
         finally:
             self.running.pop(rid, None)
-            self.num_served += 1
-            if outcome == "cancel":  # the caller went away (or stopped at a stop string)
-                self.reporter.report("cancel", rid)
-            elif outcome == "fail":
-                self.reporter.report("fail", rid)
-
-    async def stats(self) -> dict:
-        return {"replica_id": self.replica_id, "engine": self.engine.kind, "num_slots": self.engine.num_slots,
-                "num_running": len(self.running), "num_served": self.num_served, "num_misrouted": self.num_misrouted}
+            if report is not None:
+                self.reporter.report(report)
 
     def check_health(self) -> None:
         self.engine.check_health()

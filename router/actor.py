@@ -11,7 +11,8 @@ Batching: one actor call per request each way costs more than the scheduling its
 callers batch. :class:`BatchedEnqueuer` (the ingress) sends new requests with ``submit`` and
 collects dispatch answers with a long ``poll``; :class:`Reporter` (replicas, ingress) sends
 completions and cancellations with ``report``. While a call is in flight the next batch fills,
-so an idle cluster pays one call per request and a busy one far fewer.
+so an idle cluster pays one call per request and a busy one far fewer. What these calls carry is
+typed in :mod:`router.messages`.
 
 Restarts: a restarted actor starts empty. Replicas re-register on their next heartbeat; an
 ingress whose ``enqueue`` failed because the actor died enqueues again (same id, same arrival
@@ -28,16 +29,21 @@ from collections import deque
 from collections.abc import Callable
 
 from router.config import SchedulerConfig
+from router.messages import (
+    Cancelled,
+    Dispatched,
+    DispatchRecord,
+    EnqueueAnswer,
+    NoReplica,
+    Polled,
+    QueueFull,
+    Report,
+    ReportKind,
+)
 from router.request import Assignment, RequestMeta, RequestStatus
 from router.scheduler import QueueFullError, Scheduler
 
 logger = logging.getLogger(__name__)
-
-# What ``enqueue`` answers (small tuples: they cross a process boundary on every request).
-DISPATCHED = "ok"  # ("ok", replica_id, batch_id)
-QUEUE_FULL = "full"  # ("full", retry_after_s)
-CANCELLED = "cancelled"  # ("cancelled",): cancelled or its replica vanished before dispatch
-NO_REPLICA = "no_replica"  # ("no_replica", retry_after_s): no LLM replica for replica_timeout_s
 
 
 class RouterService:
@@ -53,26 +59,26 @@ class RouterService:
         self.lease_s = lease_s
         # Who waits for each queued request: an enqueue call's future, or a batching client's id.
         self._waiters: dict[str, asyncio.Future | str] = {}
-        self._outboxes: dict[str, list] = {}  # client id -> [(request_id, answer)] not yet polled
+        self._outboxes: dict[str, list[Polled]] = {}  # client id -> answers not yet polled
         self._outbox_ready: dict[str, asyncio.Event] = {}
         self._client_seen: dict[str, float] = {}
         self._last_seen: dict[str, float] = {}
         self.started_at = clock()
         self.last_heartbeat_at = self.started_at
         self.last_replica_at = self.started_at  # when some LLM replica was last registered
-        self.dispatch_log: deque = deque(maxlen=history)  # (request_id, replica_id, at, predicted)
+        self.dispatch_log: deque[DispatchRecord] = deque(maxlen=history)
         self.counters = {"enqueued": 0, "dispatched": 0, "completed": 0, "cancelled": 0, "failed": 0,
                          "rejected": 0, "requeued": 0, "replicas_removed": 0, "leases_expired": 0}
 
     # ---- requests ----------------------------------------------------------------------------
-    async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> tuple:
-        """Wait until the policy dispatches ``meta``; answer ``("ok", replica_id, batch_id)``.
+    async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> EnqueueAnswer:
+        """Wait until the policy dispatches ``meta``; answer :class:`Dispatched` (or why not).
         ``requeue``: its last dispatch never ran (the replica died or bounced the call)."""
         rid = meta.request_id
         existing = self._to_join(rid, requeue)
         if existing is not None:  # a caller retrying a call that did reach us: join the first one
             if existing.status is RequestStatus.RUNNING:
-                return (DISPATCHED, existing.replica_id, None)
+                return Dispatched(existing.replica_id)
             fut = self._waiters.get(rid)
             if not isinstance(fut, asyncio.Future):
                 fut = self._waiters[rid] = asyncio.get_running_loop().create_future()
@@ -101,19 +107,19 @@ class RouterService:
                 return None
         return existing
 
-    def _admit(self, meta: RequestMeta, waiter: asyncio.Future | str, requeue: bool = False) -> tuple | None:
+    def _admit(self, meta: RequestMeta, waiter: asyncio.Future | str, requeue: bool = False) -> EnqueueAnswer | None:
         """Queue a new request for ``waiter``: None when it waits, else the immediate answer.
         ``requeue``: it ran and failed; it goes back in its own place (``Scheduler.requeue``)."""
         if self._no_replica():
             # Every LLM replica is gone (e.g. its nodes were lost): say so now rather than queue
             # the request behind nothing. Serve (or the Ray autoscaler) may bring one back.
             self.counters["rejected"] += 1
-            return (NO_REPLICA, self.retry_after_s)
+            return NoReplica(self.retry_after_s)
         try:
             assignments = self.scheduler.requeue(meta) if requeue else self.scheduler.enqueue(meta)
         except QueueFullError:
             self.counters["rejected"] += 1
-            return (QUEUE_FULL, self.retry_after_s)
+            return QueueFull(self.retry_after_s)
         self._waiters[meta.request_id] = waiter
         self.counters["enqueued"] += 1
         self._apply(assignments)
@@ -132,20 +138,20 @@ class RouterService:
             existing = self._to_join(rid, again)
             if existing is not None:  # sent again (the client retried): answer or wait as before
                 if existing.status is RequestStatus.RUNNING:
-                    box.append((rid, (DISPATCHED, existing.replica_id, None)))
+                    box.append(Polled(rid, Dispatched(existing.replica_id)))
                 else:
                     old = self._waiters.get(rid)
                     if isinstance(old, asyncio.Future) and not old.done():
-                        old.set_result((CANCELLED,))  # one waiter per request: the latest
+                        old.set_result(Cancelled())  # one waiter per request: the latest
                     self._waiters[rid] = client_id
                 continue
             answer = self._admit(meta, client_id, again)
             if answer is not None:
-                box.append((rid, answer))
+                box.append(Polled(rid, answer))
         if box:
             self._ready(client_id).set()
 
-    async def poll(self, client_id: str, timeout_s: float = 1.0) -> list:
+    async def poll(self, client_id: str, timeout_s: float = 1.0) -> list[Polled]:
         """The answers for ``client_id`` so far, waiting up to ``timeout_s`` for the first one."""
         self._client_seen[client_id] = self.clock()
         if not self._outboxes.get(client_id):
@@ -160,21 +166,17 @@ class RouterService:
         self._outboxes[client_id] = []
         return out
 
-    def report(self, events: list[tuple]) -> None:
-        """Several reports in one call: ``("complete", id, n)``, ``("cancel", id)``,
-        ``("fail", id)``, ``("remove_replica", replica_id)``."""
-        for event in events:
-            kind = event[0]
-            if kind == "complete":
-                self.complete(event[1], event[2] if len(event) > 2 else None)
-            elif kind == "cancel":
-                self.cancel(event[1])
-            elif kind == "fail":
-                self.fail(event[1])
-            elif kind == "remove_replica":
-                self.remove_replica(event[1])
+    def report(self, reports: list[Report]) -> None:
+        """Several reports in one call, applied in order."""
+        for r in reports:
+            if r.kind is ReportKind.COMPLETE:
+                self.complete(r.request_id, r.num_output_tokens)
+            elif r.kind is ReportKind.CANCEL:
+                self.cancel(r.request_id)
+            elif r.kind is ReportKind.FAIL:
+                self.fail(r.request_id)
             else:
-                logger.warning("unknown router report %r", event)
+                self.remove_replica(r.replica_id)
 
     def _ready(self, client_id: str) -> asyncio.Event:
         event = self._outbox_ready.get(client_id)
@@ -188,13 +190,13 @@ class RouterService:
             if waiter == client_id:
                 del self._waiters[rid]
                 self._apply(self.scheduler.cancel(rid))
-        for rid, answer in self._outboxes.pop(client_id, []):
-            if answer[0] == DISPATCHED:
-                self._apply(self.scheduler.fail(rid))
+        for polled in self._outboxes.pop(client_id, []):
+            if isinstance(polled.answer, Dispatched):
+                self._apply(self.scheduler.fail(polled.request_id))
         self._outbox_ready.pop(client_id, None)
         self._client_seen.pop(client_id, None)
 
-    async def requeue(self, meta: RequestMeta) -> tuple:
+    async def requeue(self, meta: RequestMeta) -> EnqueueAnswer:
         """Its replica died or bounced the call before it produced output: forget the run and wait
         again in the request's own place (the slot it frees does not go to the one behind it first)."""
         return await self.enqueue(meta, requeue=True)
@@ -207,13 +209,13 @@ class RouterService:
     def cancel(self, request_id: str) -> None:
         if request_id in self.scheduler.requests:
             self.counters["cancelled"] += 1
-        self._resolve(request_id, (CANCELLED,))
+        self._resolve(request_id, Cancelled())
         self._apply(self.scheduler.cancel(request_id))
 
     def fail(self, request_id: str) -> None:
         if request_id in self.scheduler.requests:
             self.counters["failed"] += 1
-        self._resolve(request_id, (CANCELLED,))
+        self._resolve(request_id, Cancelled())
         self._apply(self.scheduler.fail(request_id))
 
     # ---- replicas ----------------------------------------------------------------------------
@@ -251,7 +253,7 @@ class RouterService:
 
     def sweep(self) -> None:
         """Drop replicas silent for ``replica_timeout_s``; with none left for that long, answer
-        every waiting request ``NO_REPLICA`` (the ingress turns it into a 503) instead of
+        every waiting request :class:`NoReplica` (the ingress turns it into a 503) instead of
         leaving it queued behind nothing."""
         cutoff = self.clock() - self.replica_timeout_s
         for replica_id, seen in list(self._last_seen.items()):
@@ -268,7 +270,7 @@ class RouterService:
             logger.warning("no LLM replica for %.0f s: answering %d waiting request(s) 503 "
                            "(router.replica_timeout_s)", self.replica_timeout_s, len(self._waiters))
             for rid in list(self._waiters):
-                if self._resolve(rid, (NO_REPLICA, self.retry_after_s)):
+                if self._resolve(rid, NoReplica(self.retry_after_s)):
                     self.counters["rejected"] += 1
                     self._apply(self.scheduler.cancel(rid))
 
@@ -276,7 +278,7 @@ class RouterService:
         return not self.scheduler.replicas and self.clock() - self.last_replica_at > self.replica_timeout_s
 
     # ---- applying decisions ------------------------------------------------------------------
-    def _resolve(self, request_id: str, answer: tuple) -> bool:
+    def _resolve(self, request_id: str, answer: EnqueueAnswer) -> bool:
         waiter = self._waiters.pop(request_id, None)
         if waiter is None:
             return False
@@ -284,7 +286,7 @@ class RouterService:
             box = self._outboxes.get(waiter)
             if box is None:
                 return False
-            box.append((request_id, answer))
+            box.append(Polled(request_id, answer))
             self._ready(waiter).set()
             return True
         if waiter.done():
@@ -298,11 +300,11 @@ class RouterService:
         while pending:
             more: list[Assignment] = []
             for a in pending:
-                if self._resolve(a.request_id, (DISPATCHED, a.replica_id, a.batch_id)):
+                if self._resolve(a.request_id, Dispatched(a.replica_id, a.batch_id)):
                     self.counters["dispatched"] += 1
                     state = self.scheduler.requests.get(a.request_id)
                     predicted = state.meta.predicted_tokens if state is not None else None
-                    self.dispatch_log.append((a.request_id, a.replica_id, now, predicted))
+                    self.dispatch_log.append(DispatchRecord(a.request_id, a.replica_id, now, predicted))
                 else:
                     # Nobody waits for it any more: give the slot straight back.
                     more.extend(self.scheduler.cancel(a.request_id))
@@ -351,11 +353,11 @@ class RouterActor:
             except Exception:
                 logger.exception("router sweep failed")
 
-    async def enqueue(self, meta: RequestMeta) -> tuple:
+    async def enqueue(self, meta: RequestMeta) -> EnqueueAnswer:
         self._ensure_sweeper()
         return await self.service.enqueue(meta)
 
-    async def requeue(self, meta: RequestMeta) -> tuple:
+    async def requeue(self, meta: RequestMeta) -> EnqueueAnswer:
         self._ensure_sweeper()
         return await self.service.requeue(meta)
 
@@ -363,20 +365,11 @@ class RouterActor:
         self._ensure_sweeper()
         self.service.submit(client_id, metas, requeue_ids)
 
-    async def poll(self, client_id: str, timeout_s: float = 1.0) -> list:
+    async def poll(self, client_id: str, timeout_s: float = 1.0) -> list[Polled]:
         return await self.service.poll(client_id, timeout_s)
 
-    async def report(self, events: list[tuple]) -> None:
-        self.service.report(events)
-
-    async def complete(self, request_id: str, num_output_tokens: int | None = None) -> None:
-        self.service.complete(request_id, num_output_tokens)
-
-    async def cancel(self, request_id: str) -> None:
-        self.service.cancel(request_id)
-
-    async def fail(self, request_id: str) -> None:
-        self.service.fail(request_id)
+    async def report(self, reports: list[Report]) -> None:
+        self.service.report(reports)
 
     async def heartbeat(self, replica_id: str, num_slots: int, running_ids: list[str] | None = None) -> None:
         self._ensure_sweeper()
@@ -443,24 +436,6 @@ class RouterClient:
 
         return isinstance(error, (rex.RayActorError, rex.ActorUnavailableError))
 
-    def fire(self, method: str, *args) -> None:
-        """Call without waiting for the answer (reports); errors are logged, never raised."""
-        try:
-            ref = getattr(self.handle, method).remote(*args)
-        except Exception as e:  # handle lookup failed: the next heartbeat retries
-            logger.debug("router %s(%s) not sent: %r", method, args[:1], e)
-            self.reset()
-            return
-        asyncio.get_running_loop().create_task(self._swallow(ref, method))
-
-    async def _swallow(self, ref, method: str) -> None:
-        try:
-            await ref
-        except Exception as e:
-            if self.is_actor_failure(e):
-                self.reset()
-            logger.debug("router %s failed: %r", method, e)
-
 
 class BatchedEnqueuer:
     """The ingress side of ``submit``/``poll``: ``await enqueue(meta)`` as if it were one call.
@@ -484,9 +459,6 @@ class BatchedEnqueuer:
         self._poll_wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
         self._direct = 0  # direct enqueue calls in flight
-        self.num_direct = 0
-        self.num_submits = 0
-        self.num_polls = 0
 
     def _ensure_started(self) -> None:
         if not self._tasks or any(t.done() for t in self._tasks):
@@ -496,12 +468,11 @@ class BatchedEnqueuer:
             self._send_wake, self._poll_wake = asyncio.Event(), asyncio.Event()
             self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self._poll_loop())]
 
-    async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> tuple:
+    async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> EnqueueAnswer:
         if not self._futures and not self._direct:
             # Nothing else in flight: one direct call has the lowest latency.
             self._direct += 1
             try:
-                self.num_direct += 1
                 handle = self.client.handle
                 call = handle.requeue if requeue else handle.enqueue
                 return await call.remote(meta)
@@ -539,7 +510,6 @@ class BatchedEnqueuer:
             metas = [m for m, _ in batch]
             requeue = [m.request_id for m, again in batch if again]
             try:
-                self.num_submits += 1
                 await self.client.handle.submit.remote(self.client_id, metas, requeue)
             except Exception as e:
                 if RouterClient.is_actor_failure(e):
@@ -553,7 +523,6 @@ class BatchedEnqueuer:
                 await self._poll_wake.wait()
                 continue
             try:
-                self.num_polls += 1
                 answers = await self.client.handle.poll.remote(self.client_id, self.poll_timeout_s)
             except Exception as e:
                 # The router died with our requests: all of them must be enqueued again.
@@ -565,13 +534,13 @@ class BatchedEnqueuer:
                 await asyncio.sleep(0.05)
                 continue
             unwanted = []
-            for rid, answer in answers:
-                fut = self._futures.pop(rid, None)
+            for polled in answers:
+                fut = self._futures.pop(polled.request_id, None)
                 if fut is None or fut.done():
-                    if answer[0] == DISPATCHED:
-                        unwanted.append(("cancel", rid))  # its caller left: give the slot back
+                    if isinstance(polled.answer, Dispatched):
+                        unwanted.append(Report.cancel(polled.request_id))  # its caller left: give the slot back
                     continue
-                fut.set_result(answer)
+                fut.set_result(polled.answer)
             if unwanted:
                 try:
                     self.client.handle.report.remote(unwanted)
@@ -586,13 +555,12 @@ class Reporter:
 
     def __init__(self, client: RouterClient):
         self.client = client
-        self._events: list[tuple] = []
+        self._reports: list[Report] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self.num_calls = 0
 
-    def report(self, *event) -> None:
-        self._events.append(tuple(event))
+    def report(self, report: Report) -> None:
+        self._reports.append(report)
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -602,13 +570,12 @@ class Reporter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._events = self._events, []
+            batch, self._reports = self._reports, []
             if not batch:
                 continue
             try:
-                self.num_calls += 1
                 await self.client.handle.report.remote(batch)
             except Exception as e:
                 if RouterClient.is_actor_failure(e):
                     self.client.reset()
-                logger.debug("router report of %d events failed: %r", len(batch), e)
+                logger.debug("router report of %d reports failed: %r", len(batch), e)

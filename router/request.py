@@ -1,7 +1,8 @@
 """One record for a request's life, and the frozen metadata that crosses process boundaries.
 
 Only metadata reaches the router: id, model, token counts, the *predicted* output length and
-the arrival time. The true output length never does (see DESIGN.md, honesty rules).
+the arrival time. The true output length never does (the README's honesty rules). The messages
+exchanged with the router actor are in :mod:`router.messages`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The Serve ``RequestRouter`` of the LLM deployment: it sends each call to the replica the central
 router chose (the call's ``target_replica_id`` keyword), instead of choosing one itself.
 
-Ray Serve 2.60 behaviour this relies on (see ../shared/NOTES-ray-serve.md): one pinned call at a
-time per ingress request (retries are sequential), ``should_backoff`` set so a missing target
-backs off instead of spinning, and a target that does not show up in Serve's replica list within
-``pin_grace_s`` (it died, or is too new for this handle to know) is sent to any replica, which
-bounces it as misrouted so the ingress asks the central router again: no call waits forever.
+Ray Serve 2.60 behaviour this relies on: one pinned call at a time per ingress request (retries
+are sequential), ``should_backoff`` set so a missing target backs off instead of spinning, and a
+target that does not show up in Serve's replica list within ``pin_grace_s`` (it died, or is too
+new for this handle to know) is sent to any replica, which bounces it as misrouted so the ingress
+asks the central router again: no call waits forever.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ class PinnedRequestRouter(RequestRouter):
 
     def initialize_state(self, pin_grace_s: float = 3.0, **kwargs):
         self.pin_grace_s = pin_grace_s
-        self.num_pinned = 0
-        self.num_bounced = 0
 
     async def choose_replicas(
         self,
@@ -39,9 +37,7 @@ class PinnedRequestRouter(RequestRouter):
             return [candidate_replicas]
         for replica in candidate_replicas:
             if replica.replica_id.unique_id == target:
-                self.num_pinned += 1
                 return [[replica]]
         if time.time() - pending_request.created_at > getattr(self, "pin_grace_s", 3.0):
-            self.num_bounced += 1
             return [candidate_replicas]  # the receiving replica answers "misrouted"
         return []  # not in this handle's replica list yet: back off and look again

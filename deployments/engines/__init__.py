@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from deployments.config import EngineKind, LLMSettings
-from deployments.engines.base import Delta, Engine, GenerationRequest
+from deployments.engines.base import Delta, Engine, FinishReason, GenerationRequest, Misrouted, Started
 
 
 def build_engine(settings: LLMSettings) -> Engine:
@@ -26,4 +26,4 @@ def build_engine(settings: LLMSettings) -> Engine:
     return HFEngine(settings)
 
 
-__all__ = ["Delta", "Engine", "GenerationRequest", "build_engine"]
+__all__ = ["Delta", "Engine", "FinishReason", "GenerationRequest", "Misrouted", "Started", "build_engine"]

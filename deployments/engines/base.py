@@ -1,8 +1,16 @@
-"""The engine interface every LLM replica talks to, and the pieces engines share."""
+"""The engine interface every LLM replica talks to, the pieces engines share, and the messages
+between the ingress and a replica (both ends are processes of their own):
+
+- :class:`GenerationRequest` goes from the ingress to the replica (the call's argument) and on to
+  its engine;
+- the replica's stream answers :class:`Misrouted` (the call was meant for another replica), or
+  :class:`Started` then :class:`Delta` s, the last with a :class:`FinishReason`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -10,7 +18,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What a replica hands its engine. ``replay_output_tokens`` is read by the replay engine only."""
+    """One request to generate, built by the ingress and run by the replica's engine.
+    ``replay_output_tokens`` is read by the replay engine only."""
 
     request_id: str
     prompt: str
@@ -28,13 +37,34 @@ class GenerationRequest:
             raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
 
 
-@dataclass
+class FinishReason(enum.Enum):
+    """Why a request's output ended; the value is OpenAI's ``finish_reason``."""
+
+    STOP = "stop"  # end of sequence (or, at the ingress, a stop string)
+    LENGTH = "length"  # max_tokens reached
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """New output of one request: ``num_tokens`` tokens decoded as ``text``; the last has a finish reason."""
 
     text: str
     num_tokens: int
-    finish_reason: str | None = None  # "stop" (end of sequence) or "length" (max_tokens)
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The replica ``replica_id`` took the call: deltas follow."""
+
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Misrouted:
+    """The call reached ``replica_id``, not the replica it was pinned to: it was not run."""
+
+    replica_id: str
 
 
 class Engine(ABC):
@@ -98,17 +128,16 @@ class DeltaStream:
                         finished = True
                 finished = finished or done
             finished = finished or len(self.token_ids) >= self._max_tokens
-            delta = self._take(final=finished)
             if finished:
                 last = self.token_ids[-1] if self.token_ids else None
-                reason = "stop" if (last in eos_ids or len(self.token_ids) < self._max_tokens) else "length"
-                delta.finish_reason = reason
-                yield delta
+                stopped = last in eos_ids or len(self.token_ids) < self._max_tokens
+                yield self._take(final=True, reason=FinishReason.STOP if stopped else FinishReason.LENGTH)
                 return
+            delta = self._take(final=False)
             if delta.num_tokens or delta.text:
                 yield delta
 
-    def _take(self, final: bool) -> Delta:
+    def _take(self, final: bool, reason: FinishReason | None = None) -> Delta:
         text = self._decode(self.token_ids)
         # An incomplete UTF-8 sequence decodes to U+FFFD: hold it back until the next token.
         # Byte-level BPE decodes prefix-stably otherwise, so the new text is the tail past what was sent.
@@ -119,4 +148,4 @@ class DeltaStream:
             self._emitted = text
         n = len(self.token_ids) - self._sent_tokens
         self._sent_tokens = len(self.token_ids)
-        return Delta(new_text, n)
+        return Delta(new_text, n, reason)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from deployments.config import LLMSettings
-from deployments.engines.base import Delta, Engine, GenerationRequest
+from deployments.engines.base import Delta, Engine, FinishReason, GenerationRequest
 from router.config import BatchingMode
 
 logger = logging.getLogger(__name__)
@@ -33,12 +33,10 @@ class _Seq:
     def __init__(self, req: GenerationRequest, arrived_at: float):
         self.req = req
         wanted = req.replay_output_tokens
-        if wanted is None:
-            self.target, self.reason = req.max_tokens, "length"
-        elif wanted > req.max_tokens:
-            self.target, self.reason = req.max_tokens, "length"
+        if wanted is None or wanted > req.max_tokens:
+            self.target, self.reason = req.max_tokens, FinishReason.LENGTH
         else:
-            self.target, self.reason = wanted, "stop"
+            self.target, self.reason = wanted, FinishReason.STOP
         self.emitted = 0
         self.context = 0
         self.prefilled = False

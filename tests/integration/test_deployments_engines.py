@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from deployments.config import LLMSettings
-from deployments.engines import GenerationRequest, build_engine
+from deployments.engines import FinishReason, GenerationRequest, build_engine
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +51,8 @@ def test_batching_modes_agree_under_greedy_decoding(tiny_model_dir):
     for mode, outs in results.items():
         for _text, n, reasons in outs:
             assert 1 <= n <= 8, (mode, n)
-            assert reasons[-1] in ("length", "stop") and all(r is None for r in reasons[:-1])
-            assert (reasons[-1] == "length") == (n == 8)
+            assert reasons[-1] in (FinishReason.LENGTH, FinishReason.STOP) and all(r is None for r in reasons[:-1])
+            assert (reasons[-1] is FinishReason.LENGTH) == (n == 8)
     texts = {mode: [t for t, _, _ in outs] for mode, outs in results.items()}
     assert texts["none"] == texts["static"] == texts["continuous"]
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from deployments.engines.base import GenerationRequest
+from deployments.engines.base import FinishReason, GenerationRequest
 from deployments.engines.replay import ReplayEngine
 
 
@@ -50,7 +50,8 @@ async def run(eng, r, t, log):
 
 
 @pytest.mark.parametrize("replay, max_tokens, want, reason", [
-    (5, 100, 5, "stop"), (500, 100, 100, "length"), (None, 7, 7, "length"), (0, 10, 0, "stop"),
+    (5, 100, 5, FinishReason.STOP), (500, 100, 100, FinishReason.LENGTH), (None, 7, 7, FinishReason.LENGTH),
+    (0, 10, 0, FinishReason.STOP),
 ])
 async def test_emits_exactly_the_replay_length(replay, max_tokens, want, reason):
     eng, t = engine()
@@ -108,5 +109,5 @@ async def test_cancelling_frees_the_engine():
     await gen.__anext__()
     await gen.aclose()
     n, finish, _ = await asyncio.wait_for(run(eng, req("b", 3), t, []), timeout=5)
-    assert (n, finish) == (3, "stop")
+    assert (n, finish) == (3, FinishReason.STOP)
     assert eng.num_iterations < 10

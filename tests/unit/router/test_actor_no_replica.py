@@ -1,10 +1,11 @@
-"""When every LLM replica is gone (their nodes lost), the router answers NO_REPLICA (the ingress's
+"""When every LLM replica is gone (their nodes lost), the router answers NoReplica (the ingress's
 503 with Retry-After) instead of queueing requests behind nothing. RouterService, no Ray."""
 
 import asyncio
 
-from router.actor import DISPATCHED, NO_REPLICA, RouterService
+from router.actor import RouterService
 from router.config import SchedulerConfig
+from router.messages import Dispatched, NoReplica
 from router.request import RequestMeta
 
 
@@ -34,25 +35,25 @@ async def test_requests_wait_for_the_first_replica_within_the_grace():
     await settle()
     assert not task.done()  # a replica may still be starting: keep waiting
     svc.heartbeat("r1", 1)
-    assert await task == (DISPATCHED, "r1", None)
+    assert await task == Dispatched("r1")
 
 
 async def test_all_replicas_lost_waiting_requests_and_new_ones_get_no_replica():
     clock = Clock()
     svc = RouterService(SchedulerConfig(), clock=clock, replica_timeout_s=5.0, retry_after_s=2.0)
     svc.heartbeat("r1", 1)
-    assert await svc.enqueue(meta("a")) == (DISPATCHED, "r1", None)
+    assert await svc.enqueue(meta("a")) == Dispatched("r1")
     waiting = asyncio.create_task(svc.enqueue(meta("b")))  # queued behind "a"
     await settle()
     clock.now += 6.0  # r1's node is gone: no heartbeat
     svc.sweep()  # drops r1 (silent > 5 s); nothing left for > 5 s
     await settle()
-    assert waiting.done() and waiting.result() == (NO_REPLICA, 2.0)
-    assert await svc.enqueue(meta("c")) == (NO_REPLICA, 2.0)  # at once, not a hang
+    assert waiting.done() and waiting.result() == NoReplica(2.0)
+    assert await svc.enqueue(meta("c")) == NoReplica(2.0)  # at once, not a hang
     assert svc.snapshot()["num_queued"] == 0
     # A replica comes back (Serve restarted it, or the autoscaler added a node): serving resumes.
     svc.heartbeat("r2", 1)
-    assert await svc.enqueue(meta("d")) == (DISPATCHED, "r2", None)
+    assert await svc.enqueue(meta("d")) == Dispatched("r2")
 
 
 async def test_a_live_replica_keeps_requests_queued_however_long():
@@ -68,4 +69,4 @@ async def test_a_live_replica_keeps_requests_queued_however_long():
     await settle()
     assert not waiting.done()
     svc.complete("a", 5)
-    assert await waiting == (DISPATCHED, "r1", None)
+    assert await waiting == Dispatched("r1")

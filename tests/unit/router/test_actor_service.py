@@ -4,16 +4,9 @@ import asyncio
 
 import pytest
 
-from router.actor import (
-    CANCELLED,
-    DISPATCHED,
-    QUEUE_FULL,
-    BatchedEnqueuer,
-    Reporter,
-    RouterClient,
-    RouterService,
-)
+from router.actor import BatchedEnqueuer, Reporter, RouterClient, RouterService
 from router.config import SchedulerConfig
+from router.messages import Cancelled, Dispatched, DispatchRecord, Polled, QueueFull, Report
 from router.request import RequestMeta, RequestStatus
 
 
@@ -39,11 +32,15 @@ async def settle():
         await asyncio.sleep(0)
 
 
+def by_id(polled: list[Polled]) -> dict:
+    return {p.request_id: p.answer for p in polled}
+
+
 async def test_enqueue_waits_for_dispatch_and_ssjf_orders_the_queue():
     svc = service(policy="ssjf")
     svc.heartbeat("r1", 1)
     first = asyncio.create_task(svc.enqueue(meta("a", 50, 1)))
-    assert await first == (DISPATCHED, "r1", None)  # a free slot: dispatched at once
+    assert await first == Dispatched("r1")  # a free slot: dispatched at once
     waiting = {rid: asyncio.create_task(svc.enqueue(meta(rid, p, t)))
                for rid, p, t in [("b", 50, 2), ("c", 5, 3), ("d", 20, 4)]}
     await settle()
@@ -71,7 +68,7 @@ async def test_fcfs_keeps_arrival_order():
     await settle()
     assert tasks["b"].done() and not tasks["c"].done()
     svc.complete("b")
-    assert await tasks["c"] == (DISPATCHED, "r1", None)
+    assert await tasks["c"] == Dispatched("r1")
 
 
 async def test_requests_wait_for_a_replica_to_register():
@@ -80,7 +77,7 @@ async def test_requests_wait_for_a_replica_to_register():
     await settle()
     assert not task.done() and svc.snapshot()["num_shared_queued"] == 1
     svc.heartbeat("r9", 2)
-    assert await task == (DISPATCHED, "r9", None)
+    assert await task == Dispatched("r9")
 
 
 async def test_queue_cap_answers_full_with_retry_after():
@@ -89,10 +86,10 @@ async def test_queue_cap_answers_full_with_retry_after():
     await svc.enqueue(meta("a", 5, 1))
     queued = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
     await settle()
-    assert await svc.enqueue(meta("c", 5, 3)) == (QUEUE_FULL, 2.5)
+    assert await svc.enqueue(meta("c", 5, 3)) == QueueFull(2.5)
     assert svc.snapshot()["counters"]["rejected"] == 1
     svc.complete("a")
-    assert (await queued)[0] == DISPATCHED
+    assert isinstance(await queued, Dispatched)
 
 
 async def test_cancel_while_waiting_resolves_and_while_running_frees_the_slot():
@@ -103,9 +100,9 @@ async def test_cancel_while_waiting_resolves_and_while_running_frees_the_slot():
     c = asyncio.create_task(svc.enqueue(meta("c", 5, 3)))
     await settle()
     svc.cancel("b")
-    assert await b == (CANCELLED,)
+    assert await b == Cancelled()
     svc.cancel("a")  # the client of a running request left: its slot goes to c
-    assert await c == (DISPATCHED, "r1", None)
+    assert await c == Dispatched("r1")
 
 
 async def test_a_caller_that_goes_away_gives_its_slot_back():
@@ -118,7 +115,7 @@ async def test_a_caller_that_goes_away_gives_its_slot_back():
     b.cancel()  # e.g. Ray cancelled the actor call
     await settle()
     svc.complete("a")
-    assert await c == (DISPATCHED, "r1", None)
+    assert await c == Dispatched("r1")
     assert svc.snapshot()["num_running"] == 1
 
 
@@ -128,18 +125,18 @@ async def test_requeue_after_a_dead_replica_runs_elsewhere_keeping_its_place():
     svc.heartbeat("r2", 1)
     a = await svc.enqueue(meta("a", 5, 1))
     b = await svc.enqueue(meta("b", 5, 2))
-    assert {a[1], b[1]} == {"r1", "r2"}
+    assert {a.replica_id, b.replica_id} == {"r1", "r2"}
     later = asyncio.create_task(svc.enqueue(meta("c", 50, 3)))
     await settle()
-    dead = a[1]
+    dead = a.replica_id
     svc.remove_replica(dead)
     again = asyncio.create_task(svc.requeue(meta("a", 5, 1)))
     await settle()
-    live = b[1]
+    live = b.replica_id
     svc.complete("b")
     await settle()
     # "a" (5 tokens) goes before "c" (50 tokens) on the surviving replica.
-    assert again.done() and await again == (DISPATCHED, live, None)
+    assert again.done() and await again == Dispatched(live)
     assert not later.done()
     assert svc.snapshot()["counters"]["requeued"] == 1
 
@@ -177,15 +174,15 @@ async def test_lease_expiry_frees_a_slot_nobody_uses():
     assert not b.done()  # still within the lease
     clock.now += 6
     svc.heartbeat("r1", 1, running_ids=[])
-    assert await b == (DISPATCHED, "r1", None)
+    assert await b == Dispatched("r1")
     assert svc.snapshot()["counters"]["leases_expired"] == 1
 
 
 async def test_enqueue_is_idempotent_for_a_retried_call():
     svc = service()
     svc.heartbeat("r1", 1)
-    assert await svc.enqueue(meta("a", 5, 1)) == (DISPATCHED, "r1", None)
-    assert await svc.enqueue(meta("a", 5, 1)) == (DISPATCHED, "r1", None)
+    assert await svc.enqueue(meta("a", 5, 1)) == Dispatched("r1")
+    assert await svc.enqueue(meta("a", 5, 1)) == Dispatched("r1")
     assert svc.snapshot()["num_running"] == 1
 
 
@@ -213,11 +210,11 @@ async def test_submit_and_poll_answer_many_requests_in_one_call_each_way():
     svc.heartbeat("r1", 2)
     svc.submit("ing", [meta("a", 30, 1), meta("b", 10, 2), meta("c", 20, 3), meta("d", 5, 4)])
     first = await svc.poll("ing", timeout_s=0.01)
-    assert sorted(first) == [("a", (DISPATCHED, "r1", None)), ("b", (DISPATCHED, "r1", None))]
+    assert first == [Polled("a", Dispatched("r1")), Polled("b", Dispatched("r1"))]
     assert await svc.poll("ing", timeout_s=0.01) == []  # nothing new: the poll times out empty
-    svc.report([("complete", "a", 3), ("complete", "b", 4)])
+    svc.report([Report.complete("a", 3), Report.complete("b", 4)])
     # Both freed slots go to the shortest waiting: d (5), then c (20).
-    assert [rid for rid, _ in await svc.poll("ing", timeout_s=0.01)] == ["d", "c"]
+    assert list(by_id(await svc.poll("ing", timeout_s=0.01))) == ["d", "c"]
     assert svc.snapshot()["counters"]["completed"] == 2
 
 
@@ -225,39 +222,39 @@ async def test_a_waiting_poll_wakes_on_dispatch():
     svc = service()
     svc.heartbeat("r1", 1)
     svc.submit("ing", [meta("a", 5, 1), meta("b", 5, 2)])
-    assert [rid for rid, _ in await svc.poll("ing")] == ["a"]
+    assert list(by_id(await svc.poll("ing"))) == ["a"]
     waiting = asyncio.create_task(svc.poll("ing", timeout_s=30))
     await settle()
     assert not waiting.done()
-    svc.report([("complete", "a")])
-    assert [rid for rid, _ in await waiting] == ["b"]
+    svc.report([Report.complete("a")])
+    assert list(by_id(await waiting)) == ["b"]
 
 
 async def test_submit_answers_queue_full_and_requeues():
     svc = service(max_queued=1)
     svc.heartbeat("r1", 1)
     svc.submit("ing", [meta("a", 5, 1), meta("b", 5, 2), meta("c", 5, 3)])
-    answers = dict(await svc.poll("ing", timeout_s=0.01))
-    assert answers == {"a": (DISPATCHED, "r1", None), "c": (QUEUE_FULL, 1.0)}
+    answers = by_id(await svc.poll("ing", timeout_s=0.01))
+    assert answers == {"a": Dispatched("r1"), "c": QueueFull(1.0)}
     svc.submit("ing", [meta("a", 5, 1)], requeue_ids=["a"])  # its replica bounced it: run again
     assert svc.snapshot()["counters"]["requeued"] == 1
     # "a" arrived first and keeps its turn (the full queue does not refuse it: it was admitted).
-    assert dict(await svc.poll("ing", timeout_s=0.01)) == {"a": (DISPATCHED, "r1", None)}
+    assert by_id(await svc.poll("ing", timeout_s=0.01)) == {"a": Dispatched("r1")}
     svc.complete("a")
-    assert dict(await svc.poll("ing", timeout_s=0.01)) == {"b": (DISPATCHED, "r1", None)}
+    assert by_id(await svc.poll("ing", timeout_s=0.01)) == {"b": Dispatched("r1")}
 
 
 async def test_a_bounced_request_is_dispatched_again_before_the_one_behind_it():
     svc = service(policy="fcfs")
     svc.heartbeat("r1", 1)
-    assert await svc.enqueue(meta("a", 50, 1)) == (DISPATCHED, "r1", None)
+    assert await svc.enqueue(meta("a", 50, 1)) == Dispatched("r1")
     behind = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
     await settle()
     # The call to r1 bounced before it ran: the ingress asks again. "b" must not take a's slot.
-    assert await svc.requeue(meta("a", 50, 1)) == (DISPATCHED, "r1", None)
+    assert await svc.requeue(meta("a", 50, 1)) == Dispatched("r1")
     assert not behind.done()
     svc.complete("a")
-    assert await behind == (DISPATCHED, "r1", None)
+    assert await behind == Dispatched("r1")
 
 
 async def test_a_client_that_stops_polling_frees_what_it_held():
@@ -270,7 +267,7 @@ async def test_a_client_that_stops_polling_frees_what_it_held():
     clock.now += 11
     svc.heartbeat("r1", 1)
     svc.sweep()
-    assert await other == (DISPATCHED, "r1", None)
+    assert await other == Dispatched("r1")
     assert svc.snapshot()["num_clients"] == 0
 
 
@@ -313,17 +310,18 @@ async def test_batched_enqueuer_goes_direct_alone_and_batches_under_load():
     client = FakeClient(svc)
     enq = BatchedEnqueuer(client, poll_timeout_s=0.05)
     reporter = Reporter(client)
-    assert await enq.enqueue(meta("a", 5, 1)) == (DISPATCHED, "r1", None)
+    assert await enq.enqueue(meta("a", 5, 1)) == Dispatched("r1")
     assert client.handle.calls == ["enqueue"]  # alone: one direct call
     waiting = [asyncio.create_task(enq.enqueue(meta(f"q{i}", 40 - i, 2 + i))) for i in range(4)]
     await settle()
     for _ in range(4):
         running = [k for k, s in svc.scheduler.requests.items() if s.status is RequestStatus.RUNNING]
-        reporter.report("complete", running[0], 1)
+        reporter.report(Report.complete(running[0], 1))
         for _ in range(20):
             await asyncio.sleep(0)
     results = await asyncio.gather(*waiting)
-    assert all(r == (DISPATCHED, "r1", None) for r in results)
-    assert [log[0] for log in svc.dispatch_log][1:] == ["q3", "q2", "q1", "q0"]  # SSJF
+    assert all(r == Dispatched("r1") for r in results)
+    assert [log.request_id for log in svc.dispatch_log][1:] == ["q3", "q2", "q1", "q0"]  # SSJF
+    assert all(isinstance(log, DispatchRecord) for log in svc.dispatch_log)
     # The queued four went in one submit (the first was direct), not one call each.
     assert client.handle.calls.count("submit") <= 2 and client.handle.calls.count("enqueue") == 2

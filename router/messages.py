@@ -1,0 +1,116 @@
+"""The messages that cross the router actor's boundary, one frozen dataclass each.
+
+Callers of the actor (the ingress, the LLM replicas, benchmarks) live in other processes: what they
+send and receive is typed here, so both sides agree on fields by name and a wrong message fails
+where it is built, not as a mis-indexed tuple on the other side.
+
+- an ``enqueue`` answers one :data:`EnqueueAnswer`: :class:`Dispatched`, :class:`QueueFull`,
+  :class:`NoReplica` or :class:`Cancelled`;
+- ``poll`` answers a batching client with :class:`Polled` (a request id and its answer);
+- ``report`` takes :class:`Report` s (complete, cancel, fail, remove a replica);
+- ``snapshot(dispatch_log=True)`` lists the last dispatches as :class:`DispatchRecord` s.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+# ---- what ``enqueue`` answers ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """The policy dispatched the request: run it on ``replica_id`` now.
+
+    ``batch_id`` groups the requests a static-batching replica starts together (None otherwise, and
+    for a caller that joined a request already running)."""
+
+    replica_id: str
+    batch_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFull:
+    """The waiting queue is at ``router.max_queued``: ask again after ``retry_after_s``."""
+
+    retry_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class NoReplica:
+    """No LLM replica has been registered for ``router.replica_timeout_s``: ask again after ``retry_after_s``."""
+
+    retry_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The request's place was dropped before dispatch (cancelled, its replica vanished, or a newer
+    call for the same request took over the wait)."""
+
+
+EnqueueAnswer = Dispatched | QueueFull | NoReplica | Cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """One answer in a batching client's outbox: ``answer`` is for the request ``request_id``."""
+
+    request_id: str
+    answer: EnqueueAnswer
+
+
+# ---- what callers report -----------------------------------------------------------------------
+class ReportKind(enum.Enum):
+    COMPLETE = "complete"  # the request ended on its replica: its slot frees
+    CANCEL = "cancel"  # its caller went away (queued or running)
+    FAIL = "fail"  # its run failed on the replica
+    REMOVE_REPLICA = "remove_replica"  # a caller saw the replica die or bounce a call
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A fire-and-forget report. Request reports name ``request_id``; ``REMOVE_REPLICA`` names
+    ``replica_id``; ``num_output_tokens`` is the actual length of a completed request (if known)."""
+
+    kind: ReportKind
+    request_id: str | None = None
+    replica_id: str | None = None
+    num_output_tokens: int | None = None
+
+    def __post_init__(self):
+        if self.kind is ReportKind.REMOVE_REPLICA:
+            if not self.replica_id or self.request_id is not None:
+                raise ValueError(f"a {self.kind.value} report names a replica_id and no request_id: {self!r}")
+        elif not self.request_id or self.replica_id is not None:
+            raise ValueError(f"a {self.kind.value} report names a request_id and no replica_id: {self!r}")
+        if self.num_output_tokens is not None and self.kind is not ReportKind.COMPLETE:
+            raise ValueError(f"only a complete report carries num_output_tokens: {self!r}")
+
+    @classmethod
+    def complete(cls, request_id: str, num_output_tokens: int | None = None) -> Report:
+        return cls(ReportKind.COMPLETE, request_id=request_id, num_output_tokens=num_output_tokens)
+
+    @classmethod
+    def cancel(cls, request_id: str) -> Report:
+        return cls(ReportKind.CANCEL, request_id=request_id)
+
+    @classmethod
+    def fail(cls, request_id: str) -> Report:
+        return cls(ReportKind.FAIL, request_id=request_id)
+
+    @classmethod
+    def remove_replica(cls, replica_id: str) -> Report:
+        return cls(ReportKind.REMOVE_REPLICA, replica_id=replica_id)
+
+
+# ---- views -------------------------------------------------------------------------------------
+class DispatchRecord(NamedTuple):
+    """One dispatch as the router logged it (``at``: wall-clock seconds). A named tuple, so readers
+    that unpack it positionally keep working."""
+
+    request_id: str
+    replica_id: str
+    at: float
+    predicted_tokens: float | None
