@@ -20,14 +20,15 @@ policy, through the ``truth`` lookup the scheduler gets; predictions reach the s
 from __future__ import annotations
 
 import gc
-import heapq
 import math
 import time
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 import numpy as np
 
-from router import BatchingMode, Policy, RequestMeta, Scheduler, SchedulerConfig
+from router import Policy, RequestMeta, Scheduler, SchedulerConfig
+from router.batching import Segment, keeps_finished
 from router.cost_model import EngineProfile
 
 INF = math.inf
@@ -82,10 +83,6 @@ class SimWorkload:
     def __len__(self) -> int:
         return len(self.request_id)
 
-    def with_arrivals(self, arrival_s: np.ndarray) -> SimWorkload:
-        return SimWorkload(self.request_id, arrival_s, self.num_prompt_tokens, self.output_tokens,
-                           self.predicted_tokens, self.max_tokens, self.model)
-
     @classmethod
     def synthetic(cls, arrival_s, output_tokens, *, num_prompt_tokens=0, predicted_tokens=None,
                   max_tokens=None, model="m") -> SimWorkload:
@@ -130,218 +127,231 @@ class SimResult:
 def simulate(workload: SimWorkload, config: SchedulerConfig, engine: EngineProfile, num_replicas: int,
              *, record_first_token: bool = True) -> SimResult:
     """Run every request of ``workload`` through a :class:`Scheduler` on ``num_replicas`` engines."""
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
     # The run allocates millions of small objects that live until it ends; the cyclic garbage
     # collector would rescan them again and again (quadratic-ish at a million requests). Nothing
     # here forms cycles that must be freed early, so pause it for the run.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _simulate(workload, config, engine, num_replicas, record_first_token)
+        return _Simulation(workload, config, engine, num_replicas, record_first_token).run()
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _simulate(workload: SimWorkload, config: SchedulerConfig, engine: EngineProfile, num_replicas: int,
-              record_first_token: bool) -> SimResult:
-    if num_replicas < 1:
-        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-    n = len(workload)
-    wall0 = time.perf_counter()
+class _Replica:
+    """One simulated engine: the segment (:class:`router.batching.Segment`) it runs and its members."""
 
-    rids = workload.request_id
-    arrival = workload.arrival_s.tolist()
-    prompt = workload.num_prompt_tokens.tolist()
-    out = workload.output_tokens.tolist()
-    pred = workload.predicted_tokens.tolist()
-    maxtok = workload.max_tokens.tolist()
-    models = workload.model
-    index = {rid: i for i, rid in enumerate(rids)}
+    __slots__ = ("index", "name", "t0", "k0", "seg", "members", "pending", "ev_k", "version")
 
-    now = 0.0
+    def __init__(self, index: int):
+        self.index = index
+        self.name = f"r{index}"
+        self.t0 = 0.0  # start of the current segment (an iteration boundary)
+        self.k0 = 0  # absolute iteration index of the segment's first iteration
+        self.seg = Segment()  # an idle replica runs the empty segment
+        self.members: list = []  # heap of (absolute index of the member's last iteration, request)
+        self.pending: list = []  # requests dispatched while it is busy: they join at the next boundary
+        self.ev_k = 0  # iterations into the segment at which its scheduled event falls
+        self.version = 0  # bumped to invalidate the scheduled event
 
-    def clock() -> float:
-        return now
 
-    truth = None
-    if config.policy is Policy.ORACLE:
-        def truth(meta: RequestMeta) -> float:
-            return out[index[meta.request_id]]
+class _Simulation:
+    """One run: the scheduler, the replicas, the event heap and the per-request times.
 
-    sched = Scheduler(config, clock=clock, truth=truth)
-    batching = config.batching
-    static = batching is BatchingMode.STATIC
+    Two kinds of event, earliest first: an arrival (the scheduler enqueues it) and a replica's
+    boundary (members end, pending requests join). Requests are indices into the workload's columns.
+    """
 
-    # Replica state, as parallel lists (index = replica) for speed.
-    R = num_replicas
-    names = [f"r{r}" for r in range(R)]
-    rindex = {name: r for r, name in enumerate(names)}
-    seg_t0 = [0.0] * R  # start of the current segment (an iteration boundary)
-    seg_k0 = [0] * R  # absolute iteration index of the segment's first iteration
-    seg_p = [0] * R  # prompt tokens prefilled in the segment's first iteration
-    seg_b = [0] * R  # sequences in the batch during the segment
-    seg_c = [0] * R  # KV-cache tokens of the members that did not join at the segment start
-    members: list[list] = [[] for _ in range(R)]  # heap of (last iteration index, request)
-    pending: list[list] = [[] for _ in range(R)]  # requests waiting for the next iteration boundary
-    ev_k = [0] * R  # iterations into the segment at which the scheduled event falls
-    version = [0] * R
-    events: list = []  # (time, replica, version)
+    def __init__(self, workload: SimWorkload, config: SchedulerConfig, engine: EngineProfile, num_replicas: int,
+                 record_first_token: bool):
+        self.workload = workload
+        self.engine = engine
+        self.record_first_token = record_first_token
+        self.keep_finished = keeps_finished(config.batching)
+        self.rids = workload.request_id
+        self.prompt = workload.num_prompt_tokens.tolist()
+        self.out = out = workload.output_tokens.tolist()
+        self.index = index = {rid: i for i, rid in enumerate(self.rids)}
+        self.now = 0.0
 
-    dispatched_at = np.full(n, np.nan)
-    started_at = np.full(n, np.nan)
-    first_tok = np.full(n, np.nan)
-    last_tok = np.full(n, np.nan)
-    finished = np.full(n, np.nan)
-    replica_of = np.full(n, -1, dtype=np.int64)
+        truth = None
+        if config.policy is Policy.ORACLE:
+            def truth(meta: RequestMeta) -> float:
+                return out[index[meta.request_id]]
 
-    span = engine.span_s
-    it_time = engine.iteration_time_s
-    iters_done = engine.iterations_done
-    heappush, heappop = heapq.heappush, heapq.heappop
-    num_events = 0
+        self.sched = Scheduler(config, clock=self.clock, truth=truth)
+        self.replicas = [_Replica(r) for r in range(num_replicas)]
+        self.by_name = {rep.name: rep for rep in self.replicas}
+        for rep in self.replicas:
+            if self.sched.add_replica(rep.name):  # nothing is queued yet
+                raise AssertionError("a new replica cannot take work before any request arrives")
+        self.events: list = []  # (time, replica index, version)
+        self.num_events = 0
+        n = len(workload)
+        self.dispatched_at = np.full(n, np.nan)
+        self.started_at = np.full(n, np.nan)
+        self.first_tok = np.full(n, np.nan)
+        self.last_tok = np.full(n, np.nan)
+        self.finished = np.full(n, np.nan)
+        self.replica_of = np.full(n, -1, dtype=np.int64)
 
-    for name in names:
-        if sched.add_replica(name):  # nothing is queued yet
-            raise AssertionError("a new replica cannot take work before any request arrives")
+    def clock(self) -> float:
+        return self.now
 
-    def schedule(r: int) -> None:
-        """(Re)compute replica r's next event: its first member's end, or an earlier boundary where
-        pending requests join."""
-        version[r] += 1
-        mem = members[r]
-        if not mem:
-            return
-        k = mem[0][0] - seg_k0[r] + 1
-        ev_k[r] = k
-        heappush(events, (seg_t0[r] + span(k, seg_p[r], seg_b[r], seg_c[r]), r, version[r]))
-
-    def start_segment(r: int, t: float, ctx: int, joiners: list) -> None:
-        mem = members[r]
-        k0 = seg_k0[r]
-        p = 0
-        for j in joiners:
-            p += prompt[j]
-        b = len(mem) + len(joiners)
-        if static:
-            # The batch returns when its longest member ends; shorter ones are padding until then.
-            last = k0 + max(out[j] for j in joiners) - 1
-        seg_t0[r] = t
-        seg_p[r] = p
-        seg_b[r] = b
-        seg_c[r] = ctx
-        if record_first_token and joiners:
-            t1 = t + it_time(p, b, ctx)
-        for j in joiners:
-            started_at[j] = t
-            if record_first_token:
-                first_tok[j] = t1
-            own_last = k0 + out[j] - 1
-            if static:
-                last_tok[j] = t + span(out[j], p, b, ctx)
-                heappush(mem, (last, j))
+    def run(self) -> SimResult:
+        wall0 = time.perf_counter()
+        w = self.workload
+        arrival = w.arrival_s.tolist()
+        n = len(arrival)
+        events, replicas = self.events, self.replicas
+        i = 0
+        next_arrival = arrival[0] if n else INF
+        while True:
+            if events and events[0][0] <= next_arrival:
+                t, r, ver = heappop(events)
+                rep = replicas[r]
+                if ver == rep.version:
+                    self.num_events += 1
+                    self.now = t
+                    self._boundary(rep, t)
+            elif i < n:
+                self.now = next_arrival
+                self._arrive(i, next_arrival)
+                i += 1
+                next_arrival = arrival[i] if i < n else INF
             else:
-                heappush(mem, (own_last, j))
-        schedule(r)
+                break
+        sched = self.sched
+        if sched.num_queued or sched.num_running:
+            raise AssertionError(f"simulation ended with {sched.num_queued} queued and {sched.num_running} running")
+        return SimResult(
+            arrival_at=w.arrival_s.copy(), dispatched_at=self.dispatched_at, started_at=self.started_at,
+            first_token_at=self.first_tok, last_token_at=self.last_tok, finished_at=self.finished,
+            replica=self.replica_of, num_events=self.num_events, wall_s=time.perf_counter() - wall0,
+        )
 
-    def apply(assignments, t: float) -> None:
-        """Perform the scheduler's decisions made at time t."""
-        starts: dict[int, list] = {}
+    def _arrive(self, j: int, t: float) -> None:
+        w = self.workload
+        meta = RequestMeta(self.rids[j], w.model[j], self.prompt[j], float(w.predicted_tokens[j]),
+                           int(w.max_tokens[j]), t)
+        assignments = self.sched.enqueue(meta)
+        if assignments:
+            self._dispatch(assignments, t)
+
+    def _boundary(self, rep: _Replica, t: float) -> None:
+        """``rep``'s scheduled event at ``t``: the members whose last iteration just ended leave (static:
+        the whole batch, when its longest member ends), the scheduler fills the freed slots, and a new
+        segment starts with the requests that join here."""
+        prompt, out, index = self.prompt, self.out, self.index
+        keep = self.keep_finished
+        k = rep.ev_k
+        end_iter = rep.k0 + k - 1
+        mem = rep.members
+        done = []
+        left_kv = 0
+        while mem and mem[0][0] <= end_iter:
+            _, j = heappop(mem)
+            done.append(j)
+            # Its KV cache: the prompt plus one token per iteration it ran (static: the whole batch).
+            left_kv += prompt[j] + (k if keep else out[j])
+            self.finished[j] = t
+            if not keep:
+                self.last_tok[j] = t
+        rep.k0 = end_iter + 1
+        complete = self.sched.complete
+        assignments = []
+        for j in done:
+            assignments += complete(self.rids[j], out[j])
+        # Decisions for this replica join now with the pending requests; others are dispatched as usual.
+        joiners = rep.pending
+        rep.pending = []
+        others = []
+        for a in assignments:
+            if a.replica_id == rep.name:
+                j = index[a.request_id]
+                self.dispatched_at[j] = t
+                self.replica_of[j] = rep.index
+                joiners.append(j)
+            else:
+                others.append(a)
+        rep.seg = rep.seg.next(k, left=len(done), left_kv=left_kv, joined=len(joiners),
+                               joined_prompt=sum(prompt[j] for j in joiners))
+        if rep.seg.batch_size:
+            self._start_segment(rep, t, joiners)
+        else:
+            rep.version += 1  # idle
+        if others:
+            self._dispatch(others, t)
+
+    def _dispatch(self, assignments, t: float) -> None:
+        """Carry out the scheduler's decisions made at ``t``: an idle replica starts a segment with its
+        requests; a busy one (continuous) takes them at its next iteration boundary."""
+        index, prompt, out = self.index, self.prompt, self.out
+        by_name, engine = self.by_name, self.engine
+        starts: dict[_Replica, list] = {}
         for a in assignments:
             j = index[a.request_id]
-            r = rindex[a.replica_id]
-            dispatched_at[j] = t
-            replica_of[j] = r
-            if not members[r] and not pending[r]:
-                starts.setdefault(r, []).append(j)
-                continue
-            if r in starts:
-                starts[r].append(j)
-                continue
-            if t == seg_t0[r] and not static:
+            rep = by_name[a.replica_id]
+            self.dispatched_at[j] = t
+            self.replica_of[j] = rep.index
+            if rep in starts or (not rep.members and not rep.pending):
+                starts.setdefault(rep, []).append(j)
+            elif t == rep.t0 and not self.keep_finished:
                 # The segment starts this very instant: join its first iteration.
-                seg_p[r] += prompt[j]
-                seg_b[r] += 1
-                started_at[j] = t
-                if record_first_token:
-                    first_tok[j] = t + it_time(seg_p[r], seg_b[r], seg_c[r])
-                heappush(members[r], (seg_k0[r] + out[j] - 1, j))
-                schedule(r)
-                continue
-            # Busy (continuous): join at the next iteration boundary.
-            pending[r].append(j)
-            k = iters_done(t - seg_t0[r], seg_p[r], seg_b[r], seg_c[r])
-            if k < ev_k[r]:
-                ev_k[r] = k
-                version[r] += 1
-                heappush(events, (seg_t0[r] + span(k, seg_p[r], seg_b[r], seg_c[r]), r, version[r]))
-        for r, joiners in starts.items():
-            start_segment(r, t, 0, joiners)
-
-    i = 0
-    next_arrival = arrival[0] if n else INF
-    while True:
-        if events and events[0][0] <= next_arrival:
-            t, r, ver = heappop(events)
-            if ver != version[r]:
-                continue
-            num_events += 1
-            now = t
-            k = ev_k[r]
-            b = seg_b[r]
-            ctx = seg_c[r] + seg_p[r] + k * b
-            end_iter = seg_k0[r] + k - 1
-            mem = members[r]
-            done = []
-            while mem and mem[0][0] <= end_iter:
-                _, j = heappop(mem)
-                done.append(j)
-                ctx -= prompt[j] + out[j]
-                finished[j] = t
-                if not static:
-                    last_tok[j] = t
-            seg_k0[r] = end_iter + 1
-            if static:
-                ctx = 0
-            assignments = []
-            for j in done:
-                assignments += sched.complete(rids[j], out[j])
-            joiners = pending[r]
-            pending[r] = []
-            # Decisions for this replica start now with the pending joiners; others are applied normally.
-            mine = []
-            others = []
-            for a in assignments:
-                (mine if a.replica_id == names[r] else others).append(a)
-            for a in mine:
-                j = index[a.request_id]
-                dispatched_at[j] = t
-                replica_of[j] = r
-                joiners.append(j)
-            if joiners or mem:
-                start_segment(r, t, ctx, joiners)
+                rep.seg = rep.seg.next(0, joined=1, joined_prompt=prompt[j])
+                self.started_at[j] = t
+                if self.record_first_token:
+                    self.first_tok[j] = t + rep.seg.iteration_s(engine, 0)
+                heappush(rep.members, (rep.k0 + out[j] - 1, j))
+                self._schedule(rep)
             else:
-                version[r] += 1
-            if others:
-                apply(others, t)
-        elif i < n:
-            now = next_arrival
-            j = i
-            i += 1
-            next_arrival = arrival[i] if i < n else INF
-            meta = RequestMeta(rids[j], models[j], prompt[j], pred[j], maxtok[j], now)
-            assignments = sched.enqueue(meta)
-            if assignments:
-                apply(assignments, now)
-        else:
-            break
+                rep.pending.append(j)
+                k = rep.seg.iterations_done(engine, t - rep.t0)
+                if k < rep.ev_k:
+                    rep.ev_k = k
+                    rep.version += 1
+                    heappush(self.events, (rep.t0 + rep.seg.span_s(engine, k), rep.index, rep.version))
+        for rep, joiners in starts.items():
+            rep.seg = rep.seg.next(0, joined=len(joiners), joined_prompt=sum(prompt[j] for j in joiners))
+            self._start_segment(rep, t, joiners)
 
-    if sched.num_queued or sched.num_running:
-        raise AssertionError(f"simulation ended with {sched.num_queued} queued and {sched.num_running} running")
-    return SimResult(
-        arrival_at=workload.arrival_s.copy(), dispatched_at=dispatched_at, started_at=started_at,
-        first_token_at=first_tok, last_token_at=last_tok, finished_at=finished, replica=replica_of,
-        num_events=num_events, wall_s=time.perf_counter() - wall0,
-    )
+    def _start_segment(self, rep: _Replica, t: float, joiners: list) -> None:
+        """``rep.seg`` starts at ``t``; ``joiners`` prefill in its first iteration."""
+        out, engine, seg = self.out, self.engine, rep.seg
+        mem, k0 = rep.members, rep.k0
+        keep = self.keep_finished
+        rep.t0 = t
+        if keep:
+            # The batch returns when its longest member ends; shorter ones are padding until then.
+            last = k0 + max(out[j] for j in joiners) - 1
+        record = self.record_first_token and joiners
+        if record:
+            t1 = t + seg.iteration_s(engine, 0)
+        started_at, first_tok, last_tok = self.started_at, self.first_tok, self.last_tok
+        for j in joiners:
+            started_at[j] = t
+            if record:
+                first_tok[j] = t1
+            if keep:
+                last_tok[j] = t + seg.span_s(engine, out[j])
+                heappush(mem, (last, j))
+            else:
+                heappush(mem, (k0 + out[j] - 1, j))
+        self._schedule(rep)
+
+    def _schedule(self, rep: _Replica) -> None:
+        """(Re)compute ``rep``'s next event: the end of its first member's last iteration (an earlier
+        boundary where pending requests join is set by :meth:`_dispatch`)."""
+        rep.version += 1
+        mem = rep.members
+        if not mem:
+            return
+        k = mem[0][0] - rep.k0 + 1
+        rep.ev_k = k
+        heappush(self.events, (rep.t0 + rep.seg.span_s(self.engine, k), rep.index, rep.version))
 
 
 def measure_saturation(workload: SimWorkload, config: SchedulerConfig, engine: EngineProfile,

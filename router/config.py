@@ -5,25 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 
+from router.batching import BatchingMode, num_slots
 from router.policies import AgingRule, Policy, parse_enum
-
-
-class BatchingMode(enum.Enum):
-    """How many requests a replica runs at once, and when a slot frees.
-
-    ``none``: one at a time. ``static``: when the replica is idle, a batch of up to ``max_batch``
-    starts and runs until its longest member ends (the paper's "dynamic batching"); no slot frees
-    before that. ``continuous``: ``max_batch`` slots, each refilled as soon as it frees.
-    No mode ever waits to fill a batch.
-    """
-
-    NONE = "none"
-    STATIC = "static"
-    CONTINUOUS = "continuous"
-
-    @classmethod
-    def parse(cls, name) -> BatchingMode:
-        return parse_enum(cls, name, "batching mode")
 
 
 class Balancer(enum.Enum):
@@ -64,8 +47,7 @@ class SchedulerConfig:
         self.balancer = Balancer.parse(self.balancer)
         self.batching = BatchingMode.parse(self.batching)
         self.aging_rule = AgingRule.parse(self.aging_rule)
-        if self.batching is BatchingMode.NONE:
-            self.max_batch = 1
+        self.max_batch = num_slots(self.batching, self.max_batch)
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.aging_rate < 0:

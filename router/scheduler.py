@@ -11,7 +11,9 @@ import random
 import time
 from collections.abc import Callable
 
-from router.config import Balancer, BatchingMode, SchedulerConfig
+from router import batching
+from router.batching import BatchingMode
+from router.config import Balancer, SchedulerConfig
 from router.policies import RequestQueue, create_request_queue
 from router.request import Assignment, RequestMeta, RequestState, RequestStatus
 
@@ -32,11 +34,8 @@ class ReplicaState:
         self.running_work = 0.0
         self.queue = queue
 
-    def free_slots(self, batching: BatchingMode) -> int:
-        if batching is BatchingMode.STATIC:
-            # A static batch runs until its longest member ends: no slot frees before that.
-            return 0 if self.running else self.num_slots
-        return self.num_slots - len(self.running)
+    def free_slots(self, mode: BatchingMode) -> int:
+        return batching.free_slots(mode, self.num_slots, len(self.running))
 
     @property
     def outstanding_work(self) -> float:
@@ -100,9 +99,7 @@ class Scheduler:
     # ---- replicas -------------------------------------------------------------------------
     def add_replica(self, replica_id: str, num_slots: int | None = None) -> list[Assignment]:
         """Register (or re-register) a replica; returns the work it takes at once."""
-        slots = self.config.max_batch if num_slots is None else num_slots
-        if self.config.batching is BatchingMode.NONE:
-            slots = 1
+        slots = batching.num_slots(self.config.batching, self.config.max_batch if num_slots is None else num_slots)
         if slots < 1:
             raise ValueError(f"replica {replica_id!r}: num_slots must be >= 1, got {slots}")
         replica = self.replicas.get(replica_id)
