@@ -9,7 +9,9 @@ configuration it prints, and with ``--json`` writes:
   (or to the deadline);
 - ``TTFT p50/p90``: seconds from arrival (t = 0 for every request, so queueing for a slot is
   included) to the first streamed token; ``in-engine`` is the same from when the request got its
-  slot.
+  slot;
+- ``peak``: the most requests streaming at once (first token out, last not yet), which shows
+  whether ``slots`` requests really ran together.
 
 ``--deadline-s`` bounds each configuration: what is still running then is cancelled and the
 configuration reports what finished (``done`` < ``requests``). The model loads once and is shared
@@ -141,6 +143,13 @@ async def run_one(engine, run: dict, ids: list[list[int]], max_tokens: int) -> d
         elapsed = max((r["end"] for r in records if r["end"] is not None), default=elapsed)
     finished = [r for r in records if r["finish"] is not None]
     tokens = sum(r["tokens"] for r in records)
+    # Most requests streaming at once (first token seen, last not yet): 128 slots should show 128.
+    events = sorted([(r["ttft"], 1) for r in records if r["ttft"] is not None]
+                    + [(r["end"], -1) for r in records if r["ttft"] is not None and r["end"] is not None])
+    peak = running = 0
+    for _, step in events:  # at equal times an end (-1) sorts before a start (+1)
+        running += step
+        peak = max(peak, running)
     ttft = [r["ttft"] for r in records if r["ttft"] is not None]
     engine_ttft = [r["ttft"] - r["admitted"] for r in records if r["ttft"] is not None]
     return {
@@ -148,6 +157,7 @@ async def run_one(engine, run: dict, ids: list[list[int]], max_tokens: int) -> d
         "seconds": round(elapsed, 3), "tokens_per_s": round(tokens / elapsed, 2) if elapsed > 0 else None,
         "ttft_p50_s": _r(percentile(ttft, 50)), "ttft_p90_s": _r(percentile(ttft, 90)),
         "engine_ttft_p50_s": _r(percentile(engine_ttft, 50)), "engine_ttft_p90_s": _r(percentile(engine_ttft, 90)),
+        "peak_streaming": peak,
         "finish_reasons": {k: sum(r["finish"] == k for r in finished) for k in ("stop", "length")},
         "tokens_per_request": [r["tokens"] for r in records],
     }
@@ -214,7 +224,7 @@ async def bench(args, runs: list[dict]) -> dict:
 
 
 HEADER = (f"{'mode':<11}{'slots':>6}{'done':>10}{'tokens':>8}{'s':>8}{'tok/s':>9}"
-          f"{'TTFT p50':>10}{'p90':>8}{'in-engine p50':>15}{'p90':>8}  note")
+          f"{'TTFT p50':>10}{'p90':>8}{'in-engine p50':>15}{'p90':>8}{'peak':>6}  note")
 
 
 def row(r: dict) -> str:
@@ -229,7 +239,7 @@ def row(r: dict) -> str:
     done = f"{r['done']}/{r['requests']}"
     return (f"{r['mode']:<11}{r['slots']:>6}{done:>10}{r['tokens']:>8}{r['seconds']:>8.1f}{f(r['tokens_per_s'], 9, 1)}"
             f"{f(r['ttft_p50_s'], 10)}{f(r['ttft_p90_s'], 8)}{f(r['engine_ttft_p50_s'], 15)}"
-            f"{f(r['engine_ttft_p90_s'], 8)}  {note}")
+            f"{f(r['engine_ttft_p90_s'], 8)}{r['peak_streaming']:>6}  {note}")
 
 
 def write_json(path: str, meta: dict, results: list[dict]) -> None:

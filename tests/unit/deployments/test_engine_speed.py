@@ -71,3 +71,14 @@ def test_deadline_reports_what_finished(bench):
     result = asyncio.run(bench.run_one(_Stalled(), run, [[1, 2]] * 3, 4))
     assert result["deadline_hit"] and result["done"] == 0 and result["tokens"] == 0
     assert 0.2 <= result["seconds"] < 2 and result["ttft_p50_s"] is None
+
+
+def test_continuous_runs_128_slots_at_once(bench, tiny, tmp_path):
+    """The auto-sized KV pages and step budget let 128 requests decode together (the fixed
+    256 x 64-token pages of before could not hold them)."""
+    out = tmp_path / "c128.json"
+    rc = bench.main(["--model", tiny, "--device", "cpu", "--runs", "continuous:128:128", "--max-tokens", "12",
+                     "--threads", "1", "--json", str(out)])
+    (r,) = json.loads(out.read_text())["results"]
+    assert rc == 0 and r["done"] == 128
+    assert r["peak_streaming"] == 128, r
