@@ -4,8 +4,10 @@ Each request emits exactly its benchmark-only ``replay_output_tokens`` (capped b
 ``max_tokens`` when absent), one token per engine iteration. An iteration lasts
 ``EngineProfile.iteration_time_s(prefill tokens, batch size, context tokens) * time_scale``, so a
 replica behaves like the profiled GPU engine (7B on an A100 by default) under the configured
-batching mode, ``time_scale`` times faster or slower. No model runs: results from this engine
-are always labelled emulated.
+batching mode, ``time_scale`` times faster or slower. Who runs, who joins and leaves at a boundary
+and what an iteration costs are ``router.batching``'s rules, the simulator's too, so the two agree
+(a conformance test holds them together). No model runs: results from this engine are always
+labelled emulated.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator
 
 from deployments.config import LLMSettings
 from deployments.engines.base import Delta, Engine, FinishReason, GenerationRequest
-from router.config import BatchingMode
+from router.batching import BatchingMode, Segment, free_slots, keeps_finished, num_slots
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +29,7 @@ _MAX_CATCH_UP_S = 0.05  # after a late wake-up, run this much behind schedule at
 
 
 class _Seq:
-    __slots__ = ("req", "target", "emitted", "context", "prefilled", "queue", "cancelled", "done",
-                 "arrived_at", "reason")
+    __slots__ = ("req", "target", "emitted", "iterations", "queue", "cancelled", "done", "arrived_at", "reason")
 
     def __init__(self, req: GenerationRequest, arrived_at: float):
         self.req = req
@@ -38,8 +39,7 @@ class _Seq:
         else:
             self.target, self.reason = wanted, FinishReason.STOP
         self.emitted = 0
-        self.context = 0
-        self.prefilled = False
+        self.iterations = 0  # iterations it has run in the batch (static: padding included)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.done = False
@@ -55,7 +55,7 @@ class ReplayEngine(Engine):
                  time_scale: float = 1.0, static_batch_wait_s: float = 0.01, clock=time.monotonic, sleep=asyncio.sleep):
         self.profile = profile
         self.batching = BatchingMode.parse(batching)
-        self.num_slots = 1 if self.batching is BatchingMode.NONE else max_batch
+        self.num_slots = num_slots(self.batching, max_batch)
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.time_scale = time_scale
@@ -64,6 +64,8 @@ class ReplayEngine(Engine):
         self._sleep = sleep
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
+        self._segment = Segment()  # the running batch's cost since its last membership change
+        self._k = 0  # iterations run in that segment
         self._task: asyncio.Task | None = None
         self._next_at = 0.0
         self.num_iterations = 0
@@ -106,13 +108,20 @@ class ReplayEngine(Engine):
                     pass
 
     # ---- the iteration loop ------------------------------------------------------------------
+    def _leave(self) -> list[_Seq]:
+        """The members that leave at this boundary: cancelled ones, and finished ones unless the batch
+        keeps them as padding (static, until every member has finished)."""
+        running = self._running
+        hold = keeps_finished(self.batching) and not all(s.done or s.cancelled for s in running)
+        left = [s for s in running if s.cancelled or (s.done and not hold)]
+        if left:
+            self._running = [s for s in running if not (s.cancelled or (s.done and not hold))]
+        return left
+
     def _admit(self) -> list[_Seq]:
         self._waiting = deque(s for s in self._waiting if not s.cancelled)
         admitted = []
-        if self.batching is BatchingMode.CONTINUOUS:
-            room = self.num_slots - len(self._running)
-        else:  # none and static start only when idle; a static batch holds its slots until all end
-            room = 0 if self._running else self.num_slots
+        room = free_slots(self.batching, self.num_slots, len(self._running))
         while room > 0 and self._waiting:
             admitted.append(self._waiting.popleft())
             room -= 1
@@ -122,17 +131,27 @@ class ReplayEngine(Engine):
     async def _run(self) -> None:
         try:
             while self._waiting or self._running:
+                # An iteration boundary: let the calls that come with it (into a slot that just
+                # freed, or several dispatched at once) arrive, so that they join it.
+                await self._sleep(0)
+                left = self._leave()
                 if (self.batching is BatchingMode.STATIC and not self._running and self._waiting
                         and self.static_batch_wait_s > 0):
                     # Gather the router's batch: its calls arrive within moments of each other.
                     wait = self._waiting[0].arrived_at + self.static_batch_wait_s - self._clock()
                     if wait > 0:
                         await self._sleep(wait)
-                self._admit()
-                self._running = [s for s in self._running if not s.cancelled]
+                idle = not self._running
+                joined = self._admit()
+                if left or joined:
+                    self._segment = self._segment.next(
+                        self._k, left=len(left), left_kv=sum(s.req.num_prompt_tokens + s.iterations for s in left),
+                        joined=len(joined), joined_prompt=sum(s.req.num_prompt_tokens for s in joined))
+                    self._k = 0
                 if not self._running:
-                    await self._sleep(0)
                     continue
+                if idle:
+                    self._next_at = self._clock()  # a fresh start, not a late wake-up to catch up on
                 await self._iteration()
         except Exception as e:  # never leave a client hanging: fail everyone still here
             logger.exception("replay engine loop failed")
@@ -141,39 +160,28 @@ class ReplayEngine(Engine):
                 s.queue.put_nowait((0, e))
             self._running.clear()
             self._waiting.clear()
+            self._segment, self._k = Segment(), 0
 
     async def _iteration(self) -> None:
-        active = [s for s in self._running if not s.done]
-        prefill = sum(s.req.num_prompt_tokens for s in active if not s.prefilled)
-        # Static batching computes the whole padded batch until its longest member ends.
-        batch = len(self._running) if self.batching is BatchingMode.STATIC else len(active)
-        context = sum(s.context for s in active if s.prefilled)
-        dt = self.profile.iteration_time_s(prefill, batch, context) * self.time_scale
+        dt = self._segment.iteration_s(self.profile, self._k) * self.time_scale
         now = self._clock()
         if self._next_at < now - _MAX_CATCH_UP_S:
             self._next_at = now
         self._next_at += dt
         delay = self._next_at - now
         await self._sleep(delay if delay > 0 else 0)
+        self._k += 1
         self.num_iterations += 1
-        for s in active:
-            if s.cancelled:
-                continue
-            if not s.prefilled:
-                s.prefilled = True
-                s.context = s.req.num_prompt_tokens
+        for s in self._running:
+            s.iterations += 1
+            if s.done or s.cancelled:
+                continue  # padding of a static batch, or gone
             new = 0
             if s.emitted < s.target:
                 s.emitted += 1
-                s.context += 1
                 new = 1
             s.done = s.emitted >= s.target
             s.queue.put_nowait((new, s.done))
-        if self.batching is BatchingMode.STATIC:
-            if all(s.done or s.cancelled for s in self._running):
-                self._running.clear()
-        else:
-            self._running = [s for s in self._running if not (s.done or s.cancelled)]
 
     async def stop(self) -> None:
         if self._task is not None:

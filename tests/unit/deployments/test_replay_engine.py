@@ -68,6 +68,16 @@ async def test_one_request_costs_its_iterations():
     assert end2 == pytest.approx(end * 0.25)
 
 
+async def test_a_request_after_an_idle_spell_starts_when_it_arrives():
+    # The engine's schedule tolerates late wake-ups by catching up; an idle engine has nothing to
+    # catch up on, however short the idle spell.
+    eng, t = engine("none")
+    _, _, end_a = await run(eng, req("a", 4), t, [])
+    t.now += 0.02
+    _, _, end_b = await run(eng, req("b", 1), t, [])
+    assert end_a == pytest.approx(4.0) and end_b == pytest.approx(4.02 + 1.0)
+
+
 async def test_none_runs_one_at_a_time_continuous_overlaps():
     eng, t = engine("none")
     log = []
