@@ -75,11 +75,5 @@ class RequestState:
         self.num_output_tokens: int | None = None
         self.num_requeues = 0
 
-    @property
-    def queue_delay_s(self) -> float | None:
-        if self.dispatched_at is None:
-            return None
-        return self.dispatched_at - self.enqueued_at
-
     def __repr__(self) -> str:
         return f"RequestState({self.meta.request_id!r}, {self.status.value}, replica={self.replica_id!r})"
