@@ -11,7 +11,7 @@ import enum
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from router.config import BatchingMode, SchedulerConfig
+from router.config import BatchingMode, SchedulerConfig, scheduler_knobs
 from router.policies import Policy, parse_enum
 
 
@@ -56,22 +56,17 @@ def _from_dict(cls, data: dict | None, section: str):
     return cls(**data)
 
 
-_CORE_DEFAULTS = SchedulerConfig()
+# The router section's scheduling knobs are the scheduling core's own (SchedulerConfig: names, order,
+# defaults, help), declared there once; the replicas' batching and slots come from the llm section,
+# and a served cluster caps its queue by default.
+RouterKnobs = scheduler_knobs("RouterKnobs", module=__name__, exclude=("batching", "max_batch"),
+                              defaults={"max_queued": 1000})
 
 
 @dataclass
-class RouterSettings:
-    """The central router actor: the scheduling core's knobs plus the actor's own."""
+class RouterSettings(RouterKnobs):
+    """The central router actor: the scheduling core's knobs (:data:`RouterKnobs`) plus the actor's own."""
 
-    policy: str = field(default="ssjf", metadata={"help": "fcfs, ssjf or ssjf-aging (oracle is simulator-only)."})
-    balancer: str = field(default="least-work", metadata={"help": "round-robin, least-work, power-of-two or late-binding."})
-    # Aging defaults come from the scheduling core, so the simulator and the cluster agree.
-    aging_rule: str = field(default=_CORE_DEFAULTS.aging_rule.value, metadata={"help": "ssjf-aging rule: threshold (default, chosen by the frontier study in docs/simulator.md), linear or response-ratio."})
-    aging_rate: float = field(default=_CORE_DEFAULTS.aging_rate, metadata={"help": "ssjf-aging linear/response-ratio: predicted tokens forgiven per second of waiting."})
-    aging_threshold_s: float = field(default=_CORE_DEFAULTS.aging_threshold_s, metadata={"help": "ssjf-aging threshold rule: a request waiting this long goes first (oldest first). Set it to your tail-latency budget, about 1.3 x FCFS's p99 JCT."})
-    work_stealing: bool = field(default=True, metadata={"help": "An idle replica takes the best request of the longest queue."})
-    max_queued: int | None = field(default=1000, metadata={"help": "Cap on waiting requests; past it the ingress answers 429 with Retry-After. None: no cap."})
-    seed: int = field(default=0, metadata={"help": "Seed of the power-of-two balancer."})
     retry_after_s: float = field(default=1.0, metadata={"help": "Retry-After (seconds) sent with a 429 (queue full) or a 503 (no replica)."})
     replica_timeout_s: float = field(default=15.0, metadata={"help": "A replica silent for this long (no heartbeat) is dropped and its queue moves elsewhere."})
     lease_s: float = field(default=30.0, metadata={"help": "A dispatched request that its replica has not reported running within this long is freed (its ingress died)."})
@@ -96,11 +91,8 @@ class RouterSettings:
         self.scheduler_config(BatchingMode.NONE, 1)
 
     def scheduler_config(self, batching: BatchingMode | str, max_batch: int) -> SchedulerConfig:
-        return SchedulerConfig(
-            policy=self.policy, balancer=self.balancer, batching=batching, max_batch=max_batch,
-            aging_rule=self.aging_rule, aging_rate=self.aging_rate, aging_threshold_s=self.aging_threshold_s,
-            work_stealing=self.work_stealing, max_queued=self.max_queued, seed=self.seed,
-        )
+        knobs = {f.name: getattr(self, f.name) for f in fields(RouterKnobs)}
+        return SchedulerConfig(batching=batching, max_batch=max_batch, **knobs)
 
 
 @dataclass

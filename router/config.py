@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 
 from router.batching import BatchingMode, num_slots
 from router.policies import AgingRule, Policy, parse_enum
@@ -29,17 +29,20 @@ class Balancer(enum.Enum):
 
 @dataclass
 class SchedulerConfig:
-    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging or oracle (benchmarks only)."})
-    balancer: Balancer | str = field(default=Balancer.LEAST_WORK, metadata={"help": "round-robin, least-work, power-of-two or late-binding."})
-    batching: BatchingMode | str = field(default=BatchingMode.NONE, metadata={"help": "none, static or continuous."})
-    max_batch: int = field(default=1, metadata={"help": "Slots per replica for static/continuous batching (ignored for none)."})
+    """The scheduling core's knobs: the one declaration (with help) of what the router's config
+    section and ``loadgen simulate``'s options set (see :func:`scheduler_knobs`)."""
+
+    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging or oracle (true lengths: a labelled baseline, simulator only)."})
+    balancer: Balancer | str = field(default=Balancer.LEAST_WORK, metadata={"help": "Which replica's queue a new request joins: round-robin, least-work, power-of-two or late-binding."})
+    batching: BatchingMode | str = field(default=BatchingMode.NONE, metadata={"help": "none: one request at a time; static: a batch runs until its longest member ends; continuous: slots refill every iteration."})
+    max_batch: int = field(default=1, metadata={"help": "Slots per replica for static/continuous batching (none: 1)."})
     # Default rule from the aging frontier (docs/simulator.md): threshold keeps the most SSJF gain per
     # unit of p99 in the reference scenarios; set its budget to the tail wait you accept (an SLO).
-    aging_rule: AgingRule | str = field(default=AgingRule.THRESHOLD, metadata={"help": "ssjf-aging rule: threshold (default), linear or response-ratio."})
+    aging_rule: AgingRule | str = field(default=AgingRule.THRESHOLD, metadata={"help": "ssjf-aging rule: threshold (default, chosen by the aging frontier study in docs/simulator.md), linear or response-ratio."})
     aging_rate: float = field(default=2.0, metadata={"help": "ssjf-aging (linear, response-ratio): predicted tokens forgiven per second of waiting; for linear, about the cluster's predicted-token throughput / 1000."})
-    aging_threshold_s: float = field(default=30.0, metadata={"help": "ssjf-aging (threshold): a request waiting this long goes first, oldest first (your tail-wait budget)."})
+    aging_threshold_s: float = field(default=30.0, metadata={"help": "ssjf-aging (threshold): a request waiting this long (s) goes first, oldest first. Set it to your tail-wait budget, about 1.3 x FCFS's p99 JCT."})
     work_stealing: bool = field(default=True, metadata={"help": "A replica with a free slot and an empty queue takes the best request of the longest queue, so none idles while another has a queue."})
-    max_queued: int | None = field(default=None, metadata={"help": "Cap on waiting requests across the cluster; past it enqueue raises QueueFullError (HTTP 429)."})
+    max_queued: int | None = field(default=None, metadata={"help": "Cap on waiting requests across the cluster (None: no cap); past it enqueue raises QueueFullError, which the ingress answers with 429 and Retry-After."})
     seed: int = field(default=0, metadata={"help": "Seed of the power-of-two balancer's random draws."})
 
     def __post_init__(self):
@@ -47,11 +50,14 @@ class SchedulerConfig:
         self.balancer = Balancer.parse(self.balancer)
         self.batching = BatchingMode.parse(self.batching)
         self.aging_rule = AgingRule.parse(self.aging_rule)
-        self.max_batch = num_slots(self.batching, self.max_batch)
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        self.max_batch = num_slots(self.batching, self.max_batch)
         if self.aging_rate < 0:
             raise ValueError(f"aging_rate must be >= 0, got {self.aging_rate}")
+        if (self.policy is Policy.SSJF_AGING and self.aging_rule is AgingRule.RESPONSE_RATIO
+                and not self.aging_rate > 0):
+            raise ValueError(f"the response-ratio aging rule needs aging_rate > 0, got {self.aging_rate}")
         if self.aging_threshold_s < 0:
             raise ValueError(f"aging_threshold_s must be >= 0, got {self.aging_threshold_s}")
         if self.max_queued is not None and self.max_queued < 0:
@@ -63,3 +69,25 @@ class SchedulerConfig:
             if isinstance(v, enum.Enum):
                 d[k] = v.value
         return d
+
+
+def scheduler_knobs(name: str, *, module: str, exclude: tuple[str, ...] = (), defaults: dict | None = None) -> type:
+    """A dataclass named ``name`` (defined in ``module``) with :class:`SchedulerConfig`'s fields less
+    ``exclude``: their order, defaults and help, ``defaults`` replacing some defaults. It holds plain
+    values (an enum knob by its name), so a config file can carry it; ``SchedulerConfig(**values)``
+    validates them. A settings class that subclasses it declares none of these knobs a second time."""
+    known = [f.name for f in fields(SchedulerConfig)]
+    defaults = dict(defaults or {})
+    unknown = sorted((set(exclude) | set(defaults)) - set(known))
+    if unknown:
+        raise ValueError(f"unknown scheduler knob(s) {unknown}; valid: {known}")
+    specs = []
+    for f in fields(SchedulerConfig):
+        if f.name in exclude:
+            continue
+        default = defaults.get(f.name, f.default)
+        kind = f.type
+        if isinstance(default, enum.Enum):
+            default, kind = default.value, "str"
+        specs.append((f.name, kind, field(default=default, metadata=f.metadata)))
+    return make_dataclass(name, specs, namespace={"__module__": module})

@@ -52,6 +52,25 @@ def test_batching_none_means_one_slot():
     assert s.max_batch == 1 and s.serve_max_ongoing_requests > 1
 
 
+def test_router_scheduling_knobs_are_the_scheduling_cores():
+    from dataclasses import fields
+
+    from deployments.config import RouterSettings
+    from router.config import SchedulerConfig
+
+    core = {f.name: f for f in fields(SchedulerConfig)}
+    knobs = [f for f in fields(RouterSettings) if f.name in core]
+    assert [f.name for f in knobs] == ["policy", "balancer", "aging_rule", "aging_rate", "aging_threshold_s",
+                                       "work_stealing", "max_queued", "seed"]  # the config keys, in order
+    assert [f.name for f in fields(RouterSettings)][:len(knobs)] == [f.name for f in knobs]
+    assert all(f.metadata["help"] == core[f.name].metadata["help"] for f in knobs)
+    router = AppConfig.from_dict({"router": {"policy": "ssjf-aging", "aging_threshold_s": 12.0, "seed": 3}}).router
+    assert router.max_queued == 1000  # a served cluster caps its queue by default
+    sched = router.scheduler_config("static", 4)
+    assert sched.to_dict() == {**SchedulerConfig().to_dict(), "policy": "ssjf-aging", "aging_threshold_s": 12.0,
+                               "seed": 3, "max_queued": 1000, "batching": "static", "max_batch": 4}
+
+
 def test_every_knob_is_documented():
     rows = describe()
     assert len(rows) > 40
