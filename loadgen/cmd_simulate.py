@@ -12,17 +12,20 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import click
 import numpy as np
 
-from loadgen.options import WorkloadOptions, workload_options
-from router import AgingRule, Balancer, BatchingMode, Policy, SchedulerConfig
+from loadgen.options import WorkloadOptions, scheduler_option, workload_options
+from router import AgingRule, Policy, SchedulerConfig
 
 DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging,oracle"
 _DEFAULTS = SchedulerConfig()
+# The SchedulerConfig fields that are options of their own (flags, choices, defaults and help from
+# the core); the policy is --policies, the seed the workload's --seed, the threshold may be 'auto'.
+SCHEDULER_FLAGS = ("batching", "max_batch", "balancer", "aging_rule", "aging_rate", "work_stealing")
 # ``--aging-threshold-s auto``: the wait budget of the threshold rule is this multiple of the FCFS p99 JCT on
 # the identical workload ("no request waits much longer than FCFS's tail"). Chosen from the aging
 # frontier (benchmarks/sim_aging_frontier.py, docs/simulator.md): 1.3 keeps p99 within 1.5x FCFS and
@@ -30,8 +33,8 @@ _DEFAULTS = SchedulerConfig()
 AUTO_THRESHOLD_FACTOR = 1.3
 
 
-def _choices(enum_cls) -> list[str]:
-    return [m.value for m in enum_cls]
+def _help(name: str) -> str:
+    return next(f.metadata["help"] for f in fields(SchedulerConfig) if f.name == name)
 
 
 def _parse_threshold(value: str) -> float | None:
@@ -66,27 +69,20 @@ def _parse_policies(value: str) -> list[Policy]:
 @click.command("simulate")
 @workload_options
 @click.option("--replicas", type=click.IntRange(min=1), default=4, show_default=True, help="LLM replicas.")
-@click.option("--batching", type=click.Choice(_choices(BatchingMode)), default="none", show_default=True,
-              help="none: one request at a time; static: a batch runs until its longest member ends; "
-                   "continuous: slots refill every iteration.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Slots per replica for static/continuous batching.")
+@scheduler_option("batching")
+@scheduler_option("max_batch", default=8)
 @click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
               help="Comma list of fcfs, ssjf, ssjf-aging, oracle (oracle: true lengths, a labelled baseline).")
-@click.option("--balancer", type=click.Choice(_choices(Balancer)), default=_DEFAULTS.balancer.value,
-              show_default=True, help="Which replica's queue a new request joins.")
+@scheduler_option("balancer")
 @click.option("--predictor", default="noisy:0.6", show_default=True,
               help="oracle, noisy:TAU (synthetic, Kendall tau ~TAU), heuristic, constant[:N], "
                    "file:PATH (predictions) or proxy:PATH (trained proxy artifact).")
-@click.option("--aging-rule", type=click.Choice(_choices(AgingRule)), default=_DEFAULTS.aging_rule.value,
-              show_default=True, help="ssjf-aging rule.")
-@click.option("--aging-rate", type=click.FloatRange(min=0), default=_DEFAULTS.aging_rate, show_default=True,
-              help="ssjf-aging (linear, response-ratio): predicted tokens forgiven per second of waiting.")
-@click.option("--aging-threshold-s", default="auto", show_default=True,
-              help=f"ssjf-aging (threshold): after this wait (s) a request goes first, oldest first. 'auto': "
-                   f"{AUTO_THRESHOLD_FACTOR} x the FCFS p99 JCT on the same workload (a tail budget no worse than FCFS's).")
-@click.option("--work-stealing/--no-work-stealing", default=_DEFAULTS.work_stealing, show_default=True,
-              help="An idle replica takes the best request of the longest other queue.")
+@scheduler_option("aging_rule")
+@scheduler_option("aging_rate")
+@scheduler_option("aging_threshold_s", type=str, default="auto",
+                  help=f"{_help('aging_threshold_s')} 'auto': {AUTO_THRESHOLD_FACTOR} x the FCFS p99 JCT on the "
+                       "same workload (a tail budget no worse than FCFS's).")
+@scheduler_option("work_stealing")
 @click.option("--engine-profile", type=click.Path(dir_okay=False), default=None,
               help="Engine cost profile JSON (default: Llama-2-7B on one A100, see docs/simulator.md).")
 @click.option("--saturation-requests", type=click.IntRange(min=1), default=None,
@@ -115,13 +111,11 @@ def simulate(**kwargs):
         engine = EngineProfile.default()
     try:
         base = SchedulerConfig(
-            policy=Policy.FCFS, balancer=kwargs["balancer"], batching=kwargs["batching"],
-            max_batch=kwargs["max_batch"], aging_rule=kwargs["aging_rule"], aging_rate=kwargs["aging_rate"],
-            aging_threshold_s=_DEFAULTS.aging_threshold_s if threshold is None else threshold,
-            work_stealing=kwargs["work_stealing"], seed=opts.seed,
+            policy=Policy.FCFS, **{k: kwargs[k] for k in SCHEDULER_FLAGS},
+            aging_threshold_s=_DEFAULTS.aging_threshold_s if threshold is None else threshold, seed=opts.seed,
         )
-        if Policy.SSJF_AGING in policies and base.aging_rule is AgingRule.RESPONSE_RATIO and base.aging_rate <= 0:
-            raise ValueError("--aging-rule response-ratio needs --aging-rate > 0")
+        for policy in policies:  # what holds for one policy only (response-ratio aging needs a rate)
+            replace(base, policy=policy)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -6,16 +6,22 @@ command reads the same flags the same way. Rate and load are alternatives: ``--r
 per second; ``--load`` is a fraction of the cluster's capacity, which only a command that knows the
 cluster (simulate, bench) can turn into a rate, via :meth:`WorkloadOptions.resolve_rate`.
 
-This module imports only click (the workload builder is imported when a workload is built), so
-``loadgen --help`` and the simulator stay fast.
+:func:`scheduler_option` turns a field of ``router.config.SchedulerConfig`` into a click option,
+so a command's scheduler flags have the core's names, choices, defaults and help.
+
+This module imports only click and the router's config (the workload builder is imported when a
+workload is built), so ``loadgen --help`` and the simulator stay fast.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import click
+
+from router.config import SchedulerConfig
 
 DEFAULT_NUM_REQUESTS = 200
 
@@ -162,3 +168,23 @@ def workload_options(f=None, *, with_load: bool = True, with_temperature: bool =
         return func
 
     return decorate(f) if f is not None else decorate
+
+
+def scheduler_option(name: str, **overrides):
+    """A click option for the :class:`SchedulerConfig` field ``name``: ``--name-with-dashes`` (a
+    ``--x/--no-x`` switch for a bool), an enum's values as choices, the field's default and help;
+    ``overrides`` replace any of these click settings (a command's own default, say). Values are
+    validated by building the ``SchedulerConfig``."""
+    spec = {f.name: f for f in fields(SchedulerConfig)}.get(name)
+    if spec is None:
+        raise ValueError(f"SchedulerConfig has no field {name!r}")
+    flag = "--" + name.replace("_", "-")
+    settings = dict(default=spec.default, show_default=True, help=spec.metadata["help"])
+    if isinstance(spec.default, enum.Enum):
+        settings.update(type=click.Choice([m.value for m in type(spec.default)]), default=spec.default.value)
+    elif isinstance(spec.default, bool):
+        flag = f"{flag}/--no-{flag[2:]}"
+    else:
+        settings["type"] = type(spec.default)
+    settings.update(overrides)
+    return click.option(flag, name, **settings)

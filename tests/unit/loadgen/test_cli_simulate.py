@@ -1,12 +1,20 @@
 """`loadgen simulate` end to end on the bundled workload (small), and its usage errors."""
 
 import json
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from loadgen.cli import main
+from loadgen.cmd_simulate import SCHEDULER_FLAGS, simulate
+from router.config import SchedulerConfig
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(*args):
@@ -54,9 +62,45 @@ def test_text_output_names_the_oracle_as_a_bound_and_a_fixed_rate_works():
     (["--replicas", "0"], "0"),
     (["--engine-profile", "missing.json"], "not found"),
     (["--aging-rule", "response-ratio", "--aging-rate", "0", "--policies", "ssjf-aging", "--rate", "1"],
-     "aging-rate > 0"),
+     "aging_rate > 0"),
+    (["--aging-rate", "-1", "--rate", "1"], "aging_rate must be >= 0"),
+    (["--max-batch", "0", "--rate", "1"], "max_batch must be >= 1"),
+    (["--balancer", "random"], "least-work"),
 ])
 def test_bad_arguments_are_usage_errors_with_exit_code_2(args, message):
     result = CliRunner().invoke(main, ["simulate", "--trace", "poisson", "--num-requests", "10", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_scheduler_options_are_the_scheduler_configs_fields():
+    core = {f.name: f for f in fields(SchedulerConfig)}
+    options = {p.name: p for p in simulate.params}
+    for name in (*SCHEDULER_FLAGS, "aging_threshold_s"):
+        assert core[name].metadata["help"] in options[name].help
+    assert list(options["batching"].type.choices) == ["none", "static", "continuous"]
+    assert options["balancer"].default == core["balancer"].default.value
+    assert options["aging_rate"].default == core["aging_rate"].default
+    assert options["work_stealing"].opts == ["--work-stealing"] and options["work_stealing"].secondary_opts == ["--no-work-stealing"]
+    # the simulator's own defaults, kept: 8 slots when batching, the threshold from FCFS's tail
+    assert options["max_batch"].default == 8 and options["aging_threshold_s"].default == "auto"
+
+
+def test_simulate_runs_without_ray():
+    # The simulator is the router core on simulated engines: a tiny run must not import Ray (nor the
+    # serving stack), so it starts fast and runs where Ray is absent.
+    script = (
+        "import json, sys\n"
+        "from loadgen.cli import main\n"
+        "try:\n"
+        "    main(['simulate', '--trace', 'poisson', '--rate', '1', '--num-requests', '20', '--policies', 'fcfs,ssjf',"
+        " '--batching', 'continuous', '--max-batch', '2', '--replicas', '2', '--json'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'deployments', 'cluster'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary_end = proc.stdout.rindex("}")
+    assert json.loads(proc.stdout[:summary_end + 1])["policies"]["ssjf"]["num_completed"] == 20
+    assert json.loads(proc.stdout[summary_end + 1:]) == []
