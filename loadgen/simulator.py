@@ -1,12 +1,13 @@
 """Discrete-event simulation of LLM replicas driven by the router's own scheduling core.
 
 The :class:`router.Scheduler` decides (same code as the cluster, with a simulated clock); this
-module plays the engines. Events happen only where a batch changes, never per token:
+module plays the engines, with the batching rules and iteration costs of ``router.batching``
+(which the replay engine steps through too). Events happen only where a batch changes, never per token:
 
-- Each replica runs *segments*: stretches of iterations with a fixed set of sequences. A segment
-  starts at an iteration boundary; its first iteration prefills the prompts of the sequences that
-  join there. With the engine's closed form (:meth:`EngineProfile.span_s`) the replica's next
-  event is "the iteration at which its first member ends", computed in O(1).
+- Each replica runs *segments* (:class:`router.batching.Segment`): stretches of iterations with a
+  fixed set of sequences. A segment starts at an iteration boundary; its first iteration prefills
+  the prompts of the sequences that join there. With its closed form (``Segment.span_s``) the
+  replica's next event is "the iteration at which its first member ends", computed in O(1).
 - ``continuous``: a member leaves at the end of its last iteration; a request the scheduler
   assigns while the replica is busy joins at the next iteration boundary (found by inverting the
   closed form), where a new segment starts. ``static``: the batch keeps its size (finished members
