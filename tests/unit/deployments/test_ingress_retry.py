@@ -12,7 +12,7 @@ from deployments.engines.base import Delta, FinishReason, GenerationRequest, Mis
 from deployments.ingress import Restart, _Run
 from deployments.protocol import APIError
 from router.messages import Dispatched, Report, ReportKind
-from router.request import RequestMeta
+from tests.factories import create_meta
 
 
 class ScriptedRouter:
@@ -80,11 +80,6 @@ def _ingress(router: ScriptedRouter, replicas: ScriptedReplicas, max_retries: in
         llm=SimpleNamespace(generate=replicas), metrics=metrics)
 
 
-def _meta():
-    return RequestMeta(request_id="r1", model="m", num_prompt_tokens=3, predicted_tokens=10.0, max_tokens=16,
-                       arrival_at=0.0)
-
-
 REQUEST = GenerationRequest("r1", "x", 16, num_prompt_tokens=3)
 
 
@@ -95,7 +90,7 @@ async def _collect(run: _Run) -> list:
 def test_a_misrouted_call_drops_that_replica_and_the_retry_lands_elsewhere():
     router = ScriptedRouter(["lost", "alive"])
     replicas = ScriptedReplicas(gone={"lost"})
-    run = _Run(_ingress(router, replicas), _meta(), REQUEST, restart_after_output=False)
+    run = _Run(_ingress(router, replicas), create_meta("r1", 10.0, 0.0, max_tokens=16, prompt_tokens=3), REQUEST, restart_after_output=False)
     events = asyncio.run(_collect(run))
     assert replicas.calls == ["lost", "alive"]
     assert replicas.requests == [REQUEST, REQUEST]  # the request itself travels, unchanged
@@ -106,7 +101,7 @@ def test_a_misrouted_call_drops_that_replica_and_the_retry_lands_elsewhere():
 
 def test_when_every_try_bounces_the_caller_gets_a_503_not_a_hang():
     router = ScriptedRouter(["lost"])  # the only replica the router knows (it keeps it: last one)
-    run = _Run(_ingress(router, ScriptedReplicas(gone={"lost"}), max_retries=2), _meta(), REQUEST,
+    run = _Run(_ingress(router, ScriptedReplicas(gone={"lost"}), max_retries=2), create_meta("r1", 10.0, 0.0, max_tokens=16, prompt_tokens=3), REQUEST,
                restart_after_output=False)
     with pytest.raises(APIError) as exc:
         asyncio.run(_collect(run))
@@ -116,21 +111,21 @@ def test_when_every_try_bounces_the_caller_gets_a_503_not_a_hang():
 
 def test_a_static_batch_id_travels_on_the_request():
     replicas = ScriptedReplicas(gone=())
-    asyncio.run(_collect(_Run(_ingress(ScriptedRouter(["a"], batch_id=7), replicas), _meta(), REQUEST,
+    asyncio.run(_collect(_Run(_ingress(ScriptedRouter(["a"], batch_id=7), replicas), create_meta("r1", 10.0, 0.0, max_tokens=16, prompt_tokens=3), REQUEST,
                               restart_after_output=False)))
     assert replicas.requests == [dataclasses.replace(REQUEST, batch_id=7)]
 
 
 def test_a_non_streaming_request_cut_after_output_restarts_from_scratch():
     replicas = ScriptedReplicas(gone=(), cut_first=True)
-    run = _Run(_ingress(ScriptedRouter(["a"]), replicas), _meta(), REQUEST, restart_after_output=True)
+    run = _Run(_ingress(ScriptedRouter(["a"]), replicas), create_meta("r1", 10.0, 0.0, max_tokens=16, prompt_tokens=3), REQUEST, restart_after_output=True)
     events = asyncio.run(_collect(run))
     assert events == [Started("a"), Delta("hi", 2), Restart(), Delta("hi", 2), Delta("!", 1, FinishReason.STOP)]
     assert run.num_retries == 1
 
 
 def test_a_stream_cut_after_output_is_a_502_not_a_restart():
-    run = _Run(_ingress(ScriptedRouter(["a"]), ScriptedReplicas(gone=(), cut_first=True)), _meta(), REQUEST,
+    run = _Run(_ingress(ScriptedRouter(["a"]), ScriptedReplicas(gone=(), cut_first=True)), create_meta("r1", 10.0, 0.0, max_tokens=16, prompt_tokens=3), REQUEST,
                restart_after_output=False)
     with pytest.raises(APIError) as exc:
         asyncio.run(_collect(run))

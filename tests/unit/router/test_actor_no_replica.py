@@ -6,19 +6,7 @@ import asyncio
 from router.actor import RouterService
 from router.config import SchedulerConfig
 from router.messages import Dispatched, NoReplica
-from router.request import RequestMeta
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def meta(rid, predicted=10.0):
-    return RequestMeta(rid, "m", 10, predicted, 100, 1.0)
+from tests.factories import FakeClock, create_meta
 
 
 async def settle():
@@ -27,9 +15,9 @@ async def settle():
 
 
 async def test_requests_wait_for_the_first_replica_within_the_grace():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     svc = RouterService(SchedulerConfig(), clock=clock, replica_timeout_s=5.0)
-    task = asyncio.create_task(svc.enqueue(meta("a")))
+    task = asyncio.create_task(svc.enqueue(create_meta("a", arrival=1.0, max_tokens=100)))
     clock.now += 4.0
     svc.sweep()
     await settle()
@@ -39,29 +27,29 @@ async def test_requests_wait_for_the_first_replica_within_the_grace():
 
 
 async def test_all_replicas_lost_waiting_requests_and_new_ones_get_no_replica():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     svc = RouterService(SchedulerConfig(), clock=clock, replica_timeout_s=5.0, retry_after_s=2.0)
     svc.heartbeat("r1", 1)
-    assert await svc.enqueue(meta("a")) == Dispatched("r1")
-    waiting = asyncio.create_task(svc.enqueue(meta("b")))  # queued behind "a"
+    assert await svc.enqueue(create_meta("a", arrival=1.0, max_tokens=100)) == Dispatched("r1")
+    waiting = asyncio.create_task(svc.enqueue(create_meta("b", arrival=1.0, max_tokens=100)))  # queued behind "a"
     await settle()
     clock.now += 6.0  # r1's node is gone: no heartbeat
     svc.sweep()  # drops r1 (silent > 5 s); nothing left for > 5 s
     await settle()
     assert waiting.done() and waiting.result() == NoReplica(2.0)
-    assert await svc.enqueue(meta("c")) == NoReplica(2.0)  # at once, not a hang
+    assert await svc.enqueue(create_meta("c", arrival=1.0, max_tokens=100)) == NoReplica(2.0)  # at once, not a hang
     assert svc.snapshot()["num_queued"] == 0
     # A replica comes back (Serve restarted it, or the autoscaler added a node): serving resumes.
     svc.heartbeat("r2", 1)
-    assert await svc.enqueue(meta("d")) == Dispatched("r2")
+    assert await svc.enqueue(create_meta("d", arrival=1.0, max_tokens=100)) == Dispatched("r2")
 
 
 async def test_a_live_replica_keeps_requests_queued_however_long():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     svc = RouterService(SchedulerConfig(), clock=clock, replica_timeout_s=5.0)
     svc.heartbeat("r1", 1)
-    await svc.enqueue(meta("a"))
-    waiting = asyncio.create_task(svc.enqueue(meta("b")))
+    await svc.enqueue(create_meta("a", arrival=1.0, max_tokens=100))
+    waiting = asyncio.create_task(svc.enqueue(create_meta("b", arrival=1.0, max_tokens=100)))
     for _ in range(5):
         clock.now += 3.0
         svc.heartbeat("r1", 1, ["a"])

@@ -4,27 +4,10 @@ import asyncio
 
 import pytest
 
-from router.actor import BatchedEnqueuer, Reporter, RouterClient, RouterService
-from router.config import SchedulerConfig
+from router.actor import BatchedEnqueuer, Reporter, RouterClient
 from router.messages import Cancelled, Dispatched, DispatchRecord, Polled, QueueFull, Report
-from router.request import RequestMeta, RequestStatus
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def meta(rid, predicted, arrival, max_tokens=1000):
-    return RequestMeta(rid, "m", 10, predicted, max_tokens, arrival)
-
-
-def service(clock=None, **kw):
-    opts = {k: kw.pop(k) for k in ("retry_after_s", "replica_timeout_s", "lease_s") if k in kw}
-    return RouterService(SchedulerConfig(**kw), clock=clock or Clock(), **opts)
+from router.request import RequestStatus
+from tests.factories import FakeClock, create_meta, create_service
 
 
 async def settle():
@@ -37,11 +20,11 @@ def by_id(polled: list[Polled]) -> dict:
 
 
 async def test_enqueue_waits_for_dispatch_and_ssjf_orders_the_queue():
-    svc = service(policy="ssjf")
+    svc = create_service(policy="ssjf")
     svc.heartbeat("r1", 1)
-    first = asyncio.create_task(svc.enqueue(meta("a", 50, 1)))
+    first = asyncio.create_task(svc.enqueue(create_meta("a", 50, 1)))
     assert await first == Dispatched("r1")  # a free slot: dispatched at once
-    waiting = {rid: asyncio.create_task(svc.enqueue(meta(rid, p, t)))
+    waiting = {rid: asyncio.create_task(svc.enqueue(create_meta(rid, p, t)))
                for rid, p, t in [("b", 50, 2), ("c", 5, 3), ("d", 20, 4)]}
     await settle()
     assert not any(t.done() for t in waiting.values())
@@ -59,10 +42,10 @@ async def test_enqueue_waits_for_dispatch_and_ssjf_orders_the_queue():
 
 
 async def test_fcfs_keeps_arrival_order():
-    svc = service(policy="fcfs")
+    svc = create_service(policy="fcfs")
     svc.heartbeat("r1", 1)
-    await svc.enqueue(meta("a", 1, 1))
-    tasks = {rid: asyncio.create_task(svc.enqueue(meta(rid, p, t))) for rid, p, t in [("b", 50, 2), ("c", 5, 3)]}
+    await svc.enqueue(create_meta("a", 1, 1))
+    tasks = {rid: asyncio.create_task(svc.enqueue(create_meta(rid, p, t))) for rid, p, t in [("b", 50, 2), ("c", 5, 3)]}
     await settle()
     svc.complete("a")
     await settle()
@@ -72,8 +55,8 @@ async def test_fcfs_keeps_arrival_order():
 
 
 async def test_requests_wait_for_a_replica_to_register():
-    svc = service()
-    task = asyncio.create_task(svc.enqueue(meta("a", 5, 1)))
+    svc = create_service()
+    task = asyncio.create_task(svc.enqueue(create_meta("a", 5, 1)))
     await settle()
     assert not task.done() and svc.snapshot()["num_shared_queued"] == 1
     svc.heartbeat("r9", 2)
@@ -81,23 +64,23 @@ async def test_requests_wait_for_a_replica_to_register():
 
 
 async def test_queue_cap_answers_full_with_retry_after():
-    svc = service(max_queued=1, retry_after_s=2.5)
+    svc = create_service(max_queued=1, retry_after_s=2.5)
     svc.heartbeat("r1", 1)
-    await svc.enqueue(meta("a", 5, 1))
-    queued = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
+    await svc.enqueue(create_meta("a", 5, 1))
+    queued = asyncio.create_task(svc.enqueue(create_meta("b", 5, 2)))
     await settle()
-    assert await svc.enqueue(meta("c", 5, 3)) == QueueFull(2.5)
+    assert await svc.enqueue(create_meta("c", 5, 3)) == QueueFull(2.5)
     assert svc.snapshot()["counters"]["rejected"] == 1
     svc.complete("a")
     assert isinstance(await queued, Dispatched)
 
 
 async def test_cancel_while_waiting_resolves_and_while_running_frees_the_slot():
-    svc = service()
+    svc = create_service()
     svc.heartbeat("r1", 1)
-    await svc.enqueue(meta("a", 5, 1))
-    b = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
-    c = asyncio.create_task(svc.enqueue(meta("c", 5, 3)))
+    await svc.enqueue(create_meta("a", 5, 1))
+    b = asyncio.create_task(svc.enqueue(create_meta("b", 5, 2)))
+    c = asyncio.create_task(svc.enqueue(create_meta("c", 5, 3)))
     await settle()
     svc.cancel("b")
     assert await b == Cancelled()
@@ -106,11 +89,11 @@ async def test_cancel_while_waiting_resolves_and_while_running_frees_the_slot():
 
 
 async def test_a_caller_that_goes_away_gives_its_slot_back():
-    svc = service()
+    svc = create_service()
     svc.heartbeat("r1", 1)
-    await svc.enqueue(meta("a", 5, 1))
-    b = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
-    c = asyncio.create_task(svc.enqueue(meta("c", 9, 3)))
+    await svc.enqueue(create_meta("a", 5, 1))
+    b = asyncio.create_task(svc.enqueue(create_meta("b", 5, 2)))
+    c = asyncio.create_task(svc.enqueue(create_meta("c", 9, 3)))
     await settle()
     b.cancel()  # e.g. Ray cancelled the actor call
     await settle()
@@ -120,17 +103,17 @@ async def test_a_caller_that_goes_away_gives_its_slot_back():
 
 
 async def test_requeue_after_a_dead_replica_runs_elsewhere_keeping_its_place():
-    svc = service()
+    svc = create_service()
     svc.heartbeat("r1", 1)
     svc.heartbeat("r2", 1)
-    a = await svc.enqueue(meta("a", 5, 1))
-    b = await svc.enqueue(meta("b", 5, 2))
+    a = await svc.enqueue(create_meta("a", 5, 1))
+    b = await svc.enqueue(create_meta("b", 5, 2))
     assert {a.replica_id, b.replica_id} == {"r1", "r2"}
-    later = asyncio.create_task(svc.enqueue(meta("c", 50, 3)))
+    later = asyncio.create_task(svc.enqueue(create_meta("c", 50, 3)))
     await settle()
     dead = a.replica_id
     svc.remove_replica(dead)
-    again = asyncio.create_task(svc.requeue(meta("a", 5, 1)))
+    again = asyncio.create_task(svc.requeue(create_meta("a", 5, 1)))
     await settle()
     live = b.replica_id
     svc.complete("b")
@@ -142,13 +125,13 @@ async def test_requeue_after_a_dead_replica_runs_elsewhere_keeping_its_place():
 
 
 async def test_silent_replica_is_dropped_and_its_queue_moves():
-    clock = Clock()
-    svc = service(clock, replica_timeout_s=5.0, balancer="round-robin", work_stealing=False)
+    clock = FakeClock(1000.0)
+    svc = create_service(clock, replica_timeout_s=5.0, balancer="round-robin", work_stealing=False)
     svc.heartbeat("r1", 1)
     svc.heartbeat("r2", 1)
-    await svc.enqueue(meta("a", 5, 1))
-    await svc.enqueue(meta("b", 5, 2))
-    waiting = [asyncio.create_task(svc.enqueue(meta(f"q{i}", 5, 3 + i))) for i in range(2)]
+    await svc.enqueue(create_meta("a", 5, 1))
+    await svc.enqueue(create_meta("b", 5, 2))
+    waiting = [asyncio.create_task(svc.enqueue(create_meta(f"q{i}", 5, 3 + i))) for i in range(2)]
     await settle()
     clock.now += 3
     svc.heartbeat("r2", 1)
@@ -162,11 +145,11 @@ async def test_silent_replica_is_dropped_and_its_queue_moves():
 
 
 async def test_lease_expiry_frees_a_slot_nobody_uses():
-    clock = Clock()
-    svc = service(clock, lease_s=10.0)
+    clock = FakeClock(1000.0)
+    svc = create_service(clock, lease_s=10.0)
     svc.heartbeat("r1", 1)
-    await svc.enqueue(meta("a", 5, 1))  # dispatched, but its caller never reaches the replica
-    b = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
+    await svc.enqueue(create_meta("a", 5, 1))  # dispatched, but its caller never reaches the replica
+    b = asyncio.create_task(svc.enqueue(create_meta("b", 5, 2)))
     await settle()
     clock.now += 5
     svc.heartbeat("r1", 1, running_ids=[])
@@ -179,19 +162,19 @@ async def test_lease_expiry_frees_a_slot_nobody_uses():
 
 
 async def test_enqueue_is_idempotent_for_a_retried_call():
-    svc = service()
+    svc = create_service()
     svc.heartbeat("r1", 1)
-    assert await svc.enqueue(meta("a", 5, 1)) == Dispatched("r1")
-    assert await svc.enqueue(meta("a", 5, 1)) == Dispatched("r1")
+    assert await svc.enqueue(create_meta("a", 5, 1)) == Dispatched("r1")
+    assert await svc.enqueue(create_meta("a", 5, 1)) == Dispatched("r1")
     assert svc.snapshot()["num_running"] == 1
 
 
 @pytest.mark.parametrize("balancer", ["least-work", "round-robin", "late-binding"])
 async def test_no_replica_idles_while_another_has_a_queue(balancer):
-    svc = service(balancer=balancer)
+    svc = create_service(balancer=balancer)
     for r in ("r1", "r2", "r3"):
         svc.heartbeat(r, 1)
-    tasks = [asyncio.create_task(svc.enqueue(meta(f"q{i}", 10 * (i % 4) + 1, i))) for i in range(12)]
+    tasks = [asyncio.create_task(svc.enqueue(create_meta(f"q{i}", 10 * (i % 4) + 1, i))) for i in range(12)]
     await settle()
     for step in range(12):
         snap = svc.snapshot()
@@ -206,9 +189,9 @@ async def test_no_replica_idles_while_another_has_a_queue(balancer):
 
 # ---- batching clients: submit / poll / report ---------------------------------------------
 async def test_submit_and_poll_answer_many_requests_in_one_call_each_way():
-    svc = service(policy="ssjf", batching="continuous", max_batch=2)
+    svc = create_service(policy="ssjf", batching="continuous", max_batch=2)
     svc.heartbeat("r1", 2)
-    svc.submit("ing", [meta("a", 30, 1), meta("b", 10, 2), meta("c", 20, 3), meta("d", 5, 4)])
+    svc.submit("ing", [create_meta("a", 30, 1), create_meta("b", 10, 2), create_meta("c", 20, 3), create_meta("d", 5, 4)])
     first = await svc.poll("ing", timeout_s=0.01)
     assert first == [Polled("a", Dispatched("r1")), Polled("b", Dispatched("r1"))]
     assert await svc.poll("ing", timeout_s=0.01) == []  # nothing new: the poll times out empty
@@ -219,9 +202,9 @@ async def test_submit_and_poll_answer_many_requests_in_one_call_each_way():
 
 
 async def test_a_waiting_poll_wakes_on_dispatch():
-    svc = service()
+    svc = create_service()
     svc.heartbeat("r1", 1)
-    svc.submit("ing", [meta("a", 5, 1), meta("b", 5, 2)])
+    svc.submit("ing", [create_meta("a", 5, 1), create_meta("b", 5, 2)])
     assert list(by_id(await svc.poll("ing"))) == ["a"]
     waiting = asyncio.create_task(svc.poll("ing", timeout_s=30))
     await settle()
@@ -231,12 +214,12 @@ async def test_a_waiting_poll_wakes_on_dispatch():
 
 
 async def test_submit_answers_queue_full_and_requeues():
-    svc = service(max_queued=1)
+    svc = create_service(max_queued=1)
     svc.heartbeat("r1", 1)
-    svc.submit("ing", [meta("a", 5, 1), meta("b", 5, 2), meta("c", 5, 3)])
+    svc.submit("ing", [create_meta("a", 5, 1), create_meta("b", 5, 2), create_meta("c", 5, 3)])
     answers = by_id(await svc.poll("ing", timeout_s=0.01))
     assert answers == {"a": Dispatched("r1"), "c": QueueFull(1.0)}
-    svc.submit("ing", [meta("a", 5, 1)], requeue_ids=["a"])  # its replica bounced it: run again
+    svc.submit("ing", [create_meta("a", 5, 1)], requeue_ids=["a"])  # its replica bounced it: run again
     assert svc.snapshot()["counters"]["requeued"] == 1
     # "a" arrived first and keeps its turn (the full queue does not refuse it: it was admitted).
     assert by_id(await svc.poll("ing", timeout_s=0.01)) == {"a": Dispatched("r1")}
@@ -245,24 +228,24 @@ async def test_submit_answers_queue_full_and_requeues():
 
 
 async def test_a_bounced_request_is_dispatched_again_before_the_one_behind_it():
-    svc = service(policy="fcfs")
+    svc = create_service(policy="fcfs")
     svc.heartbeat("r1", 1)
-    assert await svc.enqueue(meta("a", 50, 1)) == Dispatched("r1")
-    behind = asyncio.create_task(svc.enqueue(meta("b", 5, 2)))
+    assert await svc.enqueue(create_meta("a", 50, 1)) == Dispatched("r1")
+    behind = asyncio.create_task(svc.enqueue(create_meta("b", 5, 2)))
     await settle()
     # The call to r1 bounced before it ran: the ingress asks again. "b" must not take a's slot.
-    assert await svc.requeue(meta("a", 50, 1)) == Dispatched("r1")
+    assert await svc.requeue(create_meta("a", 50, 1)) == Dispatched("r1")
     assert not behind.done()
     svc.complete("a")
     assert await behind == Dispatched("r1")
 
 
 async def test_a_client_that_stops_polling_frees_what_it_held():
-    clock = Clock()
-    svc = service(clock, lease_s=10.0)
+    clock = FakeClock(1000.0)
+    svc = create_service(clock, lease_s=10.0)
     svc.heartbeat("r1", 1)
-    svc.submit("gone", [meta("a", 5, 1), meta("b", 5, 2)])
-    other = asyncio.create_task(svc.enqueue(meta("c", 50, 3)))
+    svc.submit("gone", [create_meta("a", 5, 1), create_meta("b", 5, 2)])
+    other = asyncio.create_task(svc.enqueue(create_meta("c", 50, 3)))
     await settle()
     clock.now += 11
     svc.heartbeat("r1", 1)
@@ -305,14 +288,14 @@ class FakeClient(RouterClient):
 
 
 async def test_batched_enqueuer_goes_direct_alone_and_batches_under_load():
-    svc = service(policy="ssjf")
+    svc = create_service(policy="ssjf")
     svc.heartbeat("r1", 1)
     client = FakeClient(svc)
     enq = BatchedEnqueuer(client, poll_timeout_s=0.05)
     reporter = Reporter(client)
-    assert await enq.enqueue(meta("a", 5, 1)) == Dispatched("r1")
+    assert await enq.enqueue(create_meta("a", 5, 1)) == Dispatched("r1")
     assert client.handle.calls == ["enqueue"]  # alone: one direct call
-    waiting = [asyncio.create_task(enq.enqueue(meta(f"q{i}", 40 - i, 2 + i))) for i in range(4)]
+    waiting = [asyncio.create_task(enq.enqueue(create_meta(f"q{i}", 40 - i, 2 + i))) for i in range(4)]
     await settle()
     for _ in range(4):
         running = [k for k, s in svc.scheduler.requests.items() if s.status is RequestStatus.RUNNING]

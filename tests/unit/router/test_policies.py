@@ -5,27 +5,14 @@ import pytest
 from router import QueueFullError, RequestMeta, Scheduler, SchedulerConfig
 from router.policies import create_request_queue
 from router.request import RequestState
-
-
-class FakeClock:
-    """A settable clock: tests move time by assigning ``now``."""
-
-    def __init__(self, now: float = 0.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def meta(rid: str, predicted: float, arrival: float = 0.0, max_tokens: int = 4096) -> RequestMeta:
-    return RequestMeta(rid, "m", 10, predicted, max_tokens, arrival)
+from tests.factories import FakeClock, create_meta
 
 
 def run_order(sched: Scheduler, clock: FakeClock, requests: list[RequestMeta], *, step: float = 1.0) -> list[str]:
     """One replica with one slot: a blocker holds the slot while ``requests`` queue; then complete
     whatever runs, one at a time, and return the order in which the queued requests ran."""
     sched.add_replica("r0")
-    first = sched.enqueue(meta("blocker", 0, clock.now))
+    first = sched.enqueue(create_meta("blocker", 0, clock.now))
     assert [a.request_id for a in first] == ["blocker"]
     for m in requests:
         assert sched.enqueue(m) == []
@@ -45,13 +32,13 @@ def sched_for(policy: str, clock: FakeClock, **kw) -> Scheduler:
 
 def test_ssjf_runs_predicted_50_5_20_as_b_c_a():
     clock = FakeClock()
-    order = run_order(sched_for("ssjf", clock), clock, [meta("a", 50), meta("b", 5), meta("c", 20)])
+    order = run_order(sched_for("ssjf", clock), clock, [create_meta("a", 50), create_meta("b", 5), create_meta("c", 20)])
     assert order == ["b", "c", "a"]
 
 
 def test_fcfs_runs_in_arrival_order_whatever_the_prediction():
     clock = FakeClock()
-    order = run_order(sched_for("fcfs", clock), clock, [meta("a", 50, 1.0), meta("b", 5, 2.0), meta("c", 20, 3.0)])
+    order = run_order(sched_for("fcfs", clock), clock, [create_meta("a", 50, 1.0), create_meta("b", 5, 2.0), create_meta("c", 20, 3.0)])
     assert order == ["a", "b", "c"]
 
 
@@ -60,7 +47,7 @@ def test_oracle_orders_by_true_length_not_prediction():
     truth = {"blocker": 1, "a": 1, "b": 100, "c": 10}
     sched = Scheduler(SchedulerConfig(policy="oracle", batching="none"), clock=clock,
                       truth=lambda m: truth[m.request_id])
-    order = run_order(sched, clock, [meta("a", 50), meta("b", 5), meta("c", 20)])
+    order = run_order(sched, clock, [create_meta("a", 50), create_meta("b", 5), create_meta("c", 20)])
     assert order == ["a", "c", "b"]
 
 
@@ -72,20 +59,20 @@ def test_oracle_without_truth_is_refused():
 def test_ssjf_ties_go_to_the_earlier_arrival_then_the_smaller_id():
     clock = FakeClock()
     order = run_order(sched_for("ssjf", clock), clock,
-                      [meta("z", 7, arrival=2.0), meta("y", 7, arrival=1.0), meta("x2", 7, 1.0), meta("x1", 7, 1.0)])
+                      [create_meta("z", 7, arrival=2.0), create_meta("y", 7, arrival=1.0), create_meta("x2", 7, 1.0), create_meta("x1", 7, 1.0)])
     assert order == ["x1", "x2", "y", "z"]
 
 
 def test_ssjf_caps_the_prediction_at_max_tokens():
     clock = FakeClock()
-    order = run_order(sched_for("ssjf", clock), clock, [meta("mid", 20), meta("capped", 1000, max_tokens=10)])
+    order = run_order(sched_for("ssjf", clock), clock, [create_meta("mid", 20), create_meta("capped", 1000, max_tokens=10)])
     assert order == ["capped", "mid"]
 
 
 def test_linear_aging_lets_an_old_long_request_beat_a_new_short_one():
     # key = predicted + rate * arrival: a (50 tokens, t=0) vs b (5 tokens, t=100).
     clock = FakeClock(100.0)
-    reqs = [meta("a", 50, arrival=0.0), meta("b", 5, arrival=100.0)]
+    reqs = [create_meta("a", 50, arrival=0.0), create_meta("b", 5, arrival=100.0)]
     slow = sched_for("ssjf-aging", clock, aging_rule="linear", aging_rate=0.1)  # b: 5 + 10 = 15 < 50
     assert run_order(slow, clock, reqs) == ["b", "a"]
     clock = FakeClock(100.0)
@@ -96,13 +83,13 @@ def test_linear_aging_lets_an_old_long_request_beat_a_new_short_one():
 def test_linear_aging_rate_zero_is_ssjf():
     clock = FakeClock()
     order = run_order(sched_for("ssjf-aging", clock, aging_rule="linear", aging_rate=0.0), clock,
-                      [meta("a", 50), meta("b", 5), meta("c", 20)])
+                      [create_meta("a", 50), create_meta("b", 5), create_meta("c", 20)])
     assert order == ["b", "c", "a"]
 
 
 def test_threshold_aging_puts_requests_past_the_threshold_first_oldest_first():
     q = create_request_queue("ssjf-aging", aging_rule="threshold", aging_threshold_s=30.0)
-    for m in (meta("a", 50, arrival=0.0), meta("b", 5, arrival=20.0), meta("c", 80, arrival=5.0)):
+    for m in (create_meta("a", 50, arrival=0.0), create_meta("b", 5, arrival=20.0), create_meta("c", 80, arrival=5.0)):
         q.push(RequestState(m, m.arrival_at))
     assert q.peek(25.0).meta.request_id == "b"  # nobody has waited 30 s: shortest first
     assert q.peek(31.0).meta.request_id == "a"  # a waited 31 s
@@ -114,13 +101,13 @@ def test_threshold_aging_puts_requests_past_the_threshold_first_oldest_first():
 
 def test_response_ratio_prefers_the_highest_wait_over_length():
     q = create_request_queue("ssjf-aging", aging_rule="response-ratio", aging_rate=1.0)
-    for m in (meta("long_old", 50, arrival=0.0), meta("short_new", 5, arrival=95.0)):
+    for m in (create_meta("long_old", 50, arrival=0.0), create_meta("short_new", 5, arrival=95.0)):
         q.push(RequestState(m, m.arrival_at))
     # at t=100: long_old 1 + 100/50 = 3; short_new 1 + 5/5 = 2
     assert q.peek(100.0).meta.request_id == "long_old"
     # at t=96: long_old 1 + 96/50 = 2.92; short_new 1 + 1/5 = 1.2, still long_old; at t=95.0 + tiny?
     q2 = create_request_queue("ssjf-aging", aging_rule="response-ratio", aging_rate=1.0)
-    for m in (meta("long_old", 50, arrival=0.0), meta("short_mid", 5, arrival=50.0)):
+    for m in (create_meta("long_old", 50, arrival=0.0), create_meta("short_mid", 5, arrival=50.0)):
         q2.push(RequestState(m, m.arrival_at))
     # at t=100: long_old 3; short_mid 1 + 50/5 = 11
     assert q2.peek(100.0).meta.request_id == "short_mid"
@@ -141,12 +128,12 @@ def test_aging_stops_a_stream_of_short_jobs_from_starving_a_long_one(policy, rul
     clock = FakeClock()
     sched = sched_for(policy, clock, aging_rule=rule, aging_rate=50.0, aging_threshold_s=30.0)
     sched.add_replica("r0")
-    running = sched.enqueue(meta("blocker", 0, 0.0))[0].request_id
-    sched.enqueue(meta("long", 1000, 0.0))
+    running = sched.enqueue(create_meta("blocker", 0, 0.0))[0].request_id
+    sched.enqueue(create_meta("long", 1000, 0.0))
     served_at = None
     for t in range(1, 61):
         clock.now = float(t)
-        sched.enqueue(meta(f"s{t}", 10, float(t)))
+        sched.enqueue(create_meta(f"s{t}", 10, float(t)))
         running = sched.complete(running)[0].request_id
         if running == "long":
             served_at = t
@@ -164,7 +151,7 @@ def test_empty_queue_pops_nothing_and_a_completion_dispatches_nothing():
     clock = FakeClock()
     sched = sched_for("ssjf", clock)
     sched.add_replica("r0")
-    sched.enqueue(meta("only", 3))
+    sched.enqueue(create_meta("only", 3))
     assert sched.complete("only", 3) == []
     assert sched.snapshot()["num_queued"] == 0 and sched.snapshot()["num_running"] == 0
 
@@ -172,8 +159,8 @@ def test_empty_queue_pops_nothing_and_a_completion_dispatches_nothing():
 def test_requests_wait_in_the_shared_queue_until_a_replica_registers():
     clock = FakeClock()
     sched = sched_for("ssjf", clock)
-    assert sched.enqueue(meta("a", 50)) == []
-    assert sched.enqueue(meta("b", 5)) == []
+    assert sched.enqueue(create_meta("a", 50)) == []
+    assert sched.enqueue(create_meta("b", 5)) == []
     assert [a.request_id for a in sched.add_replica("r0")] == ["b"]
 
 
@@ -181,13 +168,13 @@ def test_queue_cap_refuses_past_max_queued_and_running_requests_do_not_count():
     clock = FakeClock()
     sched = sched_for("ssjf", clock, max_queued=2)
     sched.add_replica("r0")
-    sched.enqueue(meta("run", 1))  # runs: not queued
-    sched.enqueue(meta("q1", 1))
-    sched.enqueue(meta("q2", 1))
+    sched.enqueue(create_meta("run", 1))  # runs: not queued
+    sched.enqueue(create_meta("q1", 1))
+    sched.enqueue(create_meta("q2", 1))
     with pytest.raises(QueueFullError, match="max_queued=2"):
-        sched.enqueue(meta("q3", 1))
+        sched.enqueue(create_meta("q3", 1))
     sched.complete("run")  # q1 starts: room for one more
-    sched.enqueue(meta("q3", 1))
+    sched.enqueue(create_meta("q3", 1))
 
 
 def test_cancel_a_queued_request_it_never_runs():
@@ -195,9 +182,9 @@ def test_cancel_a_queued_request_it_never_runs():
     sched = sched_for("ssjf", clock)
     order_before_cancel = []
     sched.add_replica("r0")
-    sched.enqueue(meta("blocker", 0))
-    sched.enqueue(meta("a", 50))
-    sched.enqueue(meta("b", 5))
+    sched.enqueue(create_meta("blocker", 0))
+    sched.enqueue(create_meta("a", 50))
+    sched.enqueue(create_meta("b", 5))
     assert sched.cancel("b") == []
     order_before_cancel = [a.request_id for a in sched.complete("blocker")]
     assert order_before_cancel == ["a"]
@@ -208,8 +195,8 @@ def test_cancel_a_running_request_frees_its_slot_for_the_next():
     clock = FakeClock()
     sched = sched_for("ssjf", clock)
     sched.add_replica("r0")
-    sched.enqueue(meta("running", 0))
-    sched.enqueue(meta("next", 5))
+    sched.enqueue(create_meta("running", 0))
+    sched.enqueue(create_meta("next", 5))
     assert [a.request_id for a in sched.cancel("running")] == ["next"]
 
 
@@ -217,8 +204,8 @@ def test_completing_a_queued_request_is_an_error_and_unknown_ids_are_ignored():
     clock = FakeClock()
     sched = sched_for("ssjf", clock)
     sched.add_replica("r0")
-    sched.enqueue(meta("running", 0))
-    sched.enqueue(meta("queued", 5))
+    sched.enqueue(create_meta("running", 0))
+    sched.enqueue(create_meta("queued", 5))
     with pytest.raises(ValueError, match="queued, not running"):
         sched.complete("queued")
     assert sched.complete("nobody") == []
@@ -228,9 +215,9 @@ def test_completing_a_queued_request_is_an_error_and_unknown_ids_are_ignored():
 def test_duplicate_request_ids_are_refused():
     sched = sched_for("ssjf", FakeClock())
     sched.add_replica("r0")
-    sched.enqueue(meta("a", 1))
+    sched.enqueue(create_meta("a", 1))
     with pytest.raises(ValueError, match="already scheduled"):
-        sched.enqueue(meta("a", 1))
+        sched.enqueue(create_meta("a", 1))
 
 
 def test_bad_names_list_the_valid_choices():

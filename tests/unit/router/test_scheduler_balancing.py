@@ -4,19 +4,8 @@ import random
 
 import pytest
 
-from router import RequestMeta, Scheduler, SchedulerConfig
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def meta(rid: str, predicted: float, arrival: float = 0.0) -> RequestMeta:
-    return RequestMeta(rid, "m", 10, predicted, 4096, arrival)
+from router import Scheduler, SchedulerConfig
+from tests.factories import FakeClock, create_meta
 
 
 def ids(assignments) -> list[str]:
@@ -36,15 +25,15 @@ def queued_on(sched: Scheduler) -> dict[str, int]:
 def test_none_runs_one_at_a_time_whatever_max_batch_says():
     sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none", max_batch=8), clock=FakeClock())
     sched.add_replica("r0")
-    assert ids(sched.enqueue(meta("a", 1))) == ["a"]
-    assert sched.enqueue(meta("b", 1)) == []
+    assert ids(sched.enqueue(create_meta("a", 1))) == ["a"]
+    assert sched.enqueue(create_meta("b", 1)) == []
     assert ids(sched.complete("a")) == ["b"]
 
 
 def test_static_starts_a_batch_on_an_idle_replica_without_waiting_to_fill_it():
     sched = Scheduler(SchedulerConfig(policy="ssjf", batching="static", max_batch=4), clock=FakeClock())
     sched.add_replica("r0")
-    first = sched.enqueue(meta("alone", 9))
+    first = sched.enqueue(create_meta("alone", 9))
     assert ids(first) == ["alone"]  # a batch of one: no waiting for company
     assert first[0].batch_id is not None
 
@@ -52,9 +41,9 @@ def test_static_starts_a_batch_on_an_idle_replica_without_waiting_to_fill_it():
 def test_static_batch_runs_until_its_longest_member_ends_then_the_next_batch_starts_together():
     sched = Scheduler(SchedulerConfig(policy="ssjf", batching="static", max_batch=3), clock=FakeClock())
     sched.add_replica("r0")
-    sched.enqueue(meta("first", 1))  # batch 1 = [first]
+    sched.enqueue(create_meta("first", 1))  # batch 1 = [first]
     for rid, p in [("a", 50), ("b", 5), ("c", 20), ("d", 40), ("e", 1)]:
-        assert sched.enqueue(meta(rid, p)) == []  # the replica is busy: no slot until its batch ends
+        assert sched.enqueue(create_meta(rid, p)) == []  # the replica is busy: no slot until its batch ends
     batch2 = sched.complete("first")
     assert ids(batch2) == ["e", "b", "c"]  # the 3 shortest predicted, together
     assert len({a.batch_id for a in batch2}) == 1
@@ -67,10 +56,10 @@ def test_static_batch_runs_until_its_longest_member_ends_then_the_next_batch_sta
 def test_continuous_refills_each_slot_as_soon_as_it_frees():
     sched = Scheduler(SchedulerConfig(policy="ssjf", batching="continuous", max_batch=2), clock=FakeClock())
     sched.add_replica("r0")
-    assert ids(sched.enqueue(meta("x", 9))) == ["x"]
-    assert ids(sched.enqueue(meta("y", 9))) == ["y"]
+    assert ids(sched.enqueue(create_meta("x", 9))) == ["x"]
+    assert ids(sched.enqueue(create_meta("y", 9))) == ["y"]
     for rid, p in [("a", 50), ("b", 5), ("c", 20)]:
-        assert sched.enqueue(meta(rid, p)) == []
+        assert sched.enqueue(create_meta(rid, p)) == []
     assert ids(sched.complete("x")) == ["b"]
     assert ids(sched.complete("b")) == ["c"]
     assert ids(sched.complete("y")) == ["a"]
@@ -83,7 +72,7 @@ def test_replica_slot_count_can_differ_per_replica():
     sched.add_replica("big", num_slots=3)
     got = []
     for i in range(4):
-        got += sched.enqueue(meta(f"q{i}", 1))
+        got += sched.enqueue(create_meta(f"q{i}", 1))
     assert ids(got) == ["q0", "q1", "q2"]
     with pytest.raises(ValueError, match="num_slots must be >= 1"):
         sched.add_replica("bad", num_slots=0)
@@ -98,7 +87,7 @@ def busy_cluster(balancer: str, n: int = 3, *, check: bool = True, **kw) -> Sche
     for r in range(n):
         sched.add_replica(f"r{r}")
     for r in range(n):
-        sched.enqueue(meta(f"blocker{r}", 1000))
+        sched.enqueue(create_meta(f"blocker{r}", 1000))
     if check:
         assert sched.snapshot()["num_running"] == n
     return sched
@@ -107,16 +96,16 @@ def busy_cluster(balancer: str, n: int = 3, *, check: bool = True, **kw) -> Sche
 def test_round_robin_places_requests_in_turn():
     sched = busy_cluster("round-robin")
     for i in range(4):
-        sched.enqueue(meta(f"q{i}", 100))
+        sched.enqueue(create_meta(f"q{i}", 100))
     assert queued_on(sched) == {"r0": 2, "r1": 1, "r2": 1}
 
 
 def test_least_work_joins_the_replica_with_the_least_predicted_tokens_per_slot():
     sched = busy_cluster("least-work")
-    sched.enqueue(meta("big", 900))  # all equal (1000 running): first registered, r0
-    sched.enqueue(meta("mid", 300))  # r1
-    sched.enqueue(meta("small", 100))  # r2
-    sched.enqueue(meta("next", 50))  # least work is r2 (1100)
+    sched.enqueue(create_meta("big", 900))  # all equal (1000 running): first registered, r0
+    sched.enqueue(create_meta("mid", 300))  # r1
+    sched.enqueue(create_meta("small", 100))  # r2
+    sched.enqueue(create_meta("next", 50))  # least work is r2 (1100)
     assert queued_on(sched) == {"r0": 1, "r1": 1, "r2": 2}
     assert sched.replicas["r2"].outstanding_work == 1150
 
@@ -126,23 +115,23 @@ def test_least_work_counts_running_work_too():
                                       work_stealing=False), clock=FakeClock())
     sched.add_replica("r0")
     sched.add_replica("r1")
-    sched.enqueue(meta("long_running", 1000))  # runs on r0
-    sched.enqueue(meta("short_running", 10))  # r1 (r0 has 1000 running)
-    sched.enqueue(meta("queued", 5))
+    sched.enqueue(create_meta("long_running", 1000))  # runs on r0
+    sched.enqueue(create_meta("short_running", 10))  # r1 (r0 has 1000 running)
+    sched.enqueue(create_meta("queued", 5))
     assert queued_on(sched) == {"r0": 0, "r1": 1}
 
 
 def test_power_of_two_picks_the_less_loaded_of_two_and_is_seeded():
     sched = busy_cluster("power-of-two", n=2, seed=7)
-    sched.enqueue(meta("heavy", 1000))
+    sched.enqueue(create_meta("heavy", 1000))
     for i in range(5):
-        sched.enqueue(meta(f"light{i}", 10))
+        sched.enqueue(create_meta(f"light{i}", 10))
     assert queued_on(sched) == {"r0": 1, "r1": 5} or queued_on(sched) == {"r0": 5, "r1": 1}
     placements = []
     for seed in (1, 1, 2):
         s = busy_cluster("power-of-two", n=8, seed=seed, check=False)
         for i in range(20):
-            s.enqueue(meta(f"q{i}", 10 + i))
+            s.enqueue(create_meta(f"q{i}", 10 + i))
         placements.append(queued_on(s))
     assert placements[0] == placements[1]  # same seed, same draws
 
@@ -152,10 +141,10 @@ def test_late_binding_keeps_one_shared_queue_and_a_free_slot_takes_its_best_requ
                       clock=FakeClock())
     sched.add_replica("r0")
     sched.add_replica("r1")
-    sched.enqueue(meta("x", 1))
-    sched.enqueue(meta("y", 1))
+    sched.enqueue(create_meta("x", 1))
+    sched.enqueue(create_meta("y", 1))
     for rid, p in [("a", 50), ("b", 5), ("c", 20)]:
-        sched.enqueue(meta(rid, p))
+        sched.enqueue(create_meta(rid, p))
     assert sched.snapshot()["num_shared_queued"] == 3
     assert queued_on(sched) == {"r0": 0, "r1": 0}
     assert where(sched.complete("y")) == {"b": "r1"}
@@ -166,10 +155,10 @@ def test_work_stealing_a_free_replica_takes_the_best_of_the_longest_queue():
     sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none", balancer="round-robin"), clock=FakeClock())
     sched.add_replica("r0")
     sched.add_replica("r1")
-    sched.enqueue(meta("x0", 1))  # round robin: r0 runs x0
-    sched.enqueue(meta("x1", 1))  # r1 runs x1
+    sched.enqueue(create_meta("x0", 1))  # round robin: r0 runs x0
+    sched.enqueue(create_meta("x1", 1))  # r1 runs x1
     for rid, p in [("a", 50), ("b", 5), ("c", 20), ("d", 30)]:
-        sched.enqueue(meta(rid, p))  # a, c -> r0 queue; b, d -> r1 queue
+        sched.enqueue(create_meta(rid, p))  # a, c -> r0 queue; b, d -> r1 queue
     assert queued_on(sched) == {"r0": 2, "r1": 2}
     assert where(sched.complete("x0")) == {"c": "r0"}  # own queue first
     assert where(sched.complete("c")) == {"a": "r0"}
@@ -181,11 +170,11 @@ def test_without_work_stealing_a_free_replica_idles_next_to_a_queue():
                                       work_stealing=False), clock=FakeClock())
     sched.add_replica("r0")
     sched.add_replica("r1")
-    sched.enqueue(meta("x0", 1))
-    sched.enqueue(meta("x1", 1))
-    sched.enqueue(meta("a", 50))  # r0's queue
-    sched.enqueue(meta("b", 5))  # r1's queue
-    sched.enqueue(meta("c", 20))  # r0's queue
+    sched.enqueue(create_meta("x0", 1))
+    sched.enqueue(create_meta("x1", 1))
+    sched.enqueue(create_meta("a", 50))  # r0's queue
+    sched.enqueue(create_meta("b", 5))  # r1's queue
+    sched.enqueue(create_meta("c", 20))  # r0's queue
     assert where(sched.complete("x1")) == {"b": "r1"}
     assert sched.complete("b") == []  # r1 is free, r0 still has a queue, but no stealing
 
@@ -195,10 +184,10 @@ def test_removing_a_replica_returns_its_running_requests_and_moves_its_queue():
                                       work_stealing=False), clock=FakeClock())
     sched.add_replica("r0")
     sched.add_replica("r1")
-    sched.enqueue(meta("run0", 1))
-    sched.enqueue(meta("run1", 1))
-    sched.enqueue(meta("q0", 7))  # r0's queue
-    sched.enqueue(meta("q1", 3))  # r1's queue
+    sched.enqueue(create_meta("run0", 1))
+    sched.enqueue(create_meta("run1", 1))
+    sched.enqueue(create_meta("q0", 7))  # r0's queue
+    sched.enqueue(create_meta("q1", 3))  # r1's queue
     orphans, assignments = sched.remove_replica("r0")
     assert [m.request_id for m in orphans] == ["run0"]
     assert assignments == []  # r1 is still busy
@@ -212,8 +201,8 @@ def test_removing_a_replica_returns_its_running_requests_and_moves_its_queue():
 def test_removing_the_last_replica_parks_its_queue_until_a_replica_registers():
     sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none"), clock=FakeClock())
     sched.add_replica("r0")
-    sched.enqueue(meta("run", 1))
-    sched.enqueue(meta("waiting", 2))
+    sched.enqueue(create_meta("run", 1))
+    sched.enqueue(create_meta("waiting", 2))
     orphans, assignments = sched.remove_replica("r0")
     assert [m.request_id for m in orphans] == ["run"] and assignments == []
     assert ids(sched.add_replica("r1")) == ["waiting"]
@@ -225,9 +214,9 @@ def test_a_requeued_run_keeps_its_turn_instead_of_handing_its_slot_to_the_next(p
     # and only then does the freed slot take the best waiting request, which is the requeued one.
     sched = Scheduler(SchedulerConfig(policy=policy, batching="none"), clock=FakeClock())
     sched.add_replica("r0")
-    sched.enqueue(meta("first", 5, arrival=1))
-    sched.enqueue(meta("second", 50, arrival=2))
-    assert ids(sched.requeue(meta("first", 5, arrival=1))) == ["first"]
+    sched.enqueue(create_meta("first", 5, arrival=1))
+    sched.enqueue(create_meta("second", 50, arrival=2))
+    assert ids(sched.requeue(create_meta("first", 5, arrival=1))) == ["first"]
     assert sched.snapshot()["num_queued"] == 1 and sched.snapshot()["num_running"] == 1
     assert ids(sched.complete("first")) == ["second"]
 
@@ -235,11 +224,11 @@ def test_a_requeued_run_keeps_its_turn_instead_of_handing_its_slot_to_the_next(p
 def test_requeue_ignores_the_queue_cap_and_leaves_a_waiting_request_in_place():
     sched = Scheduler(SchedulerConfig(policy="fcfs", batching="none", max_queued=1), clock=FakeClock())
     sched.add_replica("r0")
-    sched.enqueue(meta("run", 5, arrival=1))
-    sched.enqueue(meta("waiting", 5, arrival=2))  # the queue is full now
+    sched.enqueue(create_meta("run", 5, arrival=1))
+    sched.enqueue(create_meta("waiting", 5, arrival=2))  # the queue is full now
     orphans, _ = sched.remove_replica("r0")  # its run is orphaned; the caller requeues it
     assert sched.requeue(orphans[0]) == []  # admitted once: no QueueFullError
-    assert sched.requeue(meta("waiting", 5, arrival=2)) == []  # already waiting: nothing changes
+    assert sched.requeue(create_meta("waiting", 5, arrival=2)) == []  # already waiting: nothing changes
     assert sched.snapshot()["num_queued"] == 2
     assert ids(sched.add_replica("r1")) == ["run"]
 
@@ -262,7 +251,7 @@ def test_cached_loads_always_equal_a_fresh_computation(balancer, batching):
         op = rng.random()
         if op < 0.5:
             rid = f"q{step}"
-            got = sched.enqueue(meta(rid, rng.randint(1, 500), clock.now))
+            got = sched.enqueue(create_meta(rid, rng.randint(1, 500), clock.now))
             queued.add(rid)
         elif op < 0.8 and running:
             got = sched.complete(rng.choice(sorted(running)))
