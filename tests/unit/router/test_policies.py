@@ -5,7 +5,7 @@ import pytest
 from router import QueueFullError, RequestMeta, Scheduler, SchedulerConfig
 from router.policies import create_request_queue
 from router.request import RequestState
-from tests.factories import FakeClock, create_meta
+from tests.factories import FakeClock, create_meta, create_scheduler
 
 
 def run_order(sched: Scheduler, clock: FakeClock, requests: list[RequestMeta], *, step: float = 1.0) -> list[str]:
@@ -27,7 +27,7 @@ def run_order(sched: Scheduler, clock: FakeClock, requests: list[RequestMeta], *
 
 
 def sched_for(policy: str, clock: FakeClock, **kw) -> Scheduler:
-    return Scheduler(SchedulerConfig(policy=policy, batching="none", **kw), clock=clock)
+    return create_scheduler(clock, policy=policy, batching="none", **kw)
 
 
 def test_ssjf_runs_predicted_50_5_20_as_b_c_a():

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from router import Scheduler, SchedulerConfig
-from tests.factories import FakeClock, create_meta
+from tests.factories import FakeClock, create_meta, create_scheduler
 
 
 def ids(assignments) -> list[str]:
@@ -23,7 +23,7 @@ def queued_on(sched: Scheduler) -> dict[str, int]:
 # ---- batching modes ----------------------------------------------------------------------------
 
 def test_none_runs_one_at_a_time_whatever_max_batch_says():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none", max_batch=8), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="none", max_batch=8)
     sched.add_replica("r0")
     assert ids(sched.enqueue(create_meta("a", 1))) == ["a"]
     assert sched.enqueue(create_meta("b", 1)) == []
@@ -31,7 +31,7 @@ def test_none_runs_one_at_a_time_whatever_max_batch_says():
 
 
 def test_static_starts_a_batch_on_an_idle_replica_without_waiting_to_fill_it():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="static", max_batch=4), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="static", max_batch=4)
     sched.add_replica("r0")
     first = sched.enqueue(create_meta("alone", 9))
     assert ids(first) == ["alone"]  # a batch of one: no waiting for company
@@ -39,7 +39,7 @@ def test_static_starts_a_batch_on_an_idle_replica_without_waiting_to_fill_it():
 
 
 def test_static_batch_runs_until_its_longest_member_ends_then_the_next_batch_starts_together():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="static", max_batch=3), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="static", max_batch=3)
     sched.add_replica("r0")
     sched.enqueue(create_meta("first", 1))  # batch 1 = [first]
     for rid, p in [("a", 50), ("b", 5), ("c", 20), ("d", 40), ("e", 1)]:
@@ -54,7 +54,7 @@ def test_static_batch_runs_until_its_longest_member_ends_then_the_next_batch_sta
 
 
 def test_continuous_refills_each_slot_as_soon_as_it_frees():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="continuous", max_batch=2), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="continuous", max_batch=2)
     sched.add_replica("r0")
     assert ids(sched.enqueue(create_meta("x", 9))) == ["x"]
     assert ids(sched.enqueue(create_meta("y", 9))) == ["y"]
@@ -67,8 +67,8 @@ def test_continuous_refills_each_slot_as_soon_as_it_frees():
 
 
 def test_replica_slot_count_can_differ_per_replica():
-    sched = Scheduler(SchedulerConfig(policy="fcfs", batching="continuous", max_batch=4,
-                                      balancer="late-binding"), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="fcfs", batching="continuous", max_batch=4,
+                                      balancer="late-binding")
     sched.add_replica("big", num_slots=3)
     got = []
     for i in range(4):
@@ -82,8 +82,8 @@ def test_replica_slot_count_can_differ_per_replica():
 
 def busy_cluster(balancer: str, n: int = 3, *, check: bool = True, **kw) -> Scheduler:
     """``n`` one-slot replicas, each running a 1000-token blocker, no work stealing: new requests stay queued."""
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none", balancer=balancer,
-                                      work_stealing=False, **kw), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="none", balancer=balancer,
+                                      work_stealing=False, **kw)
     for r in range(n):
         sched.add_replica(f"r{r}")
     for r in range(n):
@@ -111,8 +111,8 @@ def test_least_work_joins_the_replica_with_the_least_predicted_tokens_per_slot()
 
 
 def test_least_work_counts_running_work_too():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none", balancer="least-work",
-                                      work_stealing=False), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="none", balancer="least-work",
+                                      work_stealing=False)
     sched.add_replica("r0")
     sched.add_replica("r1")
     sched.enqueue(create_meta("long_running", 1000))  # runs on r0
@@ -152,7 +152,7 @@ def test_late_binding_keeps_one_shared_queue_and_a_free_slot_takes_its_best_requ
 
 
 def test_work_stealing_a_free_replica_takes_the_best_of_the_longest_queue():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none", balancer="round-robin"), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="none", balancer="round-robin")
     sched.add_replica("r0")
     sched.add_replica("r1")
     sched.enqueue(create_meta("x0", 1))  # round robin: r0 runs x0
@@ -166,8 +166,8 @@ def test_work_stealing_a_free_replica_takes_the_best_of_the_longest_queue():
 
 
 def test_without_work_stealing_a_free_replica_idles_next_to_a_queue():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none", balancer="round-robin",
-                                      work_stealing=False), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="none", balancer="round-robin",
+                                      work_stealing=False)
     sched.add_replica("r0")
     sched.add_replica("r1")
     sched.enqueue(create_meta("x0", 1))
@@ -180,8 +180,8 @@ def test_without_work_stealing_a_free_replica_idles_next_to_a_queue():
 
 
 def test_removing_a_replica_returns_its_running_requests_and_moves_its_queue():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none", balancer="round-robin",
-                                      work_stealing=False), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="none", balancer="round-robin",
+                                      work_stealing=False)
     sched.add_replica("r0")
     sched.add_replica("r1")
     sched.enqueue(create_meta("run0", 1))
@@ -199,7 +199,7 @@ def test_removing_a_replica_returns_its_running_requests_and_moves_its_queue():
 
 
 def test_removing_the_last_replica_parks_its_queue_until_a_replica_registers():
-    sched = Scheduler(SchedulerConfig(policy="ssjf", batching="none"), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="ssjf", batching="none")
     sched.add_replica("r0")
     sched.enqueue(create_meta("run", 1))
     sched.enqueue(create_meta("waiting", 2))
@@ -212,7 +212,7 @@ def test_removing_the_last_replica_parks_its_queue_until_a_replica_registers():
 def test_a_requeued_run_keeps_its_turn_instead_of_handing_its_slot_to_the_next(policy):
     # Its replica bounced the call (it never ran): the request goes back by its own arrival time,
     # and only then does the freed slot take the best waiting request, which is the requeued one.
-    sched = Scheduler(SchedulerConfig(policy=policy, batching="none"), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy=policy, batching="none")
     sched.add_replica("r0")
     sched.enqueue(create_meta("first", 5, arrival=1))
     sched.enqueue(create_meta("second", 50, arrival=2))
@@ -222,7 +222,7 @@ def test_a_requeued_run_keeps_its_turn_instead_of_handing_its_slot_to_the_next(p
 
 
 def test_requeue_ignores_the_queue_cap_and_leaves_a_waiting_request_in_place():
-    sched = Scheduler(SchedulerConfig(policy="fcfs", batching="none", max_queued=1), clock=FakeClock())
+    sched = create_scheduler(FakeClock(), policy="fcfs", batching="none", max_queued=1)
     sched.add_replica("r0")
     sched.enqueue(create_meta("run", 5, arrival=1))
     sched.enqueue(create_meta("waiting", 5, arrival=2))  # the queue is full now
