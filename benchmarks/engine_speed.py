@@ -11,7 +11,8 @@ configuration it prints, and with ``--json`` writes:
   included) to the first streamed token; ``in-engine`` is the same from when the request got its
   slot;
 - ``peak``: the most requests streaming at once (first token out, last not yet), which shows
-  whether ``slots`` requests really ran together.
+  whether ``slots`` requests really ran together; continuous mode also counts the requests the
+  manager evicted because the KV pages ran out (they are recomputed or copied back later).
 
 ``--deadline-s`` bounds each configuration: what is still running then is cancelled and the
 configuration reports what finished (``done`` < ``requests``). The model loads once and is shared
@@ -30,8 +31,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -54,6 +57,35 @@ PROMPTS = [
     "List ten ideas for a rainy weekend, with a sentence about each.",
 ]
 MODES = ("none", "static", "continuous")
+
+
+class OffloadCounter(logging.Handler):
+    """Counts the requests transformers' continuous batching evicts for want of KV pages (they are
+    copied to CPU or recomputed later): its "Offloaded N requests (...)" INFO lines."""
+
+    LOGGER = "ContinuousBatchingLogger"
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.requests = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = re.match(r"Offloaded (\d+) requests", record.getMessage())
+        if m:
+            self.requests += int(m.group(1))
+
+    def __enter__(self):
+        log = logging.getLogger(self.LOGGER)
+        self._level = log.level
+        log.addHandler(self)
+        if not log.isEnabledFor(logging.INFO):
+            log.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        log = logging.getLogger(self.LOGGER)
+        log.removeHandler(self)
+        log.setLevel(self._level)
 
 
 def parse_runs(text: str, default_requests: int, default_deadline: float | None) -> list[dict]:
@@ -187,7 +219,8 @@ async def bench(args, runs: list[dict]) -> dict:
         settings = LLMSettings(engine="hf", model=args.model, batching=run["mode"], max_batch=run["slots"],
                                device=args.device, dtype=args.dtype, gguf_weights=args.weights,
                                static_batch_wait_s=args.static_wait_s, max_ongoing_requests=None,
-                               context_length=args.context_length)
+                               context_length=args.context_length, kv_pages=args.kv_pages,
+                               max_batch_tokens=args.max_batch_tokens)
         engine = HFEngine(settings, model=model, tokenizer=tokenizer)
         label = f"{run['mode']} x{run['slots']}"
         t = time.perf_counter()
@@ -203,9 +236,11 @@ async def bench(args, runs: list[dict]) -> dict:
             model, tokenizer = engine.model, engine.tokenizer
             ids = prompt_ids(tokenizer, run["requests"])
             await run_one(engine, {**run, "slots": 1, "deadline_s": run["deadline_s"]}, ids[:1], 2)  # warm-up
-            result = await run_one(engine, run, ids, args.max_tokens)
+            with OffloadCounter() as offloads:
+                result = await run_one(engine, run, ids, args.max_tokens)
             if engine.cb_sizing:
                 result["cb_sizing"] = engine.cb_sizing
+                result["offloaded"] = offloads.requests
         except Exception as e:  # one failing configuration (OOM, a missing kernel) must not lose the others
             result = {**run, "error": repr(e)}
         finally:
@@ -234,6 +269,8 @@ def row(r: dict) -> str:
     if "error" in r:
         return f"{r['mode']:<11}{r['slots']:>6}  error: {r['error'][:200]}"
     note = "deadline" if r["deadline_hit"] else ""
+    if r.get("offloaded"):
+        note += f" {r['offloaded']} requests evicted (KV pages ran out)"
     if r["errors"]:
         note += f" errors: {r['errors']}"
     done = f"{r['done']}/{r['requests']}"
@@ -267,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=None, help="per configuration: cancel what still runs then")
     ap.add_argument("--context-length", type=int, default=None,
                     help="continuous: tokens each slot's KV pages must hold (default: the engine's auto)")
+    ap.add_argument("--kv-pages", type=int, default=None, help="continuous: KV pages (default: auto from the slots)")
+    ap.add_argument("--max-batch-tokens", type=int, default=None, help="continuous: tokens per step (default: auto)")
     ap.add_argument("--static-wait-s", type=float, default=0.01, help="static: how long a batch gathers requests")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--json", default=None, help="write meta + results here (rewritten after each configuration)")

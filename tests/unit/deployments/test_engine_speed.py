@@ -73,12 +73,19 @@ def test_deadline_reports_what_finished(bench):
     assert 0.2 <= result["seconds"] < 2 and result["ttft_p50_s"] is None
 
 
-def test_continuous_runs_128_slots_at_once(bench, tiny, tmp_path):
-    """The auto-sized KV pages and step budget let 128 requests decode together (the fixed
-    256 x 64-token pages of before could not hold them)."""
-    out = tmp_path / "c128.json"
-    rc = bench.main(["--model", tiny, "--device", "cpu", "--runs", "continuous:128:128", "--max-tokens", "12",
-                     "--threads", "1", "--json", str(out)])
-    (r,) = json.loads(out.read_text())["results"]
-    assert rc == 0 and r["done"] == 128
-    assert r["peak_streaming"] == 128, r
+def test_continuous_runs_128_slots_at_once_without_evictions(bench, tiny, tmp_path):
+    """128 requests of ~180 tokens (23,000 in all) decode together in the auto-sized KV pages; the
+    fixed default of before (256 pages x 64 tokens = 16,384) had to evict some of them."""
+    results = {}
+    for name, extra in (("auto", []), ("old", ["--kv-pages", "256", "--max-batch-tokens", "2048"])):
+        out = tmp_path / f"{name}.json"
+        rc = bench.main(["--model", tiny, "--device", "cpu", "--runs", "continuous:128:128", "--max-tokens", "160",
+                         "--threads", "1", "--json", str(out), *extra])
+        (results[name],) = json.loads(out.read_text())["results"]
+        assert rc == 0 and results[name]["done"] == 128
+    auto, old = results["auto"], results["old"]
+    # Replies long enough to outlive the admission of all 128, so the peak speaks of the pages.
+    assert min(auto["tokens_per_request"]) >= 100, auto["tokens_per_request"]
+    assert auto["peak_streaming"] == 128 and auto["offloaded"] == 0, auto
+    assert old["cb_sizing"]["kv_pages"] == 256 and old["offloaded"] > 0, old
+    assert old["tokens_per_request"] == auto["tokens_per_request"]  # evicted requests are recomputed exactly
