@@ -5,7 +5,7 @@
 # scheduling effect, show within minutes). Prints both comparisons; plots results/demo/*.png.
 # Creates/updates .venv first; trains a quick proxy from the bundled arena sample when
 # artifacts/proxy-default is missing (under a minute on 2 cores, once). Needs nothing outside the repo.
-# Extra arguments go to `loadgen bench` (e.g. scripts/demo.sh --json); DEMO_STAGES=real|emulated
+# Extra arguments go to `ssjf-cluster bench` (e.g. scripts/demo.sh --json); DEMO_STAGES=real|emulated
 # runs one stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."

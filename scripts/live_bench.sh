@@ -28,6 +28,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_AUTH_MODE=disabled DS_ACCELER
 export RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 LG=.venv/bin/loadgen
+BENCH=".venv/bin/ssjf-cluster bench"
 ART=${PROXY_ARTIFACT:-artifacts/proxy-default}
 OUT=${OUT:-results/live}
 N_PAPER=${N_PAPER:-800}
@@ -102,7 +103,7 @@ scenario() {  # NAME CONFIG BATCHING MAX_BATCH LOAD N TIME_SCALE
   derive "$config" "$OUT/$name.yaml" "router.aging_threshold_s=$th"
   rm -rf "${OUT:?}/$name"
   /usr/bin/time -f "live_bench: $name: %e s wall" \
-    $LG bench --config "$OUT/$name.yaml" --policies fcfs,ssjf,ssjf-aging --dataset arena --trace azure-conv \
+    $BENCH --config "$OUT/$name.yaml" --policies fcfs,ssjf,ssjf-aging --dataset arena --trace azure-conv \
       --seed 0 --load "$load" --num-requests "$n" --no-stream --timeout 3600 --out "$OUT/$name" --no-progress \
       > "$OUT/$name.txt" 2> "$OUT/$name.log"
   cat "$OUT/$name.txt"
@@ -117,7 +118,7 @@ sweep() {
   derive cluster/bench_paper.yaml "$OUT/sweep.yaml" "router.aging_threshold_s=$th"
   rm -rf "${OUT:?}/sweep"
   /usr/bin/time -f "live_bench: sweep: %e s wall" \
-    $LG bench --config "$OUT/sweep.yaml" --policies "$SWEEP_POLICIES" --dataset arena --trace azure-conv \
+    $BENCH --config "$OUT/sweep.yaml" --policies "$SWEEP_POLICIES" --dataset arena --trace azure-conv \
       --seed 0 --num-requests "$N_SWEEP" --sweep-load "$SWEEP" --slo-jct-s "$slo" --no-stream --timeout 3600 \
       --out "$OUT/sweep" --no-progress > "$OUT/sweep.txt" 2> "$OUT/sweep.log"
   cat "$OUT/sweep.txt"
@@ -137,7 +138,7 @@ sweep() {
 #     gamma:4, bursty: the first 40 gaps of azure-conv are calm, so no queue would form);
 #  4. `loadgen simulate` of the same workload (engine profile: HF_TOKS tokens/s, batch 1) picks the
 #     aging threshold (choose_threshold, AGING_P99_BUDGET) and gives the simulated gains;
-#  5. `loadgen bench` of fcfs, ssjf, ssjf-aging with --temperature 0 on cluster/demo.yaml with the
+#  5. `ssjf-cluster bench` of fcfs, ssjf, ssjf-aging with --temperature 0 on cluster/demo.yaml with the
 #     proxy and threshold set ($HF_OUT/hf.yaml); the load average is sampled to $HF_OUT/loadavg.txt.
 hf() {
   local out=${HF_OUT:-$OUT/hf} data=${HF_DATA:-artifacts/data/smollm2} proxy=${HF_PROXY:-artifacts/proxy-smollm2}
@@ -187,7 +188,7 @@ EOF2
   (while sleep 15; do echo "$(date +%s) $(cat /proc/loadavg)"; done > "$out/loadavg.txt") &
   local sampler=$!
   /usr/bin/time -f "live_bench: hf: %e s wall" \
-    $LG bench --config "$out/hf.yaml" --policies fcfs,ssjf,ssjf-aging --dataset "$out/heldout.jsonl" \
+    $BENCH --config "$out/hf.yaml" --policies fcfs,ssjf,ssjf-aging --dataset "$out/heldout.jsonl" \
       --trace "$trace" --seed 0 --rate "$rate" --num-requests "$n" --max-tokens "$cap" --temperature 0 \
       --model smollm2 --no-stream --timeout 3600 --out "$out/bench" --no-progress > "$out/bench.txt" 2> "$out/bench.log" \
     || { kill "$sampler"; exit 1; }
