@@ -51,42 +51,24 @@ for _k, _v in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "RAY_USAGE_ST
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica  # noqa: E402
 
-import router.actor as _router_actor  # noqa: E402
+from deployments.config import AppConfig  # noqa: E402
+from deployments.engines.base import Delta  # noqa: E402
 from router.actor import BatchedEnqueuer, Reporter, RouterClient  # noqa: E402
+from router.messages import Cancelled, Dispatched, Report  # noqa: E402
 from router.serve_router import TARGET_KWARG  # noqa: E402
-
-# The router actor's messages are becoming typed (router/messages.py): read and send both forms.
-_DISPATCHED = getattr(_router_actor, "DISPATCHED", "ok")
-_CANCELLED = getattr(_router_actor, "CANCELLED", "cancelled")
-_TYPED_REPORTS = not any(p.kind is p.VAR_POSITIONAL
-                         for p in __import__("inspect").signature(Reporter.report).parameters.values())
 
 
 def _answer(answer) -> tuple[str, str | None, int | None]:
     """``(kind, replica_id, batch_id)`` of an ``enqueue`` answer; kind: dispatched, cancelled, refused."""
-    if isinstance(answer, tuple):
-        if answer[0] == _DISPATCHED:
-            return "dispatched", answer[1], answer[2] if len(answer) > 2 else None
-        return ("cancelled" if answer[0] == _CANCELLED else "refused"), None, None
-    name = type(answer).__name__
-    if name == "Dispatched":
+    if isinstance(answer, Dispatched):
         return "dispatched", answer.replica_id, answer.batch_id
-    return ("cancelled" if name == "Cancelled" else "refused"), None, None
+    return ("cancelled" if isinstance(answer, Cancelled) else "refused"), None, None
 
 
 def _report(reporter: Reporter, kind: str, ident: str) -> None:
-    """``reporter.report`` of a cancel or remove_replica, in the form router.actor takes."""
-    if _TYPED_REPORTS:
-        from router.messages import Report
+    """``reporter.report`` of a cancel or remove_replica."""
+    reporter.report(getattr(Report, kind)(ident))
 
-        reporter.report(getattr(Report, kind)(ident))
-    else:
-        reporter.report(kind, ident)
-
-try:  # the config is moving from cluster/ to deployments/ (issue 11)
-    from deployments.config import AppConfig  # noqa: E402
-except ImportError:  # pragma: no cover
-    from cluster.config import AppConfig  # noqa: E402
 
 def _pending_meta() -> dict:
     """request id -> {"meta": RequestMeta, "requeue": bool}: how the prototype's caller hands a
@@ -96,30 +78,21 @@ def _pending_meta() -> dict:
 
 
 def _request_id(request) -> str | None:
-    """The request id of a call's first argument: a GenerationRequest, or the older payload dict."""
-    if isinstance(request, dict):
-        return request.get("request_id")
+    """The request id of a call's first argument (a GenerationRequest)."""
     return getattr(request, "request_id", None)
 
 
 def _with_batch_id(request, batch_id: int):
-    if isinstance(request, dict):
-        return {**request, "batch_id": batch_id}
     import dataclasses
 
     return dataclasses.replace(request, batch_id=batch_id)
 
 
 def _event(ev) -> tuple[str, int, object]:
-    """``(kind, num_tokens, finish_reason)`` of a ``_Run`` event: typed (Started / Delta / Restart)
-    or the older tuples (("started", id), ("delta", chunk), ("reset",))."""
-    if isinstance(ev, tuple):
-        if ev[0] == "delta":
-            return "delta", ev[1]["num_tokens"], ev[1]["finish_reason"]
-        return ("restart" if ev[0] == "reset" else ev[0]), 0, None
-    name = type(ev).__name__
-    if name == "Delta":
+    """``(kind, num_tokens, finish_reason)`` of a ``_Run`` event (Started / Delta / Restart)."""
+    if isinstance(ev, Delta):
         return "delta", ev.num_tokens, ev.finish_reason
+    name = type(ev).__name__
     return ("restart" if name == "Restart" else name.lower()), 0, None
 
 
@@ -128,8 +101,7 @@ SERVE_CHOOSES = "serve-chooses"  # the wait shape's target until CentralWaitRout
 
 class _NoTarget(NamedTuple):
     """What ``_WaitRun._dispatch`` answers: no replica yet (Serve's router chooses it, and then
-    writes the chosen id into the call's ``target_replica_id``). Unpacks like the older
-    ``(replica_id, batch_id)`` and reads like ``Dispatched``. ``_Run`` reports a failed call's
+    writes the chosen id into the call's ``target_replica_id``). Reads like ``Dispatched``. ``_Run`` reports a failed call's
     replica as removed: under this placeholder id, which the router actor does not know."""
 
     replica_id: str = SERVE_CHOOSES
