@@ -129,7 +129,9 @@ def collect(inputs, out, model, model_name, max_new_tokens, temperature, top_p, 
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
 @click.option("--encoder", default="minilm", show_default=True, help="HF encoder path/name, or alias 'minilm'.")
-@click.option("--head", type=click.Choice(["regression", "classes", "binary"]), default="regression", show_default=True)
+@click.option("--head", type=click.Choice(["regression", "classes", "binary", "censored"]), default="regression",
+              show_default=True, help="censored: P(hits the cap) + log length of finished replies (logs with "
+              "'finished' flags, e.g. from `proxy-model collect`).")
 @click.option("--bucket-edges", callback=_floats, default="", help="Classes head: token edges, e.g. 64,128,256,512 "
               "(default: quantiles of the training lengths, --num-buckets of them).")
 @click.option("--num-buckets", default=5, show_default=True, type=click.IntRange(min=2))
@@ -177,14 +179,25 @@ def train(data, out, no_progress, sources, **kwargs):
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 @click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "int8"]))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-def evaluate(artifact, data, split, as_json, out, dtype, batch_size):
-    """Score ARTIFACT on a split of DATA: tau, Spearman, MAE, bucket and short/long accuracy vs baselines."""
+@click.option("--baseline-artifact", "baseline_artifacts", multiple=True, metavar="NAME=PATH",
+              help="Another proxy artifact scored next to ARTIFACT as a baseline (repeatable), "
+              "e.g. general_proxy=artifacts/proxy-default.")
+def evaluate(artifact, data, split, as_json, out, dtype, batch_size, baseline_artifacts):
+    """Score ARTIFACT on a split of DATA: tau, Spearman, MAE, bucket, short/long and cap accuracy vs baselines."""
     from proxy_model.evaluate import evaluate as run
     from proxy_model.evaluate import format_report
 
     _quiet_transformers()
+    extra = {}
+    for item in baseline_artifacts:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"expected NAME=PATH, got {item!r}", param_hint="--baseline-artifact")
+        if name in ("proxy", "per_model_mean", "prompt_length") or name in extra:
+            raise click.BadParameter(f"baseline name {name!r} is taken", param_hint="--baseline-artifact")
+        extra[name] = path
     try:
-        report = run(artifact, data, split=split, batch_size=batch_size, dtype=dtype)
+        report = run(artifact, data, split=split, batch_size=batch_size, dtype=dtype, baseline_artifacts=extra)
     except (ValueError, FileNotFoundError) as exc:
         _bad(exc)
     if out:

@@ -15,6 +15,11 @@ class HeadType(enum.Enum):
     REGRESSION = "regression"  # standardised log(1 + tokens), MSE (+ optional pairwise rank loss)
     CLASSES = "classes"  # k length buckets, cross-entropy
     BINARY = "binary"  # short/long at each model's training median, logistic loss
+    # Replies cut at the generation cap are censored (true length >= cap), not lengths equal to
+    # it: output 0 is the logit of P(hits the cap), output 1 the standardised log length of a
+    # finished reply (fitted on finished replies only); predicted tokens are the expected length
+    # P(cap) * cap + (1 - P(cap)) * finished length, which is what a capped engine generates.
+    CENSORED = "censored"
 
     @classmethod
     def parse(cls, value: str | HeadType) -> HeadType:
@@ -30,7 +35,7 @@ class HeadType(enum.Enum):
 class HeadConfig:
     """What the artifact needs to rebuild the head and turn its outputs into tokens."""
 
-    head: str = field(default="regression", metadata={"help": "regression | classes | binary"})
+    head: str = field(default="regression", metadata={"help": "regression | classes | binary | censored"})
     hidden_size: int = field(default=256, metadata={"help": "width of the head's hidden layer"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the pooled encoder output"})
     encoder_dim: int = field(default=384, metadata={"help": "size of the encoder's pooled output"})
@@ -45,6 +50,8 @@ class HeadConfig:
     binary_thresholds: list[float] = field(default_factory=list)
     binary_short_values: list[float] = field(default_factory=list)
     binary_long_values: list[float] = field(default_factory=list)
+    # censored: the generation cap in tokens per model row (index 0: <unk>)
+    cap_values: list[float] = field(default_factory=list)
     max_length: int = field(default=128, metadata={"help": "encoder tokens per prompt (head + tail)"})
     max_history_chars: int = field(default=DEFAULT_MAX_HISTORY_CHARS, metadata={
         "help": "history cut of the proxy text rule the training prompts were rendered with"})
@@ -70,6 +77,12 @@ class HeadConfig:
             raise ValueError(f"need {len(edges) + 1} bucket_values for {len(edges)} edges, got {len(self.bucket_values)}")
         if self.head == "classes" and not edges:
             raise ValueError("the classes head needs bucket_edges (e.g. 64,128,256,512)")
+        if self.head == "censored":
+            if len(self.cap_values) != self.num_model_rows:
+                raise ValueError(f"the censored head needs one cap per model row ({self.num_model_rows}, "
+                                 f"<unk> first), got {len(self.cap_values)}")
+            if any(not (math.isfinite(c) and c >= 1) for c in self.cap_values):
+                raise ValueError(f"cap_values must be finite token counts >= 1, got {self.cap_values}")
 
     @property
     def head_type(self) -> HeadType:
@@ -77,7 +90,9 @@ class HeadConfig:
 
     @property
     def num_outputs(self) -> int:
-        return len(self.bucket_edges) + 1 if self.head == "classes" else 1
+        if self.head == "classes":
+            return len(self.bucket_edges) + 1
+        return 2 if self.head == "censored" else 1
 
     @property
     def num_model_rows(self) -> int:

@@ -14,12 +14,14 @@ output_tokens   one of   length of the reply in tokens of the serving model's to
 output          one of   the reply text (counted with ``--tokenizer``)
 prompt_id       no       stable id of the prompt (default: hash of the conversation)
 source          no       where the row came from (default: the file's name)
+finished        no       false when the reply hit the generation cap (a censored length: the
+                         true length is at least ``output_tokens``); absent: unknown (null)
 =============== ======== =====================================================================
 
 ``proxy-model collect`` writes this schema too.
 
 Output columns: ``prompt_id, prompt, model, output_tokens, num_prompt_tokens, num_turns,
-source, split``. ``prompt`` is ``proxy_model.text.proxy_text(messages, max_history_chars)``: the
+source, split, finished`` (``finished`` null where the input does not say). ``prompt`` is ``proxy_model.text.proxy_text(messages, max_history_chars)``: the
 last user turn whole, with at most ``max_history_chars`` of earlier turns cut from the left (the
 rule that serving and the simulator apply too; ``train`` carries ``max_history_chars`` into the
 artifact from the table's metadata, see :func:`max_history_chars_of`).
@@ -52,6 +54,7 @@ PREPARED_SCHEMA = pa.schema([
     ("num_turns", pa.int32()),
     ("source", pa.string()),
     ("split", pa.string()),
+    ("finished", pa.bool_()),
 ])
 REQUIRED_PREPARED = ("prompt", "model", "output_tokens")
 _WS = re.compile(r"\s+")
@@ -113,8 +116,10 @@ def read_logs(path: str | Path, *, tokenizer: str = "smollm2") -> list[dict]:
             raise ValueError(f"{path}: row {i} lacks column(s) {missing}; see the logs schema in proxy_model/data.py")
         messages = r.get("messages") or [{"role": "user", "content": str(r.get("prompt") or "")}]
         pid = r.get("prompt_id") or hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+        finished = r.get("finished")
         rows.append({"prompt_id": str(pid), "messages": messages, "model": str(r["model"]),
-                     "output_tokens": int(r["output_tokens"]), "source": str(r.get("source") or path.stem)})
+                     "output_tokens": int(r["output_tokens"]), "source": str(r.get("source") or path.stem),
+                     "finished": None if finished is None else bool(finished)})
     return rows
 
 
@@ -186,7 +191,7 @@ def prepare(inputs: list[str], out_path: str | Path, *, tokenizer: str = "smollm
             rows.append({
                 "prompt_id": r["prompt_id"], "prompt": proxy_text(msgs, max_history_chars),
                 "model": r["model"], "output_tokens": int(r["output_tokens"]), "num_turns": len(msgs),
-                "source": r["source"],
+                "source": r["source"], "finished": r.get("finished"),
                 "split": split_of(str(first_user), seed=seed, val_frac=val_frac, test_frac=test_frac),
             })
     if not rows:
@@ -202,6 +207,7 @@ def prepare(inputs: list[str], out_path: str | Path, *, tokenizer: str = "smollm
         "rows_per_split": dict(Counter(r["split"] for r in rows)),
         "rows_per_source": dict(Counter(r["source"] for r in rows)),
         "models": len({r["model"] for r in rows}),
+        "capped_rows": sum(1 for r in rows if r.get("finished") is False),
         "dropped": dict(dropped),
         "tokenizer": tokenizer, "max_history_chars": max_history_chars,
         "val_frac": val_frac, "test_frac": test_frac, "seed": seed, "inputs": [str(i) for i in inputs],

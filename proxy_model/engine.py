@@ -136,10 +136,15 @@ class InferenceEngine:
         return {"path": self.path, "head": self.cfg.head, "dtype": self.dtype, "batch_size": self.batch_size,
                 "max_length": self.cfg.max_length, "models": self.known_models, "unknown_model": UNKNOWN_MODEL}
 
-    @torch.inference_mode()
     def predict(self, prompts: list[str], models: list[str]) -> list[float]:
+        return self.predict_detail(prompts, models)[0]
+
+    @torch.inference_mode()
+    def predict_detail(self, prompts: list[str], models: list[str]) -> tuple[list[float], list[float] | None]:
+        """(predicted tokens, P(the reply hits the generation cap) per request, or None when the
+        artifact's head has no cap output)."""
         if not prompts:
-            return []
+            return [], None
         # Each distinct prompt is encoded once, whatever number of models it is asked for.
         uniq: dict[str, int] = {}
         where = [uniq.setdefault(p, len(uniq)) for p in prompts]
@@ -147,7 +152,9 @@ class InferenceEngine:
         model_ids = torch.tensor([self.model_index(m) for m in models], dtype=torch.long, device=self.device)
         rows = pooled[torch.tensor(where, dtype=torch.long, device=self.device)]
         logits = self.model.head(rows, model_ids)
-        return self.model.tokens(logits, model_ids).float().cpu().tolist()
+        p_cap = self.model.cap_probability(logits)
+        tokens = self.model.tokens(logits, model_ids).float().cpu().tolist()
+        return tokens, (p_cap.cpu().tolist() if p_cap is not None else None)
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:

@@ -4,7 +4,13 @@ Baselines (fitted on the table's ``train`` split when it has one, else on the ar
 - ``per_model_mean``: every request predicted its model's mean training length (orders nothing
   within a model, so its within-model tau is 0 by construction);
 - ``prompt_length``: ``HeuristicPredictor`` with ``base + ratio * prompt_tokens`` fitted by least
-  squares on the training rows.
+  squares on the training rows;
+- optionally other artifacts (``baseline_artifacts``, e.g. the general proxy trained on other LLMs).
+
+Where the table says which replies hit the generation cap (``finished`` false), "hits the cap"
+accuracy is reported too: the proxy's P(cap) where its head is censored; the two fitted baselines
+predict their model's majority class on the training rows; a predictor without P(cap) says
+"capped" when its predicted tokens reach the cap. A ``finished`` block scores the finished replies alone.
 """
 
 from __future__ import annotations
@@ -33,8 +39,18 @@ def fit_baselines(train_prompts, train_models, train_tokens) -> dict:
     return {"per_model_mean": mean, "prompt_length": heur}
 
 
+def model_caps(models, tokens, capped) -> dict[str, float]:
+    """The generation cap of each model in the logs: its longest capped reply (collect records a
+    capped reply at the cap); models with no capped reply are absent."""
+    caps: dict[str, float] = {}
+    for m, t, c in zip(models, tokens, capped, strict=True):
+        if c:
+            caps[m] = max(caps.get(m, 0.0), float(t))
+    return caps
+
+
 def evaluate(artifact: str, data_path: str, *, split: str = "test", batch_size: int = 64, dtype: str = "auto",
-             bucket_edges=DEFAULT_EDGES, by_source: bool = True) -> dict:
+             bucket_edges=DEFAULT_EDGES, by_source: bool = True, baseline_artifacts: dict[str, str] | None = None) -> dict:
     from proxy_model.predictor import LengthPredictor
 
     table = read_prepared(data_path)
@@ -46,38 +62,68 @@ def evaluate(artifact: str, data_path: str, *, split: str = "test", batch_size: 
     models = eval_t.column("model").to_pylist()
     truth = np.asarray(eval_t.column("output_tokens").to_pylist(), dtype=float)
     sources = eval_t.column("source").to_pylist() if "source" in eval_t.column_names else ["all"] * len(prompts)
-
-    predictor = LengthPredictor.load(artifact, timeout_s=None, batch_size=batch_size, dtype=dtype)
+    flags = eval_t.column("finished").to_pylist() if "finished" in eval_t.column_names else [None] * len(prompts)
+    # Cap metrics only where the logs say which replies hit the cap; null counts as finished.
+    has_caps = any(f is False for f in flags)
+    capped = np.asarray([f is False for f in flags]) if has_caps else None
+    if has_caps:
+        all_flags = table.column("finished").to_pylist()
+        caps_of = model_caps(table.column("model").to_pylist(), table.column("output_tokens").to_pylist(),
+                             [f is False for f in all_flags])
+        caps = np.asarray([caps_of.get(m, np.inf) for m in models])
+    else:
+        caps = None
     # Each distinct prompt is encoded once per model it is asked for; dedupe (prompt, model) pairs.
     pairs = sorted(set(zip(prompts, models, strict=True)))
-    t0 = time.perf_counter()
-    values = predictor.predict([p for p, _ in pairs], [m for _, m in pairs])
-    seconds = time.perf_counter() - t0
-    lookup = dict(zip(pairs, values, strict=True))
-    pred = np.asarray([lookup[(p, m)] for p, m in zip(prompts, models, strict=True)])
+
+    def run_artifact(path):
+        pred_ = LengthPredictor.load(path, timeout_s=None, batch_size=batch_size, dtype=dtype)
+        t0 = time.perf_counter()
+        values, p_caps = pred_.predict_detail([p for p, _ in pairs], [m for _, m in pairs])
+        secs = time.perf_counter() - t0
+        at = {pm: i for i, pm in enumerate(pairs)}
+        idx = [at[(p, m)] for p, m in zip(prompts, models, strict=True)]
+        tokens = np.asarray(values)[idx]
+        return pred_, tokens, (np.asarray(p_caps)[idx] if p_caps is not None else None), secs
+
+    predictor, pred, pred_cap, seconds = run_artifact(artifact)
 
     if has_split and split != "train":
         train_t = read_prepared(data_path, ("train",))
     else:
         train_t = None
+    base_cap = None
     if train_t is not None and train_t.num_rows:
-        baselines = fit_baselines(train_t.column("prompt").to_pylist(), train_t.column("model").to_pylist(),
+        train_models = train_t.column("model").to_pylist()
+        baselines = fit_baselines(train_t.column("prompt").to_pylist(), train_models,
                                   train_t.column("output_tokens").to_pylist())
         baseline_fit = "train split of the evaluated table"
+        if has_caps:
+            base_cap = cap_fractions(train_models, train_t.column("finished").to_pylist())
     else:
         summary = predictor._engine.doc.get("summary") or {}
         baselines = {"per_model_mean": ConstantPredictor(summary.get("mean_tokens", 128.0),
                                                          per_model=summary.get("mean_tokens_per_model")),
                      "prompt_length": HeuristicPredictor()}
         baseline_fit = "artifact training summary / defaults"
-    base_pred = {name: np.asarray(b.predict(prompts, models)) for name, b in baselines.items()}
+        base_cap = dict(summary.get("cap_fraction_per_model") or {})
+    # (tokens, P(cap) or None) per scorer; a constant baseline's P(cap) is its model's training cap rate.
+    scored = {"proxy": (pred, pred_cap)}
+    for name, b in baselines.items():
+        p_base = (np.asarray([(base_cap or {}).get(m, 0.0) for m in models]) if has_caps else None)
+        scored[name] = (np.asarray(b.predict(prompts, models)), p_base)
+    for name, path in (baseline_artifacts or {}).items():
+        _, b_tokens, b_cap, _ = run_artifact(path)
+        scored[name] = (b_tokens, b_cap)
 
     def block(mask=None):
         sel = np.ones(len(truth), bool) if mask is None else mask
         ms = [models[i] for i in np.flatnonzero(sel)]
-        out = {"proxy": length_metrics(pred[sel], truth[sel], ms, bucket_edges=bucket_edges)}
-        for name, bp in base_pred.items():
-            out[name] = length_metrics(bp[sel], truth[sel], ms, bucket_edges=bucket_edges)
+        out = {}
+        for name, (tokens, p_cap) in scored.items():
+            cap_kw = ({"capped": capped[sel], "caps": caps[sel], "p_cap": p_cap[sel] if p_cap is not None else None}
+                      if has_caps else {})
+            out[name] = length_metrics(tokens[sel], truth[sel], ms, bucket_edges=bucket_edges, **cap_kw)
         return out
 
     report = {
@@ -90,11 +136,21 @@ def evaluate(artifact: str, data_path: str, *, split: str = "test", batch_size: 
     if by_source and len(set(sources)) > 1:
         src = np.asarray(sources, dtype=object)
         report["by_source"] = {s: block(src == s) for s in sorted(set(sources))}
+    if has_caps and (~capped).sum() >= 2:
+        report["finished"] = block(~capped)
     return report
 
 
+def cap_fractions(models, finished) -> dict[str, float]:
+    """Share of each model's rows that hit the cap (``finished`` false; null counts as finished)."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for m, f in zip(models, finished, strict=True):
+        hits[m].append(f is False)
+    return {m: float(np.mean(v)) for m, v in hits.items()}
+
+
 HEADLINE = ("kendall_tau_within_model", "spearman_within_model", "kendall_tau", "spearman", "binary_accuracy",
-            "binary_accuracy_within_model", "bucket_accuracy", "mae_tokens")
+            "binary_accuracy_within_model", "binary_accuracy_ranked", "cap_accuracy", "bucket_accuracy", "mae_tokens")
 
 
 def format_report(report: dict) -> str:
@@ -111,4 +167,6 @@ def format_report(report: dict) -> str:
     table("all", report["all"])
     for s, block in (report.get("by_source") or {}).items():
         table(s, block)
+    if report.get("finished"):
+        table("finished replies only", report["finished"])
     return "\n".join(lines)

@@ -8,6 +8,11 @@ LLMs and an unseen name uses row 0 (``<unk>``). Row 0 is trained on every reply 
 Training examples are prompts, not (prompt, model) rows: the encoder runs once per prompt and
 the head scores every model row at once (``targets`` holds one log length per model, NaN where
 that model did not answer). With 15-19 models per prompt this is 15-19x less encoder work.
+
+The censored head also takes ``capped`` (B, M): the fraction of a prompt's replies by that model
+that hit the generation cap (NaN where none); its ``targets`` then hold the log length of the
+FINISHED replies only (NaN where every reply was capped), since a capped reply's length is only a
+lower bound.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ class LengthModel(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         return mean_pool(self.encoder(**kwargs).last_hidden_state, attention_mask)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, features=None, targets=None):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, features=None, targets=None,
+                capped=None):
         if features is None:
             if self.encoder is None:
                 raise ValueError("this model has no encoder: pass cached 'features'")
@@ -75,12 +81,17 @@ class LengthModel(nn.Module):
         logits = self.head(features)  # (B, M+1, K)
         out = {"logits": logits}
         if targets is not None:
-            out["loss"] = self.loss(logits, targets)
+            out["loss"] = self.loss(logits, targets, capped)
         return out
 
     # ------------------------------------------------------------------ losses
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``targets``: (B, M) log1p(tokens) per known model, NaN where missing."""
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, capped: torch.Tensor | None = None) -> torch.Tensor:
+        """``targets``: (B, M) log1p(tokens) per known model, NaN where missing (censored head:
+        finished replies only, and ``capped`` the fraction of replies at the cap, see the module doc)."""
+        if self.cfg.head_type is HeadType.CENSORED:
+            if capped is None:
+                raise ValueError("the censored head's loss needs 'capped' (fraction of replies at the cap)")
+            return self.censored_loss(logits, targets, capped)
         observed = ~torch.isnan(targets)
         y = torch.nan_to_num(targets)
         known = logits[:, 1:, :]
@@ -106,6 +117,46 @@ class LengthModel(nn.Module):
             loss = loss + self.rank_loss_weight * self.rank_loss(self.score(known), y, observed)
         return loss
 
+    def censored_loss(self, logits: torch.Tensor, targets: torch.Tensor, capped: torch.Tensor) -> torch.Tensor:
+        """Cap probability (logistic) on every reply + log-length regression on finished replies only
+        (+ the pairwise rank loss on the expected length, a capped reply ranking above every finished one)."""
+        has_reply = ~torch.isnan(capped)
+        has_finished = ~torch.isnan(targets)
+        c = torch.nan_to_num(capped).float()
+        y = torch.nan_to_num(targets).float()
+        known, unk = logits[:, 1:, :].float(), logits[:, :1, :].float()
+        unk = unk.expand_as(known)
+        per_cap = (F.binary_cross_entropy_with_logits(known[..., 0], c, reduction="none")
+                   + F.binary_cross_entropy_with_logits(unk[..., 0], c, reduction="none"))
+        z = (y - self.cfg.log_mean) / self.cfg.log_std
+        per_len = (known[..., 1] - z) ** 2 + (unk[..., 1] - z) ** 2
+        loss = ((per_cap * has_reply).sum() / has_reply.sum().clamp(min=1)
+                + (per_len * has_finished).sum() / has_finished.sum().clamp(min=1))
+        if self.rank_loss_weight > 0:
+            cap = self._caps(logits.device)[1:]
+            # What the engine emits: the cap for a capped reply, the length for a finished one.
+            y_rank = c * torch.log1p(cap) + (1 - c) * y
+            score = torch.log1p(self.expected_tokens(known, cap))
+            loss = loss + self.rank_loss_weight * self.rank_loss(score, y_rank, has_reply)
+        return loss
+
+    def _caps(self, device) -> torch.Tensor:
+        return torch.tensor(self.cfg.cap_values, dtype=torch.float32, device=device)
+
+    def expected_tokens(self, logits: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        """Censored head: ``P(cap) * cap + (1 - P(cap)) * min(finished length, cap)`` ((..., 2) -> (...)),
+        ``cap`` broadcast against the leading dimensions. Differentiable (the rank loss uses it)."""
+        p = torch.sigmoid(logits[..., 0].float())
+        finished = torch.expm1(self.cfg.log_mean + self.cfg.log_std * logits[..., 1].float()).clamp(min=0.0)
+        return p * cap + (1 - p) * torch.minimum(finished, cap)
+
+    @torch.no_grad()
+    def cap_probability(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """P(the reply hits the cap) per row for the censored head; None for heads that have no such output."""
+        if self.cfg.head_type is not HeadType.CENSORED:
+            return None
+        return torch.sigmoid(logits[..., 0].float())
+
     @staticmethod
     def rank_loss(score: torch.Tensor, y: torch.Tensor, observed: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
         """Pairwise logistic loss between prompts of the batch, within each model (column)."""
@@ -123,6 +174,8 @@ class LengthModel(nn.Module):
             return logits[..., 0].float()
         if head is HeadType.BINARY:
             return logits[..., 0].float()
+        if head is HeadType.CENSORED:
+            raise ValueError("the censored head's score needs each row's cap: use expected_tokens")
         values = torch.tensor(self.cfg.bucket_values, dtype=torch.float32, device=logits.device)
         return (logits.float().softmax(-1) * torch.log(values)).sum(-1)
 
@@ -138,6 +191,8 @@ class LengthModel(nn.Module):
             values = torch.tensor(cfg.bucket_values, dtype=torch.float32, device=logits.device)
             # Geometric mean of bucket values weighted by probability: smooth, so it ranks well.
             return torch.exp((logits.softmax(-1) * torch.log(values)).sum(-1))
+        if head is HeadType.CENSORED:
+            return self.expected_tokens(logits, self._caps(logits.device)[model_ids])
         p = torch.sigmoid(logits[..., 0])
         short = torch.tensor(cfg.binary_short_values, dtype=torch.float32, device=logits.device)[model_ids]
         long = torch.tensor(cfg.binary_long_values, dtype=torch.float32, device=logits.device)[model_ids]

@@ -200,6 +200,13 @@ class LengthPredictor:
                 out[i] = float(v)
         return out, reason
 
+    def predict_detail(self, prompts: Sequence[str], models: Sequence[str]) -> tuple[list[float], list[float] | None]:
+        """(predicted tokens, P(each reply hits the generation cap)) where the artifact's head is
+        censored, else (predicted tokens, None). Waits for the model (no deadline, no fallback, no
+        empty-prompt rule): for evaluation, not serving."""
+        check_inputs(prompts, models)
+        return self._engine.predict_detail(list(prompts), list(models))
+
     def predict_messages(self, conversations: Sequence[Sequence[dict]], models: Sequence[str]) -> list[float]:
         """Like ``predict`` for chat requests: each conversation is rendered by :func:`text_for`."""
         return self.predict([text_for(self, c) for c in conversations], models)

@@ -38,24 +38,41 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- examples
 
-def group_by_prompt(prompts: list[str], models: list[str], tokens: list[int], known: list[str]):
-    """(unique prompts, targets (P, M) of mean log1p(tokens), NaN where a model has no reply)."""
+def group_by_prompt(prompts: list[str], models: list[str], tokens: list[int], known: list[str],
+                    capped: list[bool] | None = None):
+    """(unique prompts, targets (P, M) of mean log1p(tokens), NaN where a model has no reply).
+
+    With ``capped`` (one flag per row: the reply hit the generation cap), for the censored head:
+    (unique prompts, targets of mean log1p(tokens) over FINISHED replies only (NaN where none
+    finished), fraction of replies at the cap (P, M), NaN where a model has no reply).
+    """
     col = {m: i for i, m in enumerate(known)}
-    sums: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for p, m, t in zip(prompts, models, tokens, strict=True):
+    flags = capped if capped is not None else [False] * len(prompts)
+    sums: dict[str, dict[int, list[tuple[float, bool]]]] = defaultdict(lambda: defaultdict(list))
+    for p, m, t, c in zip(prompts, models, tokens, flags, strict=True):
         if m in col:
-            sums[p][col[m]].append(math.log1p(t))
+            sums[p][col[m]].append((math.log1p(t), bool(c)))
     uniq = list(sums)
     targets = np.full((len(uniq), len(known)), np.nan, dtype=np.float32)
+    cap_frac = np.full((len(uniq), len(known)), np.nan, dtype=np.float32)
     for i, p in enumerate(uniq):
         for j, vals in sums[p].items():
-            targets[i, j] = float(np.mean(vals))
-    return uniq, targets
+            finished = [v for v, c in vals if not c]
+            cap_frac[i, j] = sum(c for _, c in vals) / len(vals)
+            if capped is None:
+                targets[i, j] = float(np.mean([v for v, _ in vals]))
+            elif finished:
+                targets[i, j] = float(np.mean(finished))
+    if capped is None:
+        return uniq, targets
+    return uniq, targets, cap_frac
 
 
 class PromptDataset(Dataset):
-    def __init__(self, targets: np.ndarray, ids: list[list[int]] | None = None, features: torch.Tensor | None = None):
+    def __init__(self, targets: np.ndarray, ids: list[list[int]] | None = None, features: torch.Tensor | None = None,
+                 capped: np.ndarray | None = None):
         self.targets = torch.from_numpy(targets)
+        self.capped = torch.from_numpy(capped) if capped is not None else None
         self.ids, self.features = ids, features
 
     def __len__(self):
@@ -63,6 +80,8 @@ class PromptDataset(Dataset):
 
     def __getitem__(self, i):
         item = {"targets": self.targets[i]}
+        if self.capped is not None:
+            item["capped"] = self.capped[i]
         if self.features is not None:
             item["features"] = self.features[i]
         else:
@@ -76,6 +95,8 @@ class Collate:
 
     def __call__(self, items):
         batch = {"targets": torch.stack([it["targets"] for it in items])}
+        if "capped" in items[0]:
+            batch["capped"] = torch.stack([it["capped"] for it in items])
         if "features" in items[0]:
             batch["features"] = torch.stack([it["features"] for it in items])
         else:
@@ -85,10 +106,21 @@ class Collate:
 
 # ---------------------------------------------------------------- head statistics
 
-def head_statistics(cfg: TrainConfig, models: list[str], tokens: np.ndarray, model_of_row: np.ndarray) -> dict:
-    """Normalisation, bucket edges/values and binary thresholds from the training rows."""
-    logs = np.log1p(tokens)
+def head_statistics(cfg: TrainConfig, models: list[str], tokens: np.ndarray, model_of_row: np.ndarray,
+                    capped: np.ndarray | None = None) -> dict:
+    """Normalisation, bucket edges/values and binary thresholds from the training rows; for the
+    censored head (``capped``: a flag per row), the log normalisation of the finished rows and the
+    cap of each model row."""
+    censored = cfg.head == "censored"
+    if censored:
+        if capped is None:
+            raise ValueError("the censored head needs each row's 'finished' flag")
+        if capped.all():
+            raise ValueError("the censored head needs finished replies to fit their length; every row hit the cap")
+    logs = np.log1p(tokens[~capped] if censored else tokens)
     out = {"log_mean": float(logs.mean()), "log_std": float(max(logs.std(), 1e-3))}
+    if censored:
+        out["cap_values"] = cap_values(len(models), tokens, model_of_row, capped)
     edges = sorted(cfg.bucket_edges) or sorted({float(round(q)) for q in
                                                 np.quantile(tokens, np.linspace(0, 1, cfg.num_buckets + 1)[1:-1])})
     edges = [e for e in edges if e > 0]
@@ -113,6 +145,19 @@ def head_statistics(cfg: TrainConfig, models: list[str], tokens: np.ndarray, mod
         long.append(float(max(np.median(lo) if len(lo) else med * 2, 1.0)))
     out.update(binary_thresholds=thr, binary_short_values=short, binary_long_values=long)
     return out
+
+
+def cap_values(num_models: int, tokens: np.ndarray, model_of_row: np.ndarray, capped: np.ndarray) -> list[float]:
+    """The generation cap of each model row (index 0: <unk>): the largest length among that model's
+    capped replies (collect records a capped reply at the cap). A model none of whose training
+    replies hit a cap gets its longest reply (P(cap) learns ~0 there, so the value barely counts);
+    <unk> gets the median of the models' caps."""
+    caps = []
+    for j in range(num_models):
+        mine = model_of_row == j
+        hit = tokens[mine & capped]
+        caps.append(float(max(hit.max() if len(hit) else tokens[mine].max(), 1.0)))
+    return [float(np.median(caps))] + caps
 
 
 # ---------------------------------------------------------------- init from an artifact
@@ -215,12 +260,19 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
     tokens = np.asarray([cols["output_tokens"][i] for i in rows], dtype=np.float64)
     if np.any(tokens < 0):
         raise ValueError("output_tokens must be >= 0")
-    stats = head_statistics(cfg, models, tokens, np.asarray([mcol[cols["model"][i]] for i in rows]))
+    finished = table.column("finished").to_pylist() if "finished" in table.column_names else [None] * table.num_rows
+    # A row is censored only when its log says so (finished false); unknown (null) counts as finished.
+    capped_all = [f is False for f in finished]
+    censored = cfg.head == "censored"
+    if censored and not any(capped_all[i] for i in rows):
+        logger.warning("censored head: no training row is marked finished=false; P(cap) will learn ~0")
+    capped = np.asarray([capped_all[i] for i in rows], dtype=bool)
+    stats = head_statistics(cfg, models, tokens, np.asarray([mcol[cols["model"][i]] for i in rows]), capped)
 
     init = load_init(cfg.init_from, cfg) if cfg.init_from else None
     if init is not None:
         enc_path, enc_kwargs = init["encoder_path"], {}
-        if cfg.head == "regression":  # keep the init head's output scale, so its weights keep their meaning
+        if cfg.head in ("regression", "censored"):  # keep the init head's output scale, so its weights keep their meaning
             stats.update(log_mean=init["cfg"].log_mean, log_std=init["cfg"].log_std)
     else:
         enc_path, enc_kwargs = resolve_model_name(cfg.encoder)
@@ -234,12 +286,13 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
     tok = Tokenize(tokenizer, cfg.max_length)
 
     def dataset(idx: list[int]):
-        prompts, targets = group_by_prompt([cols["prompt"][i] for i in idx], [cols["model"][i] for i in idx],
-                                           [cols["output_tokens"][i] for i in idx], models)
-        return prompts, targets
+        grouped = group_by_prompt([cols["prompt"][i] for i in idx], [cols["model"][i] for i in idx],
+                                  [cols["output_tokens"][i] for i in idx], models,
+                                  [capped_all[i] for i in idx] if censored else None)
+        return grouped if censored else (*grouped, None)
 
-    train_prompts, train_targets = dataset(rows)
-    val_prompts, val_targets = dataset(val_rows) if val_rows else ([], None)
+    train_prompts, train_targets, train_capped = dataset(rows)
+    val_prompts, val_targets, val_capped = dataset(val_rows) if val_rows else ([], None, None)
     use_bf16 = cfg.bf16 == "yes" or (cfg.bf16 == "auto" and (torch.cuda.is_available() or cpu_has_native_bf16()))
     logger.info("training on %d rows = %d prompts x %d models (val: %d prompts)", len(rows), len(train_prompts),
                 len(models), len(val_prompts))
@@ -249,12 +302,12 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
         train_feats = encode_features(encoder, tok, train_ids, bf16=use_bf16)
         val_feats = encode_features(encoder, tok, val_ids, bf16=use_bf16) if val_ids else None
         logger.info("cached encoder features for %d prompts in %.1fs", len(train_ids) + len(val_ids), time.time() - t0)
-        train_ds = PromptDataset(train_targets, features=train_feats)
-        val_ds = PromptDataset(val_targets, features=val_feats) if val_ids else None
+        train_ds = PromptDataset(train_targets, features=train_feats, capped=train_capped)
+        val_ds = PromptDataset(val_targets, features=val_feats, capped=val_capped) if val_ids else None
         model = LengthModel(None, head_cfg, rank_loss_weight=cfg.rank_loss_weight)
     else:
-        train_ds = PromptDataset(train_targets, ids=train_ids)
-        val_ds = PromptDataset(val_targets, ids=val_ids) if val_ids else None
+        train_ds = PromptDataset(train_targets, ids=train_ids, capped=train_capped)
+        val_ds = PromptDataset(val_targets, ids=val_ids, capped=val_capped) if val_ids else None
         model = LengthModel(encoder, head_cfg, rank_loss_weight=cfg.rank_loss_weight)
     if init is not None:
         copied = copy_head(init, model.head)
@@ -302,9 +355,11 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
         final = model
     final.eval()
     per_model = defaultdict(list)
+    per_model_capped = defaultdict(list)
     per_source = defaultdict(int)
     for i in rows:
         per_model[cols["model"][i]].append(cols["output_tokens"][i])
+        per_model_capped[cols["model"][i]].append(capped_all[i])
         per_source[sources[i]] += 1
     summary = {
         "train_rows": len(rows), "train_prompts": len(train_prompts), "val_prompts": len(val_prompts),
@@ -313,6 +368,8 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
         "median_tokens": float(np.median(tokens)), "mean_tokens": float(np.mean(tokens)),
         "median_tokens_per_model": {m: float(np.median(v)) for m, v in per_model.items()},
         "mean_tokens_per_model": {m: float(np.mean(v)) for m, v in per_model.items()},
+        "cap_fraction": float(capped.mean()),
+        "cap_fraction_per_model": {m: float(np.mean(v)) for m, v in per_model_capped.items()},
         "data": str(data_path), "train_config": cfg.to_dict(),
         "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t_start, 1),
         "log_history": history, "bf16_training": bool(use_bf16 and not cfg.freeze_encoder),
