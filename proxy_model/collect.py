@@ -91,6 +91,10 @@ def load_causal_lm(name: str, device: str = "cpu", dtype: str = "auto", weights:
         kwargs = {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs).to(device).eval()
+    if str(device).startswith("cuda"):
+        # cuDNN's SDPA costs ~2 ms of CPU per layer per decode step (measured on an H200, see
+        # docs/engine_speed.md); the flash / memory-efficient kernels do not.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return model, tokenizer
 
 
