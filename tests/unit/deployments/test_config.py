@@ -77,6 +77,14 @@ def test_every_knob_is_documented():
     assert all(help_ for _, _, help_ in rows), [k for k, _, h in rows if not h]
 
 
+def test_the_knob_table_in_the_docs_is_what_describe_gives():
+    """docs/serving.md's table is generated from describe(): a changed default or new knob must show."""
+    docs = (CLUSTER.parent / "docs" / "serving.md").read_text().splitlines()
+    table = [line for line in docs if line.startswith("| `")]
+    want = [f"| `{key}` | `{default}` | {help_} |" for key, default, help_ in describe()]
+    assert [line for line in table if line in want] == want, sorted(set(want) - set(table))
+
+
 @pytest.mark.parametrize("path", sorted(CLUSTER.glob("serve_*.yaml")), ids=lambda p: p.name)
 def test_shipped_serve_configs_validate(path):
     data = yaml.safe_load(path.read_text())
