@@ -176,8 +176,7 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     FCFS p99 JCT of this workload (FCFS runs first; it is simulated even when not listed).
     """
     from loadgen import predictors_sim
-    from loadgen.simulator import simulate
-    from loadgen.summary import compare, format_table, summarize
+    from loadgen.summary import compare
     from proxy_model.metrics import kendall_tau
 
     t0 = time.perf_counter()
@@ -189,33 +188,7 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     span = float(work.arrival_s[-1] - work.arrival_s[0]) if n > 1 else 0.0
     offered = (n - 1) / span if span > 0 else math.inf
 
-    aging = {"rule": base.aging_rule.value, "rate": base.aging_rate, "threshold_s": base.aging_threshold_s,
-             "threshold_source": "given"}
-    use_auto = (auto_threshold and Policy.SSJF_AGING in policies and base.aging_rule is AgingRule.THRESHOLD)
-    order = sorted(policies, key=lambda p: p is not Policy.FCFS) if use_auto else list(policies)
-    if use_auto and Policy.FCFS not in order:
-        order.insert(0, Policy.FCFS)
-
-    results: dict[str, dict] = {}
-    per_policy = {}
-    for policy in order:
-        config = replace(base, policy=policy)
-        if policy is Policy.SSJF_AGING and use_auto:
-            p99_fcfs = results[Policy.FCFS.value]["p99_jct_s"]
-            base = replace(base, aging_threshold_s=AUTO_THRESHOLD_FACTOR * p99_fcfs)
-            config = replace(base, policy=policy)
-            aging.update(threshold_s=base.aging_threshold_s,
-                         threshold_source=f"auto: {AUTO_THRESHOLD_FACTOR} x FCFS p99 JCT ({p99_fcfs:.3f} s)")
-        res = simulate(work, config, engine, replicas)
-        s = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
-                      first_token_at=res.first_token_at, output_tokens=truth)
-        s["sim_wall_s"] = res.wall_s
-        s["sim_requests_per_s"] = n / res.wall_s if res.wall_s > 0 else None
-        s["num_events"] = res.num_events
-        results[policy.value] = s
-        per_policy[policy.value] = res
-    summaries = {p.value: results[p.value] for p in policies}
-    per_policy = {p.value: per_policy[p.value] for p in policies}
+    summaries, per_policy, base, aging = _simulate_policies(work, policies, engine, base, replicas, auto_threshold)
 
     tau = kendall_tau(truth, predicted, max_n=predictors_sim.TAU_MAX_N, seed=opts.seed)
     summary = {
@@ -239,11 +212,59 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     }
     if out_dir is not None:
         _write_out(Path(out_dir), table, predicted, per_policy, summary)
+    lines = _summary_lines(opts, policies, predictor, engine, base, replicas, summary, saturation, out_dir)
+    return {"summary": summary, "text": "\n".join(lines)}
 
+
+def _simulate_policies(work, policies, engine, base: SchedulerConfig, replicas: int, auto_threshold: bool):
+    """Simulate every policy on ``work``; returns the summaries and results in ``policies`` order,
+    the scheduler config after any auto threshold, and the aging block of the summary."""
+    from loadgen.simulator import simulate
+    from loadgen.summary import summarize
+
+    n = len(work)
+    aging = {"rule": base.aging_rule.value, "rate": base.aging_rate, "threshold_s": base.aging_threshold_s,
+             "threshold_source": "given"}
+    use_auto = (auto_threshold and Policy.SSJF_AGING in policies and base.aging_rule is AgingRule.THRESHOLD)
+    # The auto threshold is read off FCFS's p99, so FCFS runs first (and runs even when not listed).
+    order = sorted(policies, key=lambda p: p is not Policy.FCFS) if use_auto else list(policies)
+    if use_auto and Policy.FCFS not in order:
+        order.insert(0, Policy.FCFS)
+
+    results: dict[str, dict] = {}
+    per_policy = {}
+    for policy in order:
+        config = replace(base, policy=policy)
+        if policy is Policy.SSJF_AGING and use_auto:
+            p99_fcfs = results[Policy.FCFS.value]["p99_jct_s"]
+            base = replace(base, aging_threshold_s=AUTO_THRESHOLD_FACTOR * p99_fcfs)
+            config = replace(base, policy=policy)
+            aging.update(threshold_s=base.aging_threshold_s,
+                         threshold_source=f"auto: {AUTO_THRESHOLD_FACTOR} x FCFS p99 JCT ({p99_fcfs:.3f} s)")
+        res = simulate(work, config, engine, replicas)
+        s = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
+                      first_token_at=res.first_token_at, output_tokens=work.output_tokens)
+        s["sim_wall_s"] = res.wall_s
+        s["sim_requests_per_s"] = n / res.wall_s if res.wall_s > 0 else None
+        s["num_events"] = res.num_events
+        results[policy.value] = s
+        per_policy[policy.value] = res
+    summaries = {p.value: results[p.value] for p in policies}
+    per_policy = {p.value: per_policy[p.value] for p in policies}
+    return summaries, per_policy, base, aging
+
+
+def _summary_lines(opts: WorkloadOptions, policies, predictor, engine, base: SchedulerConfig, replicas: int,
+                   summary: dict, saturation: dict | None, out_dir: str | None) -> list[str]:
+    """The text report of ``loadgen simulate`` (the header, the per-policy table, the footnotes)."""
+    from loadgen.summary import format_table
+
+    n = summary["workload"]["num_requests"]
+    rate, offered = summary["rate_rps"], summary["offered_rate_rps"]
     lines = [
         f"workload: dataset={opts.dataset} trace={opts.trace} requests={n} seed={opts.seed}; "
         f"replicas={replicas} batching={base.batching.value} max_batch={base.max_batch} balancer={base.balancer.value}",
-        f"engine: {engine.name}; predictor: {predictor} (Kendall tau {tau:.3f} vs truth)",
+        f"engine: {engine.name}; predictor: {predictor} (Kendall tau {summary['predictor_kendall_tau']:.3f} vs truth)",
     ]
     if saturation:
         lines.append(f"saturation {saturation['saturation_rps']:.4f} req/s (measured); target load {opts.load} -> "
@@ -252,14 +273,15 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
         lines.append(f"rate {rate:.4f} req/s (offered {offered:.4f})")
     if Policy.SSJF_AGING in policies:
         if base.aging_rule is AgingRule.THRESHOLD:
-            lines.append(f"ssjf-aging: rule=threshold threshold_s={base.aging_threshold_s:.1f} ({aging['threshold_source']})")
+            lines.append(f"ssjf-aging: rule=threshold threshold_s={base.aging_threshold_s:.1f} "
+                         f"({summary['aging']['threshold_source']})")
         else:
             lines.append(f"ssjf-aging: rule={base.aging_rule.value} rate={base.aging_rate:g} tokens/s")
-    lines += ["", format_table(summaries, "fcfs"), "",
+    lines += ["", format_table(summary["policies"], "fcfs"), "",
               "JCT, wait (queueing delay) in seconds; 'oracle' knows the true lengths (a benchmark bound only)."]
     if out_dir is not None:
         lines.append(f"per-request results in {out_dir}/requests.parquet")
-    return {"summary": summary, "text": "\n".join(lines)}
+    return lines
 
 
 def _write_out(out: Path, table, predicted, per_policy: dict, summary: dict) -> None:
