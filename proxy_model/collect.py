@@ -130,11 +130,7 @@ def collect(conversations: list[dict], out_path: str | Path, cfg: CollectConfig,
     import torch
 
     t0 = time.monotonic()  # the deadline counts loading and tokenising too: it bounds the whole call
-    if not conversations:
-        raise ValueError("no prompts to run")
-    for i, c in enumerate(conversations):
-        if not c.get("messages") or c["messages"][-1].get("role") != "user":
-            raise ValueError(f"conversation {i} ({c.get('prompt_id')}) must end with a user turn")
+    _check_conversations(conversations)
     name = cfg.model_name or Path(str(cfg.model)).name
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,27 +145,12 @@ def collect(conversations: list[dict], out_path: str | Path, cfg: CollectConfig,
         return summary
     if model is None or tokenizer is None:
         model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype, cfg.weights)
-    if tokenizer.chat_template is None:
-        raise ValueError(f"{cfg.model}: the tokenizer has no chat template; collect needs a chat model")
-    eos_ids = _eos_ids(model, tokenizer)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    eos_ids = _prepare_tokenizer(model, tokenizer, cfg.model)
     torch.manual_seed(cfg.seed)
 
-    encoded = {}
-    for i in todo:
-        ids = tokenizer.apply_chat_template(conversations[i]["messages"], add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        encoded[i] = list(ids)[-cfg.max_prompt_tokens:]  # keep the end: the last turn and the reply cue
+    encoded = _encode_prompts(conversations, todo, tokenizer, cfg.max_prompt_tokens)
     order = sorted(todo, key=lambda i: len(encoded[i]))
-    gen_kwargs = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-                  "eos_token_id": eos_ids}
-    if cfg.temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
-    else:
-        gen_kwargs.update(do_sample=False)
+    gen_kwargs = _generation_kwargs(cfg, tokenizer.pad_token_id, eos_ids)
     deadline_at = None if cfg.deadline_s is None else t0 + cfg.deadline_s
     pbar = None
     if progress:
@@ -184,33 +165,10 @@ def collect(conversations: list[dict], out_path: str | Path, cfg: CollectConfig,
                     summary["deadline_hit"] = True
                     break
                 idx = order[s : s + cfg.batch_size]
-                n = max(len(encoded[i]) for i in idx)
-                ids = torch.full((len(idx), n), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), n), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    ids[r, n - len(encoded[i]):] = torch.tensor(encoded[i])
-                    mask[r, n - len(encoded[i]):] = 1
-                kwargs = dict(gen_kwargs)
-                if deadline_at is not None:
-                    kwargs["max_time"] = max(deadline_at - time.monotonic(), 1e-3)
-                gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs)
-                cut = deadline_at is not None and time.monotonic() >= deadline_at
-                written = 0
-                for r, i in enumerate(idx):
-                    new = gen[r, n:].tolist()
-                    stop = next((k for k, t in enumerate(new) if t in eos_ids), None)
-                    reply = new if stop is None else new[:stop]
-                    if cut and stop is None and len(reply) < cfg.max_new_tokens:  # stopped by the clock: length unknown
-                        summary["dropped_at_deadline"] += 1
-                        continue
-                    c = conversations[i]
-                    row = {"prompt_id": _prompt_id(c, i), "messages": c["messages"], "model": name,
-                           "output_tokens": len(reply), "finished": stop is not None,
-                           "output": tokenizer.decode(reply, skip_special_tokens=True),
-                           "source": c.get("source") or "collect"}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    written += 1
-                    summary["capped"] += stop is None
+                replies, cut = _generate_batch(model, tokenizer.pad_token_id, [encoded[i] for i in idx], gen_kwargs,
+                                               eos_ids, deadline_at)
+                written = _write_replies(f, conversations, idx, replies, cut, tokenizer, name, cfg.max_new_tokens,
+                                         summary)
                 f.flush()
                 summary["rows"] += written
                 summary["remaining"] -= written
@@ -224,6 +182,89 @@ def collect(conversations: list[dict], out_path: str | Path, cfg: CollectConfig,
             pbar.close()
     summary["seconds"] = round(time.monotonic() - t0, 1)
     return summary
+
+
+def _check_conversations(conversations: list[dict]) -> None:
+    if not conversations:
+        raise ValueError("no prompts to run")
+    for i, c in enumerate(conversations):
+        if not c.get("messages") or c["messages"][-1].get("role") != "user":
+            raise ValueError(f"conversation {i} ({c.get('prompt_id')}) must end with a user turn")
+
+
+def _prepare_tokenizer(model, tokenizer, model_name: str) -> list[int]:
+    """Check the chat template, set left padding (a pad token if none); returns the EOS ids."""
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{model_name}: the tokenizer has no chat template; collect needs a chat model")
+    eos_ids = _eos_ids(model, tokenizer)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return eos_ids
+
+
+def _encode_prompts(conversations: list[dict], todo: list[int], tokenizer, max_prompt_tokens: int) -> dict[int, list[int]]:
+    encoded = {}
+    for i in todo:
+        ids = tokenizer.apply_chat_template(conversations[i]["messages"], add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        encoded[i] = list(ids)[-max_prompt_tokens:]  # keep the end: the last turn and the reply cue
+    return encoded
+
+
+def _generation_kwargs(cfg: CollectConfig, pad_token_id: int, eos_ids: list[int]) -> dict:
+    gen_kwargs = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": pad_token_id, "eos_token_id": eos_ids}
+    if cfg.temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+    else:
+        gen_kwargs.update(do_sample=False)
+    return gen_kwargs
+
+
+def _generate_batch(model, pad_token_id: int, prompts: list[list[int]], gen_kwargs: dict, eos_ids: list[int],
+                    deadline_at: float | None) -> tuple[list[tuple[list[int], bool]], bool]:
+    """Generate one left-padded batch; returns each reply's tokens up to its first EOS with whether it
+    ended there (False: it ran to the cap or was stopped), and whether the deadline cut the batch."""
+    import torch
+
+    n = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), n), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), n), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, n - len(p):] = torch.tensor(p)
+        mask[r, n - len(p):] = 1
+    kwargs = dict(gen_kwargs)
+    if deadline_at is not None:
+        kwargs["max_time"] = max(deadline_at - time.monotonic(), 1e-3)
+    gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs)
+    cut = deadline_at is not None and time.monotonic() >= deadline_at
+    replies = []
+    for r in range(len(prompts)):
+        new = gen[r, n:].tolist()
+        stop = next((k for k, t in enumerate(new) if t in eos_ids), None)
+        replies.append((new if stop is None else new[:stop], stop is not None))
+    return replies, cut
+
+
+def _write_replies(f, conversations: list[dict], idx: list[int], replies: list[tuple[list[int], bool]], cut: bool,
+                   tokenizer, name: str, max_new_tokens: int, summary: dict) -> int:
+    """Append one logs-schema row per reply (counting capped and deadline-dropped ones in ``summary``);
+    returns the rows written."""
+    written = 0
+    for i, (reply, finished) in zip(idx, replies, strict=True):
+        if cut and not finished and len(reply) < max_new_tokens:  # stopped by the clock: length unknown
+            summary["dropped_at_deadline"] += 1
+            continue
+        c = conversations[i]
+        row = {"prompt_id": _prompt_id(c, i), "messages": c["messages"], "model": name,
+               "output_tokens": len(reply), "finished": finished,
+               "output": tokenizer.decode(reply, skip_special_tokens=True),
+               "source": c.get("source") or "collect"}
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written += 1
+        summary["capped"] += not finished
+    return written
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
