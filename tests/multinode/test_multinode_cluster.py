@@ -203,7 +203,10 @@ def test_placement_autoscaling_requests_and_losing_an_llm_node(local_cluster, de
     # rather than land elsewhere.
     wait_for(lambda: _running_llm_nodes(local_cluster) == sorted(llm_nodes - {lost}), 60,
              "Serve to see one running LLM replica, on the remaining node")
-    assert set(_llm_replica_states(local_cluster)) <= {"RUNNING", "STARTING", "PENDING_MIGRATION", "RECOVERING"}
+    # STOPPING: the lost node's replica (or one the autoscaler retires once the load is gone) on its
+    # way out; seen on a loaded 2-core box. Any failed state still fails the test.
+    assert set(_llm_replica_states(local_cluster)) <= {"RUNNING", "STARTING", "PENDING_MIGRATION", "RECOVERING",
+                                                       "STOPPING"}
 
     # 5. Lose the last "gpu" node: the cluster says so plainly, at once: health shows no LLM
     #    replica and a request gets 503 "no_replica" with Retry-After, not a hang.
