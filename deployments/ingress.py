@@ -76,6 +76,15 @@ def _replica_gone(error: BaseException) -> bool:
     return isinstance(error, (rex.RayActorError, rex.ActorUnavailableError, ReplicaUnavailableError))
 
 
+def _as_retry(error: Exception) -> _Retry | None:
+    """The retry a failed call asks for (the call never ran, or its replica died); None: not retryable."""
+    if isinstance(error, _Retry):
+        return error
+    if _replica_gone(error):
+        return _Retry("replica_died", drop_replica=True)
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Restart:
     """A non-streaming request starts over on another replica (its replica died): drop its output so far."""
@@ -136,36 +145,20 @@ class _Run:
             raise RuntimeError(f"unexpected router answer {answer!r}")
 
     async def events(self):
-        ing = self.ingress
-        cfg = ing.cfg.ingress
         attempt = 0
         started = False
         gen = None
         try:
             while True:
                 dispatched = await self._dispatch(requeue=attempt > 0)
-                replica_id = self.replica_id = dispatched.replica_id
-                self.dispatched_at = time.time()
-                request = self.request
-                if dispatched.batch_id is not None:
-                    request = dataclasses.replace(request, batch_id=dispatched.batch_id)
-                gen = ing.llm.generate.remote(request, target_replica_id=replica_id)
+                gen = self._call(dispatched)
                 produced = False
                 try:
-                    try:
-                        first = await asyncio.wait_for(gen.__anext__(), timeout=cfg.first_chunk_timeout_s)
-                    except asyncio.TimeoutError:
-                        raise _Retry("first_chunk_timeout") from None
-                    if isinstance(first, Misrouted):
-                        # Serve has not listed the pinned replica for ingress.pin_grace_s: it is gone (a lost
-                        # node) or not yet visible here. Either way the router should stop choosing it until
-                        # it heartbeats again (every llm.heartbeat_s), or every retry lands on it and the
-                        # request fails before replica_timeout_s drops it.
-                        raise _Retry("misrouted", drop_replica=True)
+                    await self._first_chunk(gen)
                     if not started:
                         started = True
                         self.started_at = time.time()
-                        yield Started(replica_id)
+                        yield Started(dispatched.replica_id)
                     delta: Delta
                     async for delta in gen:
                         produced = produced or delta.num_tokens > 0
@@ -177,34 +170,59 @@ class _Run:
                         yield delta
                     raise _Retry("stream_ended_early")
                 except Exception as e:
-                    if isinstance(e, _Retry):
-                        retry = e
-                    elif _replica_gone(e):
-                        retry = _Retry("replica_died", drop_replica=True)
-                    else:
+                    retry = _as_retry(e)
+                    if retry is None:
                         raise
                     gen.cancel()
                     gen = None
-                    if retry.drop_replica:
-                        ing.reporter.report(Report.remove_replica(replica_id))
-                    ing.metrics.retries.labels(retry.reason).inc()
-                    if produced and not self.restart_after_output:
-                        raise APIError(502, f"the replica serving this request failed mid-stream ({retry.reason})",
-                                       type="server_error", code="replica_failed") from None
                     attempt += 1
-                    self.num_retries = attempt
-                    if attempt > cfg.max_retries:
-                        raise APIError(503, f"no replica could serve this request ({retry.reason}, "
-                                       f"{attempt} tries; ingress.max_retries={cfg.max_retries})",
-                                       type="server_error", code="replica_failed",
-                                       headers={"Retry-After": "1"}) from None
+                    self._count_retry(retry, produced, attempt)
                     if produced:
                         yield Restart()
         finally:
             if not self.finished:
                 if gen is not None:
                     gen.cancel()
-                ing.reporter.report(Report.cancel(self.meta.request_id))
+                self.ingress.reporter.report(Report.cancel(self.meta.request_id))
+
+    def _call(self, dispatched: Dispatched):
+        """Start the stream on the dispatched replica (the LLM deployment's request router pins it there)."""
+        self.replica_id = dispatched.replica_id
+        self.dispatched_at = time.time()
+        request = self.request
+        if dispatched.batch_id is not None:
+            request = dataclasses.replace(request, batch_id=dispatched.batch_id)
+        return self.ingress.llm.generate.remote(request, target_replica_id=dispatched.replica_id)
+
+    async def _first_chunk(self, gen) -> None:
+        """Wait for the replica's first chunk (its Started); :class:`_Retry` if it is late or bounced."""
+        try:
+            first = await asyncio.wait_for(gen.__anext__(), timeout=self.ingress.cfg.ingress.first_chunk_timeout_s)
+        except asyncio.TimeoutError:
+            raise _Retry("first_chunk_timeout") from None
+        if isinstance(first, Misrouted):
+            # Serve has not listed the pinned replica for ingress.pin_grace_s: it is gone (a lost
+            # node) or not yet visible here. Either way the router should stop choosing it until
+            # it heartbeats again (every llm.heartbeat_s), or every retry lands on it and the
+            # request fails before replica_timeout_s drops it.
+            raise _Retry("misrouted", drop_replica=True)
+
+    def _count_retry(self, retry: _Retry, produced: bool, attempt: int) -> None:
+        """Record a failed try (``attempt`` counts it); raises the client's error when no retry is allowed."""
+        ing = self.ingress
+        cfg = ing.cfg.ingress
+        if retry.drop_replica:
+            ing.reporter.report(Report.remove_replica(self.replica_id))
+        ing.metrics.retries.labels(retry.reason).inc()
+        if produced and not self.restart_after_output:
+            raise APIError(502, f"the replica serving this request failed mid-stream ({retry.reason})",
+                           type="server_error", code="replica_failed") from None
+        self.num_retries = attempt
+        if attempt > cfg.max_retries:
+            raise APIError(503, f"no replica could serve this request ({retry.reason}, "
+                           f"{attempt} tries; ingress.max_retries={cfg.max_retries})",
+                           type="server_error", code="replica_failed",
+                           headers={"Retry-After": "1"}) from None
 
 
 @serve.deployment(name="ingress")
