@@ -219,23 +219,38 @@ class CentralWaitRouter(RequestRouter):
         meta = entry["meta"]
         if pending_request.future.done():
             return [candidate_replicas]
-        rid = meta.request_id
-        enqueuer, reporter = self._tools()
+        if meta.request_id in self._unknown_since:  # last time the target was not in this handle's list yet
+            choice = self._recheck_unknown_target(entry, candidate_replicas, pending_request)
+            if choice is not None:
+                return choice
+        return await self._await_dispatch(entry, request, candidate_replicas, pending_request)
+
+    def _recheck_unknown_target(self, entry: dict, candidate_replicas: list[RunningReplica],
+                                pending_request: PendingRequest) -> list[list[RunningReplica]] | None:
+        """The request's last target was not in this handle's list: route to it once it is, back off
+        while within ``grace_s``, then treat it as gone (None: queue the request again)."""
+        rid = entry["meta"].request_id
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        waiting = self._unknown_since.get(rid)
-        if waiting is not None:  # last time the target was not in this handle's list yet
-            target, since = waiting
-            if target in by_id:
-                del self._unknown_since[rid]
-                self.stats["dispatched_after_wait"] += 1
-                pending_request.kwargs[TARGET_KWARG] = target
-                return [[by_id[target]]]
-            if target not in self._gone and time.time() - since < self._grace_s:
-                return []  # Serve backs off (up to max_backoff_s) and asks again
+        target, since = self._unknown_since[rid]
+        if target in by_id:
             del self._unknown_since[rid]
-            self.stats["unknown_target_given_up"] += 1
-            self._mark_gone(target, "gone_by_grace")
-            entry["requeue"] = True
+            self.stats["dispatched_after_wait"] += 1
+            pending_request.kwargs[TARGET_KWARG] = target
+            return [[by_id[target]]]
+        if target not in self._gone and time.time() - since < self._grace_s:
+            return []  # Serve backs off (up to max_backoff_s) and asks again
+        del self._unknown_since[rid]
+        self.stats["unknown_target_given_up"] += 1
+        self._mark_gone(target, "gone_by_grace")
+        entry["requeue"] = True
+        return None
+
+    async def _await_dispatch(self, entry: dict, request, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest) -> list[list[RunningReplica]]:
+        """Enqueue at the central router and wait for its dispatch (the SSJF wait), retrying while
+        the router restarts; returns the choice for Serve."""
+        meta = entry["meta"]
+        enqueuer, reporter = self._tools()
         deadline = time.time() + self._router_timeout_s
         delay = 0.05
         while True:
@@ -243,7 +258,7 @@ class CentralWaitRouter(RequestRouter):
             try:
                 answer = await enqueuer.enqueue(meta, requeue)
             except asyncio.CancelledError:
-                _report(reporter, "cancel", rid)  # the caller went away while queued
+                _report(reporter, "cancel", meta.request_id)  # the caller went away while queued
                 raise
             except Exception as e:
                 if not RouterClient.is_actor_failure(e):
@@ -255,28 +270,35 @@ class CentralWaitRouter(RequestRouter):
                 delay = min(2 * delay, 1.0)
                 continue
             entry["requeue"] = False
-            kind, target, batch_id = _answer(answer)
-            if kind == "cancelled":
-                continue
-            if kind != "dispatched":  # queue full, no replica: the ingress maps it to 429/503
-                return self._refuse(pending_request, RouterAnswer(answer), candidate_replicas)
-            if batch_id is not None:  # static batching: the id reaches the replica in the call itself
-                pending_request.args[0] = _with_batch_id(request, batch_id)
-            # Serve may have updated its list while we waited: look in the current one.
-            current = {r.replica_id.unique_id: r for r in self._replicas.values()}
-            if target in current:
-                self.stats["dispatched"] += 1
-                # The replica checks the call was meant for it: name the replica chosen here.
-                pending_request.kwargs[TARGET_KWARG] = target
-                return [[current[target]]]
-            if target in self._gone:  # the central router has not heard yet: tell it, queue again
-                self.stats["requeued_gone_target"] += 1
-                _report(reporter, "remove_replica", target)
-                entry["requeue"] = True
-                continue
-            self.stats["unknown_target_wait"] += 1
-            self._unknown_since[rid] = (target, time.time())
-            return []
+            choice = self._place(answer, entry, request, candidate_replicas, pending_request, reporter)
+            if choice is not None:
+                return choice
+
+    def _place(self, answer, entry: dict, request, candidate_replicas: list[RunningReplica],
+               pending_request: PendingRequest, reporter: Reporter) -> list[list[RunningReplica]] | None:
+        """The choice for the router's answer; None: enqueue again (cancelled, or its replica is gone)."""
+        kind, target, batch_id = _answer(answer)
+        if kind == "cancelled":
+            return None
+        if kind != "dispatched":  # queue full, no replica: the ingress maps it to 429/503
+            return self._refuse(pending_request, RouterAnswer(answer), candidate_replicas)
+        if batch_id is not None:  # static batching: the id reaches the replica in the call itself
+            pending_request.args[0] = _with_batch_id(request, batch_id)
+        # Serve may have updated its list while we waited: look in the current one.
+        current = {r.replica_id.unique_id: r for r in self._replicas.values()}
+        if target in current:
+            self.stats["dispatched"] += 1
+            # The replica checks the call was meant for it: name the replica chosen here.
+            pending_request.kwargs[TARGET_KWARG] = target
+            return [[current[target]]]
+        if target in self._gone:  # the central router has not heard yet: tell it, queue again
+            self.stats["requeued_gone_target"] += 1
+            _report(reporter, "remove_replica", target)
+            entry["requeue"] = True
+            return None
+        self.stats["unknown_target_wait"] += 1
+        self._unknown_since[entry["meta"].request_id] = (target, time.time())
+        return []
 
 
 # ---- the caller: the ingress's request path, with the production code where it exists --------
@@ -488,8 +510,6 @@ class Caller:
                     follow_concurrency: int) -> dict:
         """Kill a busy LLM replica while requests queue, with steady load going on until Serve's
         replacement has joined; classify every request (a hang times out)."""
-        import ray
-
         ing = self.ings[shape]
         router = ing.router.handle
         retries_before = Counter(ing.metrics.retries.counts)
@@ -505,29 +525,13 @@ class Caller:
             while time.monotonic() < stop_at:
                 follow.append(await self.one(shape, predicted=float(uuid.uuid4().int % 100)))
 
-        victim, deadline, at_kill = None, time.monotonic() + 30, None
-        while victim is None and time.monotonic() < deadline:
-            snap = await router.snapshot.remote()
-            busy = sorted((r for r in snap["replicas"] if r["num_running"] > 0), key=lambda r: -r["num_running"])
-            if snap["num_queued"] >= 4 and busy:
-                victim = busy[0]["replica_id"]  # the busiest: its burst requests are running
-                at_kill = snap
-            else:
-                await asyncio.sleep(0.02)
+        victim, at_kill = await _busiest_replica_while_queued(router)
         killed_at = time.monotonic()
         stop_at = killed_at + follow_s
         if victim is not None:
-            app = ing.cfg.name
-            for entry in ray.util.list_named_actors(all_namespaces=True):
-                if entry["name"].endswith(f"{app}#llm#{victim}"):
-                    ray.kill(ray.get_actor(entry["name"], namespace=entry["namespace"]), no_restart=True)
+            _kill_replica(ing.cfg.name, victim)
         loops = [asyncio.create_task(steady()) for _ in range(follow_concurrency)]
-        replaced_after = None
-        while time.monotonic() < stop_at:
-            ids = {r["replica_id"] for r in (await router.snapshot.remote())["replicas"]}
-            if replaced_after is None and ids - replicas_before:
-                replaced_after = time.monotonic() - killed_at
-            await asyncio.sleep(0.05)
+        replaced_after = await _replacement_joined_after(router, replicas_before, killed_at, stop_at)
         done, pending = await asyncio.wait(tasks, timeout=timeout_s)
         for t in pending:
             t.cancel()
@@ -537,7 +541,6 @@ class Caller:
         results = [t.result() for t in done]
         after = (await router.snapshot.remote())["counters"]
         retried = [r for r in results if r["retries"]]
-        starts = sorted(r["start_s"] for r in follow if r["outcome"] == "ok")
         return {"victim": victim, "running_before": snap0["num_running"],
                 "at_kill": at_kill and {k: at_kill[k] for k in ("num_queued", "num_running", "replicas")},
                 "hung": len(pending), "outcomes": dict(Counter(r["outcome"] for r in results)),
@@ -545,11 +548,7 @@ class Caller:
                 "all_tokens": all(r["tokens"] == tokens for r in results if r["outcome"] == "ok"),
                 "max_total_s_of_retried": max((r["total_s"] for r in retried), default=None),
                 "replacement_registered_after_s": replaced_after,
-                "follow": {"completed": len(starts), "hung_loops": len(loops_pending),
-                           "outcomes": dict(Counter(r["outcome"] for r in follow)),
-                           "start_median_s": statistics.median(starts) if starts else None,
-                           "start_p99_s": starts[min(len(starts) - 1, int(0.99 * len(starts)))] if starts else None,
-                           "start_max_s": starts[-1] if starts else None},
+                "follow": _follow_summary(follow, len(loops_pending)),
                 "retries": dict(ing.metrics.retries.counts - retries_before),
                 "prototype_router": dict(Counter(self.router_stats().get(ing.cfg.name, {})) - stats_before),
                 "router_requeued": after["requeued"] - counters_before["requeued"],
@@ -601,6 +600,49 @@ class Caller:
         return out
 
 
+async def _busiest_replica_while_queued(router, timeout_s: float = 30.0) -> tuple[str | None, dict | None]:
+    """Wait (up to ``timeout_s``) until requests queue and a replica runs some; returns the busiest
+    replica's id and the router snapshot then (None, None: it never happened)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        snap = await router.snapshot.remote()
+        busy = sorted((r for r in snap["replicas"] if r["num_running"] > 0), key=lambda r: -r["num_running"])
+        if snap["num_queued"] >= 4 and busy:
+            return busy[0]["replica_id"], snap  # the busiest: its burst requests are running
+        await asyncio.sleep(0.02)
+    return None, None
+
+
+def _kill_replica(app: str, replica_id: str) -> None:
+    """Kill the LLM replica's actor for good (Serve then starts a replacement)."""
+    import ray
+
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["name"].endswith(f"{app}#llm#{replica_id}"):
+            ray.kill(ray.get_actor(entry["name"], namespace=entry["namespace"]), no_restart=True)
+
+
+async def _replacement_joined_after(router, replicas_before: set, killed_at: float, stop_at: float) -> float | None:
+    """Watch the router's replicas until ``stop_at``; seconds after the kill when a new one joined."""
+    replaced_after = None
+    while time.monotonic() < stop_at:
+        ids = {r["replica_id"] for r in (await router.snapshot.remote())["replicas"]}
+        if replaced_after is None and ids - replicas_before:
+            replaced_after = time.monotonic() - killed_at
+        await asyncio.sleep(0.05)
+    return replaced_after
+
+
+def _follow_summary(follow: list[dict], hung_loops: int) -> dict:
+    """The steady load during a fault: completed, outcomes, start latency median / p99 / max."""
+    starts = sorted(r["start_s"] for r in follow if r["outcome"] == "ok")
+    return {"completed": len(starts), "hung_loops": hung_loops,
+            "outcomes": dict(Counter(r["outcome"] for r in follow)),
+            "start_median_s": statistics.median(starts) if starts else None,
+            "start_p99_s": starts[min(len(starts) - 1, int(0.99 * len(starts)))] if starts else None,
+            "start_max_s": starts[-1] if starts else None}
+
+
 # ---- the driver --------------------------------------------------------------------------------
 def app_config(name: str, wait: bool, replicas: int = 2, max_queued: int | None = 1000) -> dict:
     cfg = {"name": name, "proxy": {"predictor": "heuristic", "num_cpus": 0},
@@ -643,7 +685,7 @@ def llm_app(cfg_dict: dict, shape: str):
     ).bind(cfg.to_dict())
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=60, help="latency: sequential requests per shape per round")
     ap.add_argument("--rounds", type=int, default=3, help="latency and load: interleaved rounds")
@@ -656,7 +698,132 @@ def main() -> None:
     ap.add_argument("--skip", action="append", default=[], choices=["latency", "load", "order", "edge", "fault"])
     ap.add_argument("--profile", help="load: record the caller's process with py-spy into this folder")
     ap.add_argument("--json", help="also write the raw results here")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _measure_latency(caller, args, fmt_ms, pct) -> dict:
+    """1. Added latency on a free slot, per shape against Serve choosing alone; prints it."""
+    import ray
+
+    lat = {"serve": [], "pin": [], "wait": []}
+    for _ in range(args.rounds):
+        lat["serve"] += ray.get(caller.baseline_first_chunk.remote(args.requests))
+        lat["pin"] += ray.get(caller.sequential.remote("pin", args.requests))
+        lat["wait"] += ray.get(caller.sequential.remote("wait", args.requests))
+    base = statistics.median(lat["serve"])
+    print("latency, free slot: call -> first chunk from the replica (sequential 1-token requests)")
+    print(f"  Serve picks (no central router): {fmt_ms(lat['serve'])}")
+    for s in ("pin", "wait"):
+        print(f"  {s:<4} ({'enqueue, then pinned call' if s == 'pin' else 'wait inside choose_replicas'}): "
+              f"{fmt_ms(lat[s])}; added over Serve: median {(statistics.median(lat[s]) - base) * 1e3:+.2f} ms, "
+              f"p99 {(pct(lat[s], 0.99) - pct(lat['serve'], 0.99)) * 1e3:+.2f} ms")
+    print(f"  ratio wait/pin: median {statistics.median(lat['wait']) / statistics.median(lat['pin']):.2f}, "
+          f"p99 {pct(lat['wait'], 0.99) / pct(lat['pin'], 0.99):.2f}")
+    return lat
+
+
+def _start_profiler(caller, args, shape: str):
+    """py-spy on the caller's process for one load round: where its time goes."""
+    import subprocess
+
+    import ray
+
+    os.makedirs(args.profile, exist_ok=True)
+    return subprocess.Popen(
+        ["py-spy", "record", "-p", str(ray.get(caller.pid.remote())), "-d",
+         str(int(args.seconds)), "-r", "50", "--threads", "-f", "raw", "-o",
+         os.path.join(args.profile, f"{shape}.txt")], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+
+
+def _measure_load(caller, args, configs: dict) -> tuple[dict, dict]:
+    """2. Decisions per second under queueing, interleaved rounds per shape; prints them. Returns
+    the rounds per shape and Serve's routing tasks started per shape."""
+    import ray
+
+    load_shapes = ("pin", "wait", "wait-lazy")
+    load = {s: [] for s in load_shapes}
+    tasks_started = Counter()
+    for k in range(args.rounds):
+        for s in load_shapes:
+            spy = _start_profiler(caller, args, s) if args.profile and k == 0 else None
+            before = ray.get(caller.router_stats.remote()).get(configs[s]["name"], {})
+            load[s].append(ray.get(caller.load.remote(s, args.seconds, args.concurrency)))
+            after = ray.get(caller.router_stats.remote()).get(configs[s]["name"], {})
+            tasks_started[s] += after.get("routing_tasks_started", 0) - before.get("routing_tasks_started", 0)
+            if spy is not None:
+                spy.wait(30)
+    print(f"decisions/s: {args.concurrency} concurrent loops of 1-token requests, 2 replicas x 4 slots "
+          f"(requests queue), {args.rounds} x {args.seconds:.0f} s per shape, interleaved")
+    rates = {}
+    for s in load_shapes:
+        rs = [r["dispatched"] / r["elapsed_s"] for r in load[s]]
+        rates[s] = statistics.median(rs)
+        errs = sum(r["errors"] for r in load[s])
+        n = sum(r["dispatched"] for r in load[s])
+        extra = (f"; Serve routing tasks started per request {tasks_started[s] / n:.1f}"
+                 if s != "pin" and n else "")
+        print(f"  {s:<9}: median {rates[s]:,.0f} decisions/s (rounds: "
+              f"{', '.join(f'{x:,.0f}' for x in rs)}), errors {errs}{extra}")
+    for s in load_shapes[1:]:
+        per_round = [w["dispatched"] / w["elapsed_s"] / (p["dispatched"] / p["elapsed_s"])
+                     for p, w in zip(load["pin"], load[s], strict=True)]
+        print(f"  ratio {s}/pin: {rates[s] / rates['pin']:.2f} (of medians); per round "
+              f"{', '.join(f'{x:.2f}' for x in per_round)}")
+    return load, dict(tasks_started)
+
+
+def _measure_order(caller, args, slots: int) -> dict:
+    """3. The share of dispatched pairs in SSJF order after a held burst, per shape; prints it."""
+    import ray
+
+    print(f"order: {slots} slots held, a burst of {args.burst} in descending predicted length, then released")
+    order = {}
+    for s in ("pin", "wait", "wait-cap"):
+        o = ray.get(caller.ordering.remote(s, args.burst, slots, 3000))
+        order[s] = o
+        print(f"  {s:<8}: SSJF pair share {o['ssjf_pair_share']:.2f}; seen by the central router before "
+              f"release {o['visible_to_router']}/{args.burst}; completed {o['ok']}/{args.burst}"
+              f"{'' if o['blockers_alive_at_release'] == slots else ' (WARNING: blockers ended early)'}")
+    return order
+
+
+def _measure_edge(caller) -> dict:
+    """4. The wait shape's queue full and cancel while queued; prints it."""
+    import ray
+
+    e = ray.get(caller.edge.remote("wait-edge", 4, 8, 3000))
+    print(f"wait, queue full and cancel while queued (1 replica x 4 slots held, max_queued 4, 8 more "
+          f"requests): refused {e['refused']} within {e['refused_within_s']:.2f} s {e['refusal_errors']}; "
+          f"queued {e['queued_before_cancel']} -> {e['queued_after_cancel']} after their callers "
+          f"cancelled (router counted {e['router_cancelled']} cancelled, {e['router_rejected']} rejected)")
+    return e
+
+
+def _measure_fault(caller, args) -> dict:
+    """5. A replica killed mid-burst, per shape and round (interleaved); prints each round."""
+    import ray
+
+    print(f"replica killed mid-burst (16 requests x 300 tokens; even ones restart after output, odd "
+          f"ones are streams), {args.follow_concurrency} loops of 1-token requests going on for "
+          f"{args.follow_s:.0f} s, through Serve's replacement of the replica")
+    fault = {"pin": [], "wait": []}
+    for s in ("pin", "wait") * args.fault_rounds:
+        f = ray.get(caller.fault.remote(s, 16, 300, 60.0, args.follow_s, args.follow_concurrency))
+        fault[s].append(f)
+        fo = f["follow"]
+        print(f"  {s:<4}: burst {f['outcomes']}, hung {f['hung']}, errors {f['errors']}; slowest retried "
+              f"request {f['max_total_s_of_retried'] or 0:.2f} s; steady load {fo['outcomes']}, hung loops "
+              f"{fo['hung_loops']}, start median {fo['start_median_s'] * 1e3:.1f} ms, p99 "
+              f"{fo['start_p99_s'] * 1e3:.1f} ms, max {fo['start_max_s'] * 1e3:.0f} ms; replacement "
+              f"registered after {f['replacement_registered_after_s'] or float('nan'):.1f} s")
+        print(f"        retries {f['retries']}, router requeued {f['router_requeued']}, replicas removed "
+              f"{f['router_replicas_removed']}, prototype router {f['prototype_router']}")
+    return fault
+
+
+def main() -> None:
+    args = _parse_args()
 
     import ray
     from ray import serve
@@ -683,98 +850,15 @@ def main() -> None:
         slots = 2 * 4
 
         if "latency" not in args.skip:
-            lat = {"serve": [], "pin": [], "wait": []}
-            for _ in range(args.rounds):
-                lat["serve"] += ray.get(caller.baseline_first_chunk.remote(args.requests))
-                lat["pin"] += ray.get(caller.sequential.remote("pin", args.requests))
-                lat["wait"] += ray.get(caller.sequential.remote("wait", args.requests))
-            base = statistics.median(lat["serve"])
-            print("latency, free slot: call -> first chunk from the replica (sequential 1-token requests)")
-            print(f"  Serve picks (no central router): {fmt_ms(lat['serve'])}")
-            for s in ("pin", "wait"):
-                print(f"  {s:<4} ({'enqueue, then pinned call' if s == 'pin' else 'wait inside choose_replicas'}): "
-                      f"{fmt_ms(lat[s])}; added over Serve: median {(statistics.median(lat[s]) - base) * 1e3:+.2f} ms, "
-                      f"p99 {(pct(lat[s], 0.99) - pct(lat['serve'], 0.99)) * 1e3:+.2f} ms")
-            print(f"  ratio wait/pin: median {statistics.median(lat['wait']) / statistics.median(lat['pin']):.2f}, "
-                  f"p99 {pct(lat['wait'], 0.99) / pct(lat['pin'], 0.99):.2f}")
-            results["latency"] = lat
-
+            results["latency"] = _measure_latency(caller, args, fmt_ms, pct)
         if "load" not in args.skip:
-            load_shapes = ("pin", "wait", "wait-lazy")
-            load = {s: [] for s in load_shapes}
-            tasks_started = Counter()
-            for k in range(args.rounds):
-                for s in load_shapes:
-                    spy = None
-                    if args.profile and k == 0:  # where the caller's process spends the time (py-spy)
-                        import subprocess
-
-                        os.makedirs(args.profile, exist_ok=True)
-                        spy = subprocess.Popen(
-                            ["py-spy", "record", "-p", str(ray.get(caller.pid.remote())), "-d",
-                             str(int(args.seconds)), "-r", "50", "--threads", "-f", "raw", "-o",
-                             os.path.join(args.profile, f"{s}.txt")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-                    before = ray.get(caller.router_stats.remote()).get(configs[s]["name"], {})
-                    load[s].append(ray.get(caller.load.remote(s, args.seconds, args.concurrency)))
-                    after = ray.get(caller.router_stats.remote()).get(configs[s]["name"], {})
-                    tasks_started[s] += after.get("routing_tasks_started", 0) - before.get("routing_tasks_started", 0)
-                    if spy is not None:
-                        spy.wait(30)
-            print(f"decisions/s: {args.concurrency} concurrent loops of 1-token requests, 2 replicas x 4 slots "
-                  f"(requests queue), {args.rounds} x {args.seconds:.0f} s per shape, interleaved")
-            rates = {}
-            for s in load_shapes:
-                rs = [r["dispatched"] / r["elapsed_s"] for r in load[s]]
-                rates[s] = statistics.median(rs)
-                errs = sum(r["errors"] for r in load[s])
-                n = sum(r["dispatched"] for r in load[s])
-                extra = (f"; Serve routing tasks started per request {tasks_started[s] / n:.1f}"
-                         if s != "pin" and n else "")
-                print(f"  {s:<9}: median {rates[s]:,.0f} decisions/s (rounds: "
-                      f"{', '.join(f'{x:,.0f}' for x in rs)}), errors {errs}{extra}")
-            for s in load_shapes[1:]:
-                per_round = [w["dispatched"] / w["elapsed_s"] / (p["dispatched"] / p["elapsed_s"])
-                             for p, w in zip(load["pin"], load[s], strict=True)]
-                print(f"  ratio {s}/pin: {rates[s] / rates['pin']:.2f} (of medians); per round "
-                      f"{', '.join(f'{x:.2f}' for x in per_round)}")
-            results["load"] = load
-            results["routing_tasks_started"] = dict(tasks_started)
-
+            results["load"], results["routing_tasks_started"] = _measure_load(caller, args, configs)
         if "order" not in args.skip:
-            print(f"order: {slots} slots held, a burst of {args.burst} in descending predicted length, then released")
-            results["order"] = {}
-            for s in ("pin", "wait", "wait-cap"):
-                o = ray.get(caller.ordering.remote(s, args.burst, slots, 3000))
-                results["order"][s] = o
-                print(f"  {s:<8}: SSJF pair share {o['ssjf_pair_share']:.2f}; seen by the central router before "
-                      f"release {o['visible_to_router']}/{args.burst}; completed {o['ok']}/{args.burst}"
-                      f"{'' if o['blockers_alive_at_release'] == slots else ' (WARNING: blockers ended early)'}")
-
+            results["order"] = _measure_order(caller, args, slots)
         if "edge" not in args.skip:
-            e = ray.get(caller.edge.remote("wait-edge", 4, 8, 3000))
-            results["edge"] = e
-            print(f"wait, queue full and cancel while queued (1 replica x 4 slots held, max_queued 4, 8 more "
-                  f"requests): refused {e['refused']} within {e['refused_within_s']:.2f} s {e['refusal_errors']}; "
-                  f"queued {e['queued_before_cancel']} -> {e['queued_after_cancel']} after their callers "
-                  f"cancelled (router counted {e['router_cancelled']} cancelled, {e['router_rejected']} rejected)")
-
+            results["edge"] = _measure_edge(caller)
         if "fault" not in args.skip:
-            print(f"replica killed mid-burst (16 requests x 300 tokens; even ones restart after output, odd "
-                  f"ones are streams), {args.follow_concurrency} loops of 1-token requests going on for "
-                  f"{args.follow_s:.0f} s, through Serve's replacement of the replica")
-            results["fault"] = {"pin": [], "wait": []}
-            for s in ("pin", "wait") * args.fault_rounds:
-                f = ray.get(caller.fault.remote(s, 16, 300, 60.0, args.follow_s, args.follow_concurrency))
-                results["fault"][s].append(f)
-                fo = f["follow"]
-                print(f"  {s:<4}: burst {f['outcomes']}, hung {f['hung']}, errors {f['errors']}; slowest retried "
-                      f"request {f['max_total_s_of_retried'] or 0:.2f} s; steady load {fo['outcomes']}, hung loops "
-                      f"{fo['hung_loops']}, start median {fo['start_median_s'] * 1e3:.1f} ms, p99 "
-                      f"{fo['start_p99_s'] * 1e3:.1f} ms, max {fo['start_max_s'] * 1e3:.0f} ms; replacement "
-                      f"registered after {f['replacement_registered_after_s'] or float('nan'):.1f} s")
-                print(f"        retries {f['retries']}, router requeued {f['router_requeued']}, replicas removed "
-                      f"{f['router_replicas_removed']}, prototype router {f['prototype_router']}")
+            results["fault"] = _measure_fault(caller, args)
         stats = ray.get(caller.router_stats.remote())
         results["router_stats"] = stats
         print(f"prototype router counters (per app): {stats}")
