@@ -128,19 +128,7 @@ def run_mode(cfg: BenchConfig, mode: str, device: str, local_rank: int) -> dict:
         generate(batch, 4)  # warm-up: kernels built/compiled, caches allocated
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        ttft, wall = [], []
-        for _ in range(cfg.repeats):
-            sync()
-            t = time.perf_counter()
-            generate(batch, 1)
-            sync()
-            ttft.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            made = generate(batch, cfg.new_tokens)
-            sync()
-            wall.append(time.perf_counter() - t)
-            assert made == cfg.new_tokens, f"generated {made} tokens, asked {cfg.new_tokens}"
-        wall_s, ttft_s = sorted(wall)[len(wall) // 2], sorted(ttft)[len(ttft) // 2]
+        ttft_s, wall_s = _median_times(generate, sync, batch, cfg.new_tokens, cfg.repeats)
         rows.append({
             "mode": mode, "batch_size": bs, "prompt_tokens": int(batch["input_ids"].shape[1]),
             "new_tokens": cfg.new_tokens, "wall_s": wall_s, "tokens_per_s": bs * cfg.new_tokens / wall_s,
@@ -148,6 +136,24 @@ def run_mode(cfg: BenchConfig, mode: str, device: str, local_rank: int) -> dict:
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         })
     return {"rows": rows}  # the model goes with this frame; main() empties the CUDA cache
+
+
+def _median_times(generate, sync, batch, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """Median over ``repeats`` of the time to the first token (a 1-token generate) and of the
+    time to generate ``new_tokens`` tokens; ``sync`` waits for the device around each timing."""
+    ttft, wall = [], []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        generate(batch, 1)
+        sync()
+        ttft.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        made = generate(batch, new_tokens)
+        sync()
+        wall.append(time.perf_counter() - t)
+        assert made == new_tokens, f"generated {made} tokens, asked {new_tokens}"
+    return sorted(ttft)[len(ttft) // 2], sorted(wall)[len(wall) // 2]
 
 
 def environment(device: str) -> dict:
