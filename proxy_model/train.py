@@ -277,7 +277,14 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
     else:
         enc_path, enc_kwargs = resolve_model_name(cfg.encoder)
     tokenizer = AutoTokenizer.from_pretrained(enc_path, **enc_kwargs)
-    encoder = AutoModel.from_pretrained(enc_path, **enc_kwargs)
+    model_kwargs = dict(enc_kwargs)
+    if "gguf_file" in model_kwargs:
+        # A GGUF encoder (e.g. the served SmolLM2 itself) loads dense: a quantized model can be
+        # neither cast to fp32 nor fine-tuned, and the artifact saves plain weights.
+        from transformers import GgufConfig
+
+        model_kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    encoder = AutoModel.from_pretrained(enc_path, **model_kwargs)
     head_cfg = HeadConfig(head=cfg.head, hidden_size=cfg.hidden_size, dropout=cfg.dropout,
                           encoder_dim=encoder.config.hidden_size, models=models, max_length=cfg.max_length,
                           max_history_chars=max_history_chars_of(table), **stats)
