@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from router.messages import message
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -44,7 +46,7 @@ class FinishReason(enum.Enum):
     LENGTH = "length"  # max_tokens reached
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Delta:
     """New output of one request: ``num_tokens`` tokens decoded as ``text``; the last has a finish reason."""
 
@@ -53,14 +55,14 @@ class Delta:
     finish_reason: FinishReason | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Started:
     """The replica ``replica_id`` took the call: deltas follow."""
 
     replica_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Misrouted:
     """The call reached ``replica_id``, not the replica it was pinned to: it was not run."""
 
