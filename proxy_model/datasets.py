@@ -308,7 +308,7 @@ def _read_bundled(path: Path, tokenizer: str, limit: int | None) -> pa.Table:
                            if t != stored and set(c) <= set(table.column_names)]
         raise ValueError(
             f"{path.name} holds token counts for tokenizers {have}, not {tokenizer!r}; "
-            "load the original JSON/JSONL file (e.g. ../shared/data) to count with another tokenizer"
+            "load the original JSON/JSONL file to count with another tokenizer"
         )
     if limit is not None:
         table = table.slice(0, limit)
