@@ -32,12 +32,11 @@ from deployments.config import AppConfig
 from loadgen.client import ClientConfig, default_model
 from loadgen.cmd_report import RATIO_KEYS, emit_comparison, format_summary, plot_runs
 from loadgen.cmd_run import RunSettings, build_workload_or_fail, default_out_dir, execute_run
-from loadgen.options import WorkloadOptions, workload_options
+from loadgen.options import WorkloadOptions, parse_policies, workload_options
 from loadgen.predictors_sim import predict_table
 from loadgen.results import read_records
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
 from loadgen.summary import compare, fmt, gain, ratio, ratios_to_baseline, summarize
-from router import Policy
 from router.cost_model import EngineProfile
 
 DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging"
@@ -79,25 +78,6 @@ def config_for_policy(config: dict, policy: str) -> dict:
 def validate_config(config: dict) -> AppConfig:
     """``deployments.config.AppConfig`` of ``config`` (ValueError on a bad value)."""
     return AppConfig.from_dict(config)
-
-
-def parse_policies(value: str) -> list[str]:
-    names = [p.strip() for p in value.split(",") if p.strip()]
-    if not names:
-        raise click.BadParameter("give at least one policy", param_hint="--policies")
-    out = []
-    for name in names:
-        try:
-            policy = Policy.parse(name)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--policies") from None
-        if policy is Policy.ORACLE:
-            raise click.BadParameter("'oracle' needs the true lengths: it exists only in `loadgen simulate`",
-                                     param_hint="--policies")
-        if policy.value in out:
-            raise click.BadParameter(f"policy {name!r} is listed twice", param_hint="--policies")
-        out.append(policy.value)
-    return out
 
 
 def parse_sweep(value: str | None) -> list[float] | None:
@@ -236,7 +216,7 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, strea
           **workload_kwargs):
     """Start the cluster of --config once per policy, run the identical workload, compare FCFS vs SSJF."""
     opts = WorkloadOptions.from_kwargs(workload_kwargs)
-    policy_names = parse_policies(policies)
+    policy_names = [p.value for p in parse_policies(policies, live=True)]
     loads = parse_sweep(sweep_load)
     if loads is not None and slo_jct_s is None:
         raise click.UsageError("--sweep-load needs --slo-jct-s (the SLO that defines goodput)")

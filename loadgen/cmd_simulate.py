@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from loadgen.options import WorkloadOptions, scheduler_option, workload_options
+from loadgen.options import WorkloadOptions, parse_policies, scheduler_option, workload_options
 from router import AgingRule, Policy, SchedulerConfig
 
 DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging,oracle"
@@ -50,22 +50,6 @@ def _parse_threshold(value: str) -> float | None:
     return t
 
 
-def _parse_policies(value: str) -> list[Policy]:
-    names = [p.strip() for p in value.split(",") if p.strip()]
-    if not names:
-        raise click.BadParameter("give at least one policy", param_hint="--policies")
-    policies = []
-    for name in names:
-        try:
-            policy = Policy.parse(name)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--policies") from None
-        if policy in policies:
-            raise click.BadParameter(f"policy {name!r} is listed twice", param_hint="--policies")
-        policies.append(policy)
-    return policies
-
-
 @click.command("simulate")
 @workload_options
 @click.option("--replicas", type=click.IntRange(min=1), default=4, show_default=True, help="LLM replicas.")
@@ -93,7 +77,7 @@ def _parse_policies(value: str) -> list[Policy]:
 def simulate(**kwargs):
     """Simulate FCFS / SSJF / SSJF-aging / oracle on one workload through the router core."""
     opts = WorkloadOptions.from_kwargs(kwargs)
-    policies = _parse_policies(kwargs["policies"])
+    policies = parse_policies(kwargs["policies"])
     threshold = _parse_threshold(kwargs["aging_threshold_s"])
     from loadgen import predictors_sim
     from router.cost_model import EngineProfile

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 import click
 
 from router.config import SchedulerConfig
+from router.policies import Policy
 
 DEFAULT_NUM_REQUESTS = 200
 
@@ -188,3 +189,25 @@ def scheduler_option(name: str, **overrides):
         settings["type"] = type(spec.default)
     settings.update(overrides)
     return click.option(flag, name, **settings)
+
+
+def parse_policies(value: str, *, live: bool = False) -> list[Policy]:
+    """``--policies``: a comma list of policy names, each once, in the order given. ``live``: for a
+    real cluster, where ``oracle`` (it needs the true lengths) does not exist."""
+    names = [p.strip() for p in value.split(",") if p.strip()]
+    if not names:
+        raise click.BadParameter("give at least one policy", param_hint="--policies")
+    policies = []
+    for name in names:
+        try:
+            policy = Policy.parse(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--policies") from None
+        if live and policy is Policy.ORACLE:
+            raise click.BadParameter("'oracle' needs the true lengths: it exists only in `loadgen simulate`",
+                                     param_hint="--policies")
+        if policy in policies:
+            raise click.BadParameter(f"policy {name!r} is listed twice", param_hint="--policies")
+        policies.append(policy)
+    return policies
+
