@@ -32,6 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from proxy_model.causal_lm import load_causal_lm
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,34 +70,6 @@ class CollectConfig:
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto``: bfloat16 on CUDA, float32 elsewhere."""
-    if dtype == "auto":
-        return "bfloat16" if str(device).startswith("cuda") else "float32"
-    return dtype
-
-
-def load_causal_lm(name: str, device: str = "cpu", dtype: str = "auto", weights: str = "dense"):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from proxy_model.offline_models import resolve_model_name
-
-    path, kwargs = resolve_model_name(name)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    if "gguf_file" in kwargs and weights == "dense":
-        from transformers import GgufConfig
-
-        kwargs = {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
-    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs).to(device).eval()
-    if str(device).startswith("cuda"):
-        # cuDNN's SDPA costs ~2 ms of CPU per layer per decode step (measured on an H200, see
-        # docs/engine_speed.md); the flash / memory-efficient kernels do not.
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    return model, tokenizer
 
 
 def _prompt_id(c: dict, i: int):

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from deployments.config import LLMSettings
 from deployments.engines.base import Delta, DeltaStream, Engine, GenerationRequest
+from proxy_model.causal_lm import disable_cudnn_attention, from_pretrained, resolve_dtype
 from router.config import BatchingMode
 
 logger = logging.getLogger(__name__)
@@ -53,27 +54,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def disable_cudnn_attention() -> None:
-    """Keep torch's SDPA off its cuDNN backend in this process.
-
-    Measured on an H200 (torch 2.11, CUDA 13, SmolLM2-135M bf16, docs/engine_speed.md): with a KV
-    cache every decode step called ``_cudnn_attention_forward``, which spent about 2 ms of CPU per
-    layer per step (60% of the step's CPU time, against 5.5 ms of GPU time for the whole step at
-    batch 128), so a step took 50-65 ms at any batch size. Without it SDPA uses the flash or
-    memory-efficient kernels: continuous x128 went from 665 to 1,375 tokens/s, batch 1 from 19 to 32.
-    """
-    import torch
-
-    torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-def resolve_dtype(dtype: str, device: str, gpu_default: str = "bfloat16") -> str:
-    """``auto``: ``gpu_default`` on CUDA (vLLM's choice for bf16-trained models), float32 on CPU."""
-    if dtype == "auto":
-        return gpu_default if device.startswith("cuda") else "float32"
-    return dtype
 
 
 def resolve_gguf_weights(weights: str, device: str) -> str:
@@ -161,6 +141,8 @@ class HFEngine(Engine):
         if self.model is not None and self.tokenizer is not None:  # handed over already loaded
             self.device = str(self.model.device.type)
             self.dtype_name = str(self.model.dtype).removeprefix("torch.")
+            if self.device == "cuda":
+                disable_cudnn_attention()
         else:
             path, kwargs = resolve_model_name(self.settings.model)
             self.device = resolve_device(self.settings.device)
@@ -168,8 +150,6 @@ class HFEngine(Engine):
             self.weights = resolve_gguf_weights(self.settings.gguf_weights, self.device)
             self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             self.model = self._load_model(path, kwargs)
-        if self.device == "cuda":
-            disable_cudnn_attention()
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self.tokenizer.eos_token_id is not None:
@@ -179,16 +159,7 @@ class HFEngine(Engine):
         self.pad_id = pad if pad is not None else (eos[0] if eos else 0)
 
     def _load_model(self, path: str, kwargs: dict):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        dtype = getattr(torch, self.dtype_name)
-        if "gguf_file" in kwargs and self.weights == "dense":
-            from transformers import GgufConfig
-
-            kwargs = {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-        return model.to(self.device).eval()
+        return from_pretrained(path, kwargs, self.device, self.dtype_name, self.weights)
 
     def _start_manager(self) -> None:
         from transformers import ContinuousBatchingConfig, GenerationConfig
