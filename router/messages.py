@@ -8,6 +8,7 @@ where it is built, not as a mis-indexed tuple on the other side.
   :class:`NoReplica` or :class:`Cancelled`;
 - ``poll`` answers a batching client with :class:`Polled` (a request id and its answer);
 - ``report`` takes :class:`Report` s (complete, cancel, fail, remove a replica);
+- ``heartbeat`` carries the replica's :class:`Running` runs;
 - ``snapshot(dispatch_log=True)`` lists the last dispatches as :class:`DispatchRecord` s.
 """
 
@@ -17,6 +18,8 @@ import enum
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import NamedTuple
+
+from router.request import RequestMeta
 
 
 def message(cls):
@@ -44,10 +47,13 @@ class Dispatched:
     """The policy dispatched the request: run it on ``replica_id`` now.
 
     ``batch_id`` groups the requests a static-batching replica starts together (None otherwise, and
-    for a caller that joined a request already running)."""
+    for a caller that joined a request already running). ``attempt`` names this dispatch: unique per
+    dispatch, across router restarts too; the run carries it and every report about the run names it,
+    so a late report of an earlier attempt cannot free the slot of a later one."""
 
     replica_id: str
     batch_id: int | None = None
+    attempt: int = 0
 
 
 @message
@@ -92,12 +98,17 @@ class ReportKind(enum.Enum):
 @message
 class Report:
     """A fire-and-forget report. Request reports name ``request_id``; ``REMOVE_REPLICA`` names
-    ``replica_id``; ``num_output_tokens`` is the actual length of a completed request (if known)."""
+    ``replica_id``; ``num_output_tokens`` is the actual length of a completed request (if known).
+
+    ``attempt``: the dispatch the report is about (a replica's reports always name it). A report
+    naming an attempt applies only while the request runs under that attempt; a stale one is
+    ignored and counted. None (the ingress, which owns the request, cancelling it): applies in any state."""
 
     kind: ReportKind
     request_id: str | None = None
     replica_id: str | None = None
     num_output_tokens: int | None = None
+    attempt: int | None = None
 
     def __post_init__(self):
         if self.kind is ReportKind.REMOVE_REPLICA:
@@ -107,18 +118,29 @@ class Report:
             raise ValueError(f"a {self.kind.value} report names a request_id and no replica_id: {self!r}")
         if self.num_output_tokens is not None and self.kind is not ReportKind.COMPLETE:
             raise ValueError(f"only a complete report carries num_output_tokens: {self!r}")
+        if self.attempt is not None and self.kind is ReportKind.REMOVE_REPLICA:
+            raise ValueError(f"a {self.kind.value} report names no attempt: {self!r}")
 
     @classmethod
-    def complete(cls, request_id: str, num_output_tokens: int | None = None) -> Report:
-        return cls(ReportKind.COMPLETE, request_id=request_id, num_output_tokens=num_output_tokens)
+    def complete(cls, request_id: str, num_output_tokens: int | None = None, attempt: int | None = None) -> Report:
+        return cls(ReportKind.COMPLETE, request_id=request_id, num_output_tokens=num_output_tokens, attempt=attempt)
 
     @classmethod
-    def cancel(cls, request_id: str) -> Report:
-        return cls(ReportKind.CANCEL, request_id=request_id)
+    def cancel(cls, request_id: str, attempt: int | None = None) -> Report:
+        return cls(ReportKind.CANCEL, request_id=request_id, attempt=attempt)
 
     @classmethod
-    def fail(cls, request_id: str) -> Report:
-        return cls(ReportKind.FAIL, request_id=request_id)
+    def fail(cls, request_id: str, attempt: int | None = None) -> Report:
+        return cls(ReportKind.FAIL, request_id=request_id, attempt=attempt)
+
+
+@message
+class Running:
+    """One run a replica has in flight, sent with every heartbeat: a restarted router (or one that
+    dropped the replica) adopts the runs it does not know, so their slots count from the start."""
+
+    meta: RequestMeta
+    attempt: int
 
     @classmethod
     def remove_replica(cls, replica_id: str) -> Report:

@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from router.messages import message
+from router.request import RequestMeta
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One request to generate, built by the ingress and run by the replica's engine.
-    ``replay_output_tokens`` is read by the replay engine only."""
+    ``replay_output_tokens`` is read by the replay engine only. ``meta`` and ``attempt`` are what the
+    router dispatched (the replica names the attempt in its reports and heartbeats)."""
 
     request_id: str
     prompt: str
@@ -33,6 +35,8 @@ class GenerationRequest:
     seed: int | None = None
     replay_output_tokens: int | None = None
     batch_id: int | None = None
+    attempt: int = 0
+    meta: RequestMeta | None = None
 
     def __post_init__(self):
         if self.max_tokens <= 0:
