@@ -133,6 +133,10 @@ class Report:
     def fail(cls, request_id: str, attempt: int | None = None) -> Report:
         return cls(ReportKind.FAIL, request_id=request_id, attempt=attempt)
 
+    @classmethod
+    def remove_replica(cls, replica_id: str) -> Report:
+        return cls(ReportKind.REMOVE_REPLICA, replica_id=replica_id)
+
 
 @message
 class Running:
@@ -141,10 +145,6 @@ class Running:
 
     meta: RequestMeta
     attempt: int
-
-    @classmethod
-    def remove_replica(cls, replica_id: str) -> Report:
-        return cls(ReportKind.REMOVE_REPLICA, replica_id=replica_id)
 
 
 # ---- views -------------------------------------------------------------------------------------
