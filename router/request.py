@@ -51,18 +51,20 @@ class Assignment:
     """A scheduling decision: run ``request_id`` on ``replica_id`` now.
 
     ``batch_id`` groups requests that a static-batching replica starts together (None otherwise).
+    ``attempt`` names this dispatch (unique per dispatch: see ``Scheduler.next_attempt``).
     """
 
     request_id: str
     replica_id: str
     batch_id: int | None = None
+    attempt: int = 0
 
 
 class RequestState:
     """Mutable state of one request inside the scheduler (status and ``*_at`` timestamps)."""
 
     __slots__ = ("meta", "status", "enqueued_at", "dispatched_at", "finished_at", "replica_id",
-                 "queue_replica_id", "num_output_tokens", "num_requeues")
+                 "queue_replica_id", "num_output_tokens", "num_requeues", "attempt")
 
     def __init__(self, meta: RequestMeta, enqueued_at: float):
         self.meta = meta
@@ -74,6 +76,8 @@ class RequestState:
         self.queue_replica_id: str | None = None  # whose queue holds it (None: shared queue)
         self.num_output_tokens: int | None = None
         self.num_requeues = 0
+        self.attempt: int | None = None  # the dispatch it runs under (None while queued)
 
     def __repr__(self) -> str:
-        return f"RequestState({self.meta.request_id!r}, {self.status.value}, replica={self.replica_id!r})"
+        return (f"RequestState({self.meta.request_id!r}, {self.status.value}, replica={self.replica_id!r}, "
+                f"attempt={self.attempt!r})")

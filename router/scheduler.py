@@ -3,6 +3,12 @@
 Pure logic with an injected clock. Every mutating call returns the decisions it made as a list of
 :class:`Assignment` (run request X on replica Y now); a thin layer (the Ray actor, the simulator)
 applies them. No call ever waits to fill a batch: a free slot takes work as soon as any exists.
+
+Attempts: every dispatch gets a new attempt id (``next_attempt``, counted up; the router actor
+seeds it from wall-clock microseconds, so a restarted router never reuses an id). A run is known by
+(request id, attempt): ``complete``/``cancel``/``fail`` given an attempt act only while the request
+runs under it, so a late report about an earlier dispatch cannot end a later one. ``adopt`` takes
+in a run the scheduler does not know (it restarted, or dropped the replica) with its own attempt.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.monotonic,
         truth: Callable[[RequestMeta], float] | None = None,
+        first_attempt: int = 0,
     ):
         self.config = config or SchedulerConfig()
         self.clock = clock
@@ -88,6 +95,7 @@ class Scheduler:
         self.num_queued = 0
         self.num_running = 0
         self._next_batch_id = 0
+        self.next_attempt = first_attempt  # the attempt id of the next dispatch
 
     def _new_queue(self) -> RequestQueue:
         c = self.config
@@ -97,8 +105,9 @@ class Scheduler:
         )
 
     # ---- replicas -------------------------------------------------------------------------
-    def add_replica(self, replica_id: str, num_slots: int | None = None) -> list[Assignment]:
-        """Register (or re-register) a replica; returns the work it takes at once."""
+    def add_replica(self, replica_id: str, num_slots: int | None = None, *, dispatch: bool = True) -> list[Assignment]:
+        """Register (or re-register) a replica; returns the work it takes at once. ``dispatch=False``:
+        take none yet (the caller first :meth:`adopt` s the runs it already has, then :meth:`dispatch` es)."""
         slots = batching.num_slots(self.config.batching, self.config.max_batch if num_slots is None else num_slots)
         if slots < 1:
             raise ValueError(f"replica {replica_id!r}: num_slots must be >= 1, got {slots}")
@@ -114,7 +123,33 @@ class Scheduler:
             replica.num_slots = slots
         self._sync(replica)
         self._update_free(replica)
-        return self._dispatch()
+        return self._dispatch() if dispatch else []
+
+    def adopt(self, replica_id: str, meta: RequestMeta, attempt: int) -> bool:
+        """Take in a run that ``replica_id`` reports and the scheduler does not know (it restarted, or
+        dropped the replica and saw it again): the request runs there under ``attempt``, holding a slot
+        and its predicted work like a dispatched one (the replica may then be over full: it takes no
+        more until enough end). False, and nothing changes, when the replica is not registered or the
+        request is already known (queued, or running elsewhere or under another attempt)."""
+        replica = self.replicas.get(replica_id)
+        rid = meta.request_id
+        if replica is None or rid in self.requests:
+            return False
+        now = self.clock()
+        state = RequestState(meta, now)
+        state.status = RequestStatus.RUNNING
+        state.dispatched_at = now
+        state.replica_id = replica_id
+        state.attempt = attempt
+        self.requests[rid] = state
+        replica.running[rid] = state
+        replica.running_work += meta.expected_tokens
+        self.num_running += 1
+        if attempt >= self.next_attempt:  # ids stay unique even if a clock went backwards
+            self.next_attempt = attempt + 1
+        self._sync(replica)
+        self._update_free(replica)
+        return True
 
     def remove_replica(self, replica_id: str) -> tuple[list[RequestMeta], list[Assignment]]:
         """Forget a dead or drained replica.
@@ -172,22 +207,34 @@ class Scheduler:
         self._place(state)
         return self._dispatch()
 
-    def complete(self, request_id: str, num_output_tokens: int | None = None) -> list[Assignment]:
-        """A running request finished on its replica: free the slot, start what comes next."""
-        return self._finish(request_id, RequestStatus.FINISHED, num_output_tokens)
+    def complete(self, request_id: str, num_output_tokens: int | None = None,
+                 attempt: int | None = None) -> list[Assignment]:
+        """A running request finished on its replica: free the slot, start what comes next.
+        ``attempt`` (see :meth:`state_for`): only if it still runs under that dispatch."""
+        return self._finish(request_id, RequestStatus.FINISHED, num_output_tokens, attempt=attempt)
 
-    def cancel(self, request_id: str) -> list[Assignment]:
+    def cancel(self, request_id: str, attempt: int | None = None) -> list[Assignment]:
         """The client went away: drop it from its queue, or free its slot if it was running."""
-        return self._finish(request_id, RequestStatus.CANCELLED, None)
+        return self._finish(request_id, RequestStatus.CANCELLED, None, attempt=attempt)
 
-    def fail(self, request_id: str) -> list[Assignment]:
-        return self._finish(request_id, RequestStatus.FAILED, None)
+    def fail(self, request_id: str, attempt: int | None = None) -> list[Assignment]:
+        return self._finish(request_id, RequestStatus.FAILED, None, attempt=attempt)
+
+    def state_for(self, request_id: str, attempt: int | None = None) -> RequestState | None:
+        """The state an end of (``request_id``, ``attempt``) acts on: with an attempt, the request only
+        while it runs under that dispatch (a queued one has none); without, the request in any state.
+        None: there is nothing to end (unknown, already ended, or the attempt is stale)."""
+        state = self.requests.get(request_id)
+        if state is None or (attempt is not None and state.attempt != attempt):
+            return None
+        return state
 
     def _finish(self, request_id: str, status: RequestStatus, num_output_tokens,
-                dispatch: bool = True) -> list[Assignment]:
-        state = self.requests.pop(request_id, None)
+                dispatch: bool = True, attempt: int | None = None) -> list[Assignment]:
+        state = self.state_for(request_id, attempt)
         if state is None:
-            return []  # already finished, cancelled or orphaned: idempotent
+            return []  # already finished, cancelled or orphaned, or a stale attempt: idempotent
+        del self.requests[request_id]
         state.finished_at = self.clock()
         state.num_output_tokens = num_output_tokens
         if state.status is RequestStatus.RUNNING:
@@ -275,11 +322,16 @@ class Scheduler:
                 self._sync(victim)
         return state
 
+    def dispatch(self) -> list[Assignment]:
+        """Fill free slots from the queues (after ``add_replica(..., dispatch=False)`` and adoptions)."""
+        return self._dispatch()
+
     def _dispatch(self) -> list[Assignment]:
         assignments: list[Assignment] = []
         if not self.num_queued or not self._free:
             return assignments
         now = self.clock()
+        attempt = self.next_attempt
         static = self.config.batching is BatchingMode.STATIC
         for replica_id in list(self._free):
             if not self.num_queued:
@@ -296,13 +348,16 @@ class Scheduler:
                 state.status = RequestStatus.RUNNING
                 state.dispatched_at = now
                 state.replica_id = replica_id
+                state.attempt = attempt
                 replica.running[state.meta.request_id] = state
                 replica.running_work += state.meta.expected_tokens
                 self.num_queued -= 1
                 self.num_running += 1
-                assignments.append(Assignment(state.meta.request_id, replica_id, batch_id))
+                assignments.append(Assignment(state.meta.request_id, replica_id, batch_id, attempt))
+                attempt += 1
             self._sync(replica)
             self._update_free(replica)
+        self.next_attempt = attempt
         return assignments
 
     # ---- views ----------------------------------------------------------------------------
