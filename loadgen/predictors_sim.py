@@ -90,20 +90,32 @@ class PredictorSpec:
 
 def noisy_predictions(truth: np.ndarray, tau: float, seed: int) -> np.ndarray:
     """Predictions with Kendall's tau about ``tau`` against ``truth`` and the truth's marginal (copula)."""
+    truth = np.asarray(truth, dtype=np.float64)
+    n = len(truth)
+    if n == 0:
+        return truth.copy()
+    rng = np.random.default_rng(seed)
+    tiebreak = rng.random(n)
+    return copula_predictions(truth, tau, tiebreak, rng.standard_normal(n))
+
+
+def copula_predictions(truth: np.ndarray, tau: float, tiebreak: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """The Gaussian copula of ``noisy:TAU`` with its random draws given: ``tiebreak`` (uniform, orders
+    equal truths) and ``eps`` (standard normal noise per row). The re-predictor of the simulator
+    (``loadgen.repredict_sim``) passes noise that persists across a request's progress points."""
     from scipy.special import ndtri
 
     truth = np.asarray(truth, dtype=np.float64)
     n = len(truth)
     if n == 0:
         return truth.copy()
-    rng = np.random.default_rng(seed)
     # Random tie-breaking so equal truths do not share a score (keeps the copula continuous).
-    order = np.lexsort((rng.random(n), truth))
+    order = np.lexsort((tiebreak, truth))
     ranks = np.empty(n)
     ranks[order] = np.arange(1, n + 1)
     z = ndtri(ranks / (n + 1))
     rho = math.sin(math.pi * tau / 2)
-    zp = rho * z + math.sqrt(max(0.0, 1 - rho * rho)) * rng.standard_normal(n)
+    zp = rho * z + math.sqrt(max(0.0, 1 - rho * rho)) * eps
     # Map the prediction scores back onto the truth's quantiles.
     pred_rank = np.empty(n, dtype=np.int64)
     pred_rank[np.argsort(zp, kind="stable")] = np.arange(n)
