@@ -213,13 +213,35 @@ class IngressSettings:
     router_timeout_s: float = field(default=60.0, metadata={"help": "How long a request waits for a restarting router actor before it gets a 503."})
     first_chunk_timeout_s: float = field(default=30.0, metadata={"help": "A pinned call that has not started on its replica within this long is treated as lost and re-dispatched."})
 
+    # Access control and metrics (docs/serving.md, "Security"; deployments/auth.py).
+    api_keys: list[str] = field(default_factory=list, metadata={"help": "Literal API keys (Authorization: Bearer KEY). They travel in the Serve config, which serve status shows: for tests and laptops; elsewhere use api_keys_env. Any key configured (here or in the environment) turns the check on."})
+    api_keys_env: str | None = field(default="SSJF_API_KEYS", metadata={"help": "Environment variable of the ingress replicas holding API keys (comma- or space-separated, several for rotation); null: none read."})
+    require_api_key: bool = field(default=False, metadata={"help": "Refuse to start (the ingress replica fails, serve status says why) when no API key is configured. On in the cloud configs."})
+    protect_metrics: bool = field(default=False, metadata={"help": "GET /metrics needs an API key too (then give Prometheus the key as a bearer token). /healthz is always open: it tells only ok/unavailable and counts."})
+    accept_serve_hint_headers: bool = field(default=False, metadata={"help": "Accept client requests carrying x-request-timeout-seconds or x-request-disconnect-disabled (Serve's proxy obeys them: no timeout, no cancel on disconnect). Off: such a request gets 400 before any work is done."})
+    metrics_push_s: float = field(default=1.0, metadata={"help": "How often each ingress replica sends its counters to the app's metrics store, which every /metrics answer reads (so counters add up over replicas)."})
+
     def __post_init__(self):
         _check(self.num_replicas >= 1, f"ingress.num_replicas must be >= 1, got {self.num_replicas}")
+        self._check_access()
         _check(self.default_max_tokens >= 1, f"ingress.default_max_tokens must be >= 1, got {self.default_max_tokens}")
         _check(self.max_retries >= 0, f"ingress.max_retries must be >= 0, got {self.max_retries}")
         for name in ("pin_grace_s", "router_timeout_s", "first_chunk_timeout_s"):
             value = getattr(self, name)
             _check(value > 0, f"ingress.{name} must be > 0, got {value!r}")
+
+    def _check_access(self) -> None:
+        from deployments.auth import check_env_name, check_key
+
+        _check(isinstance(self.api_keys, list), f"ingress.api_keys must be a list of keys, got {type(self.api_keys).__name__}")
+        for i, key in enumerate(self.api_keys):
+            check_key(key, f"ingress.api_keys[{i}]")
+        check_env_name(self.api_keys_env, "ingress.api_keys_env")
+        _check(not self.require_api_key or bool(self.api_keys) or self.api_keys_env is not None,
+               "ingress.require_api_key is true but there is nowhere to get a key from: set ingress.api_keys_env "
+               "(an environment variable of the ingress replicas) or ingress.api_keys")
+        _check(isinstance(self.metrics_push_s, (int, float)) and self.metrics_push_s > 0,
+               f"ingress.metrics_push_s must be > 0, got {self.metrics_push_s!r}")
 
 
 @dataclass
@@ -253,6 +275,11 @@ class AppConfig:
     @property
     def router_actor_name(self) -> str:
         return self.router.actor_name or f"ssjf-router-{self.name}"
+
+    @property
+    def metrics_actor_name(self) -> str:
+        """The app's metrics store (deployments/metrics.py), beside the router actor in its namespace."""
+        return f"ssjf-metrics-{self.name}"
 
     def scheduler_config(self) -> SchedulerConfig:
         return self.router.scheduler_config(self.llm.batching_mode, self.llm.max_batch)

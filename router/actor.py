@@ -14,10 +14,18 @@ completions and cancellations with ``report``. While a call is in flight the nex
 so an idle cluster pays one call per request and a busy one far fewer. What these calls carry is
 typed in :mod:`router.messages`.
 
-Restarts: a restarted actor starts empty. Replicas re-register on their next heartbeat; an
-ingress whose ``enqueue`` failed because the actor died enqueues again (same id, same arrival
-time, so the request keeps its place); requests already running finish on their replicas and
-their completion reports are ignored (the new router never knew them).
+Restarts and hangs: a restarted actor starts empty. Replicas re-register on their next heartbeat,
+which lists the runs they have in flight (:class:`~router.messages.Running`, with their attempts):
+the new router adopts them, so their slots count at once and their reports free them as usual.
+Attempt ids start at the wall clock's microseconds, so a successor never reuses one, and a report
+naming an attempt acts only on that run (a late report of an earlier dispatch is ignored and
+counted as stale). An ingress whose ``enqueue`` failed because the actor died enqueues again (same
+id, same arrival time, so the request keeps its place). A router that hangs without dying (stopped,
+a blocked event loop) fails no call by itself: :class:`BatchedEnqueuer` pings it while anything is
+outstanding and fails the outstanding enqueues with :class:`RouterUnresponsive` after
+``call_timeout_s`` (retried like a death); a client that heard nothing for ``hung_kill_s`` kills the
+actor so that Ray restarts it. Reports have a deadline too; those lost to a dead or hung router are
+harmless (the successor adopts the runs; a router that wakes frees unlisted runs by lease expiry).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from router.messages import (
     QueueFull,
     Report,
     ReportKind,
+    Running,
 )
 from router.request import Assignment, RequestMeta, RequestStatus
 from router.scheduler import QueueFullError, Scheduler
@@ -47,12 +56,31 @@ logger = logging.getLogger(__name__)
 
 
 class RouterService:
-    """Per-request futures over a :class:`~router.scheduler.Scheduler`; decisions applied as they appear."""
+    """Per-request futures over a :class:`~router.scheduler.Scheduler`; decisions applied as they appear.
+
+    Accounting (``counters``; it holds after every call, so once idle with nothing queued or running):
+
+    - runs: ``dispatched + adopted == completed + cancelled + failed + requeued + num_running``. A run
+      begins when a waiter is answered :class:`Dispatched` or a heartbeat reports a run the router
+      does not know (``adopted``); it ends once, as ``completed``, ``cancelled`` (its caller left),
+      ``failed`` (the replica said so, its lease expired (also ``leases_expired``), its replica was
+      removed under it, or its answer went unpolled) or ``requeued`` (its caller saw it never run).
+    - the queue: ``enqueued == dispatched + withdrawn + num_queued``; ``withdrawn`` counts queued
+      requests that left before a run (cancelled, their client gone, answered NoReplica, or
+      dispatched to nobody: the waiter had gone).
+    - ``stale_reports``: reports naming an attempt the request no longer runs under (a late or
+      duplicate report): ignored, so they never count an end twice. ``rejected``: QueueFull and
+      NoReplica answers.
+    """
 
     def __init__(self, config: SchedulerConfig, *, retry_after_s: float = 1.0, replica_timeout_s: float = 15.0,
-                 lease_s: float = 30.0, clock: Callable[[], float] = time.time, history: int = 10_000):
-        # Wall-clock time: arrival_at is stamped by the ingress, in another process.
-        self.scheduler = Scheduler(config, clock=clock)
+                 lease_s: float = 30.0, clock: Callable[[], float] = time.time, history: int = 10_000,
+                 first_attempt: int | None = None):
+        # Wall-clock time: arrival_at is stamped by the ingress, in another process. Attempt ids start
+        # at the clock's microseconds, so a restarted router gives ids above all of its predecessor's.
+        if first_attempt is None:
+            first_attempt = int(clock() * 1_000_000)
+        self.scheduler = Scheduler(config, clock=clock, first_attempt=first_attempt)
         self.clock = clock
         self.retry_after_s = retry_after_s
         self.replica_timeout_s = replica_timeout_s
@@ -63,12 +91,17 @@ class RouterService:
         self._outbox_ready: dict[str, asyncio.Event] = {}
         self._client_seen: dict[str, float] = {}
         self._last_seen: dict[str, float] = {}
+        # Runs that ended by a report or a requeue, newest last (at most ``history``): a heartbeat that
+        # was sent before such an end but arrives after it must not adopt the run again.
+        self._ended: dict[tuple[str, int], None] = {}
+        self._history = history
         self.started_at = clock()
         self.last_heartbeat_at = self.started_at
         self.last_replica_at = self.started_at  # when some LLM replica was last registered
         self.dispatch_log: deque[DispatchRecord] = deque(maxlen=history)
-        self.counters = {"enqueued": 0, "dispatched": 0, "completed": 0, "cancelled": 0, "failed": 0,
-                         "rejected": 0, "requeued": 0, "replicas_removed": 0, "leases_expired": 0}
+        self.counters = {"enqueued": 0, "dispatched": 0, "adopted": 0, "completed": 0, "cancelled": 0,
+                         "failed": 0, "requeued": 0, "withdrawn": 0, "rejected": 0, "stale_reports": 0,
+                         "replicas_removed": 0, "leases_expired": 0}
 
     # ---- requests ----------------------------------------------------------------------------
     async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> EnqueueAnswer:
@@ -78,7 +111,7 @@ class RouterService:
         existing = self._to_join(rid, requeue)
         if existing is not None:  # a caller retrying a call that did reach us: join the first one
             if existing.status is RequestStatus.RUNNING:
-                return Dispatched(existing.replica_id)
+                return Dispatched(existing.replica_id, None, existing.attempt)
             fut = self._waiters.get(rid)
             if not isinstance(fut, asyncio.Future):
                 fut = self._waiters[rid] = asyncio.get_running_loop().create_future()
@@ -90,21 +123,22 @@ class RouterService:
         try:
             return await fut
         except asyncio.CancelledError:
-            # The caller went away while waiting (its call was cancelled): free its place.
+            # The caller went away while waiting (its call was cancelled): free its place, or the
+            # run it was answered (unless a newer call took the request over: its answer was Cancelled).
             if not fut.done():
-                self._waiters.pop(rid, None)
-            self._apply(self.scheduler.cancel(rid))
+                if self._waiters.get(rid) is fut:
+                    del self._waiters[rid]
+                    self._end(rid, ReportKind.CANCEL)
+            elif not fut.cancelled() and isinstance(fut.result(), Dispatched):
+                self._end(rid, ReportKind.CANCEL, fut.result().attempt)
             raise
 
     def _to_join(self, request_id: str, requeue: bool):
-        """The scheduled state a call for ``request_id`` joins, or None when it is to be admitted. A
-        requeue is counted, and a running state is then the run that failed: admitted again, in its
-        place (``_admit``), not joined."""
+        """The scheduled state a call for ``request_id`` joins, or None when it is to be admitted. For
+        a requeue, a running state is the run that failed: admitted again, in its place (``_admit``)."""
         existing = self.scheduler.requests.get(request_id)
-        if requeue:
-            self.counters["requeued"] += 1
-            if existing is not None and existing.status is RequestStatus.RUNNING:
-                return None
+        if requeue and existing is not None and existing.status is RequestStatus.RUNNING:
+            return None
         return existing
 
     def _admit(self, meta: RequestMeta, waiter: asyncio.Future | str, requeue: bool = False) -> EnqueueAnswer | None:
@@ -115,11 +149,16 @@ class RouterService:
             # the request behind nothing. Serve (or the Ray autoscaler) may bring one back.
             self.counters["rejected"] += 1
             return NoReplica(self.retry_after_s)
+        sched = self.scheduler
+        failed_run = sched.requests.get(meta.request_id) if requeue else None
         try:
-            assignments = self.scheduler.requeue(meta) if requeue else self.scheduler.enqueue(meta)
+            assignments = sched.requeue(meta) if requeue else sched.enqueue(meta)
         except QueueFullError:
             self.counters["rejected"] += 1
             return QueueFull(self.retry_after_s)
+        if failed_run is not None:  # the run it had ends here (an unknown or lost one: just admitted)
+            self.counters["requeued"] += 1
+            self._remember_end(meta.request_id, failed_run.attempt)
         self._waiters[meta.request_id] = waiter
         self.counters["enqueued"] += 1
         self._apply(assignments)
@@ -138,7 +177,8 @@ class RouterService:
             existing = self._to_join(rid, again)
             if existing is not None:  # sent again (the client retried): answer or wait as before
                 if existing.status is RequestStatus.RUNNING:
-                    box.append(Polled(rid, Dispatched(existing.replica_id)))
+                    if not _has_dispatched(box, rid, existing.attempt):  # one answer per run
+                        box.append(Polled(rid, Dispatched(existing.replica_id, None, existing.attempt)))
                 else:
                     old = self._waiters.get(rid)
                     if isinstance(old, asyncio.Future) and not old.done():
@@ -169,14 +209,10 @@ class RouterService:
     def report(self, reports: list[Report]) -> None:
         """Several reports in one call, applied in order."""
         for r in reports:
-            if r.kind is ReportKind.COMPLETE:
-                self.complete(r.request_id, r.num_output_tokens)
-            elif r.kind is ReportKind.CANCEL:
-                self.cancel(r.request_id)
-            elif r.kind is ReportKind.FAIL:
-                self.fail(r.request_id)
-            else:
+            if r.kind is ReportKind.REMOVE_REPLICA:
                 self.remove_replica(r.replica_id)
+            else:
+                self._end(r.request_id, r.kind, r.attempt, r.num_output_tokens)
 
     def _ready(self, client_id: str) -> asyncio.Event:
         event = self._outbox_ready.get(client_id)
@@ -189,10 +225,10 @@ class RouterService:
         for rid, waiter in list(self._waiters.items()):
             if waiter == client_id:
                 del self._waiters[rid]
-                self._apply(self.scheduler.cancel(rid))
+                self._end(rid, ReportKind.CANCEL)
         for polled in self._outboxes.pop(client_id, []):
-            if isinstance(polled.answer, Dispatched):
-                self._apply(self.scheduler.fail(polled.request_id))
+            if isinstance(polled.answer, Dispatched):  # nobody will run it
+                self._end(polled.request_id, ReportKind.FAIL, polled.answer.attempt)
         self._outbox_ready.pop(client_id, None)
         self._client_seen.pop(client_id, None)
 
@@ -201,45 +237,81 @@ class RouterService:
         again in the request's own place (the slot it frees does not go to the one behind it first)."""
         return await self.enqueue(meta, requeue=True)
 
-    def complete(self, request_id: str, num_output_tokens: int | None = None) -> None:
-        if request_id in self.scheduler.requests:
-            self.counters["completed"] += 1
-        self._apply(self.scheduler.complete(request_id, num_output_tokens))
+    def complete(self, request_id: str, num_output_tokens: int | None = None, attempt: int | None = None) -> None:
+        self._end(request_id, ReportKind.COMPLETE, attempt, num_output_tokens)
 
-    def cancel(self, request_id: str) -> None:
-        if request_id in self.scheduler.requests:
-            self.counters["cancelled"] += 1
-        self._resolve(request_id, Cancelled())
-        self._apply(self.scheduler.cancel(request_id))
+    def cancel(self, request_id: str, attempt: int | None = None) -> None:
+        self._end(request_id, ReportKind.CANCEL, attempt)
 
-    def fail(self, request_id: str) -> None:
-        if request_id in self.scheduler.requests:
-            self.counters["failed"] += 1
-        self._resolve(request_id, Cancelled())
-        self._apply(self.scheduler.fail(request_id))
+    def fail(self, request_id: str, attempt: int | None = None) -> None:
+        self._end(request_id, ReportKind.FAIL, attempt)
+
+    def _end(self, request_id: str, kind: ReportKind, attempt: int | None = None,
+             num_output_tokens: int | None = None, remember: bool = True) -> bool:
+        """End ``request_id`` (a report of ``kind``, or the router's own decision) and count it once.
+        With ``attempt``, only the run under that dispatch (see ``Scheduler.state_for``); otherwise
+        (the ingress, which owns the request) in any state. ``remember``: the run ended for good (a
+        later heartbeat listing it is stale); False where the replica may still run it (lease expiry).
+        False when there was nothing to end; a report naming an attempt then counts as stale."""
+        sched = self.scheduler
+        state = sched.state_for(request_id, attempt)
+        if state is None or (kind is ReportKind.COMPLETE and state.status is not RequestStatus.RUNNING):
+            if attempt is not None or state is not None:  # a late, duplicate or confused report
+                self.counters["stale_reports"] += 1
+            return False
+        if state.status is RequestStatus.RUNNING:
+            self.counters[_RUN_ENDS[kind]] += 1
+            if remember:
+                self._remember_end(request_id, state.attempt)
+        else:
+            self.counters["withdrawn"] += 1
+            self._resolve(request_id, Cancelled())
+        if kind is ReportKind.COMPLETE:
+            self._apply(sched.complete(request_id, num_output_tokens, state.attempt))
+        elif kind is ReportKind.CANCEL:
+            self._apply(sched.cancel(request_id, state.attempt))
+        else:
+            self._apply(sched.fail(request_id, state.attempt))
+        return True
+
+    def _remember_end(self, request_id: str, attempt: int | None) -> None:
+        ended = self._ended
+        ended[(request_id, attempt)] = None
+        if len(ended) > self._history:
+            del ended[next(iter(ended))]
 
     # ---- replicas ----------------------------------------------------------------------------
-    def heartbeat(self, replica_id: str, num_slots: int, running_ids: list[str] | None = None) -> None:
-        """A replica is alive with ``num_slots``: (re-)register it; reconcile what it runs."""
+    def heartbeat(self, replica_id: str, num_slots: int, running: list[Running] | None = None) -> None:
+        """A replica is alive with ``num_slots`` and runs ``running`` (None: it did not say):
+        (re-)register it, adopt the runs the router does not know (it restarted, or dropped the
+        replica), and free dispatched runs it has not listed for ``lease_s``."""
         now = self.clock()
         self.last_heartbeat_at = now
         self.last_replica_at = now
         self._last_seen[replica_id] = now
-        replica = self.scheduler.replicas.get(replica_id)
+        sched = self.scheduler
+        unknown = [r for r in running or () if r.meta is not None and r.meta.request_id not in sched.requests
+                   and (r.meta.request_id, r.attempt) not in self._ended]
+        replica = sched.replicas.get(replica_id)
         if replica is None or replica.num_slots != num_slots:
-            self._apply(self.scheduler.add_replica(replica_id, num_slots))
-            replica = self.scheduler.replicas[replica_id]
-        if running_ids is None:
+            # Its runs take their slots before anything queued is dispatched to it.
+            self._apply(sched.add_replica(replica_id, num_slots, dispatch=not unknown))
+            replica = sched.replicas[replica_id]
+        if unknown:
+            for r in unknown:
+                if sched.adopt(replica_id, r.meta, r.attempt):
+                    self.counters["adopted"] += 1
+            self._apply(sched.dispatch())
+        if running is None:
             return
-        # A request dispatched here long ago that the replica does not run: its ingress died or
-        # lost the call. Free the slot so the queue behind it moves.
-        running = set(running_ids)
-        expired = [rid for rid, state in replica.running.items()
-                   if rid not in running and state.dispatched_at is not None
-                   and now - state.dispatched_at > self.lease_s]
-        for rid in expired:
+        # A run dispatched here long ago that the replica does not list: its ingress died or lost
+        # the call. Free the slot so the queue behind it moves (a later listing adopts it again).
+        listed = {(r.meta.request_id, r.attempt) for r in running if r.meta is not None}
+        expired = [(rid, state.attempt) for rid, state in replica.running.items()
+                   if (rid, state.attempt) not in listed and now - state.dispatched_at > self.lease_s]
+        for rid, attempt in expired:
             self.counters["leases_expired"] += 1
-            self._apply(self.scheduler.fail(rid))
+            self._end(rid, ReportKind.FAIL, attempt, remember=False)
 
     def remove_replica(self, replica_id: str) -> None:
         """A replica died (a caller saw it) or left: its queue moves to the others."""
@@ -248,7 +320,10 @@ class RouterService:
             return
         self.counters["replicas_removed"] += 1
         orphans, assignments = self.scheduler.remove_replica(replica_id)
-        # Orphans were running there; their callers see the failure on the call itself and requeue.
+        # Orphans were running there: their runs end here. Their callers see the failure on the call
+        # itself and requeue; a run that goes on (the replica was only unreachable) is adopted when
+        # the replica heartbeats again.
+        self.counters["failed"] += len(orphans)
         self._apply(assignments)
 
     def sweep(self) -> None:
@@ -272,7 +347,7 @@ class RouterService:
             for rid in list(self._waiters):
                 if self._resolve(rid, NoReplica(self.retry_after_s)):
                     self.counters["rejected"] += 1
-                    self._apply(self.scheduler.cancel(rid))
+                self._end(rid, ReportKind.CANCEL)
 
     def _no_replica(self) -> bool:
         return not self.scheduler.replicas and self.clock() - self.last_replica_at > self.replica_timeout_s
@@ -300,18 +375,20 @@ class RouterService:
         while pending:
             more: list[Assignment] = []
             for a in pending:
-                if self._resolve(a.request_id, Dispatched(a.replica_id, a.batch_id)):
+                if self._resolve(a.request_id, Dispatched(a.replica_id, a.batch_id, a.attempt)):
                     self.counters["dispatched"] += 1
                     state = self.scheduler.requests.get(a.request_id)
                     predicted = state.meta.predicted_tokens if state is not None else None
                     self.dispatch_log.append(DispatchRecord(a.request_id, a.replica_id, now, predicted))
                 else:
                     # Nobody waits for it any more: give the slot straight back.
-                    more.extend(self.scheduler.cancel(a.request_id))
+                    self.counters["withdrawn"] += 1
+                    more.extend(self.scheduler.cancel(a.request_id, a.attempt))
             pending = more
 
     # ---- views -------------------------------------------------------------------------------
     def snapshot(self, dispatch_log: bool = False) -> dict:
+        """The scheduler's view plus ``counters`` (their identities: see the class docstring)."""
         snap = self.scheduler.snapshot()
         snap["counters"] = dict(self.counters)
         snap["num_waiters"] = len(self._waiters)
@@ -321,6 +398,17 @@ class RouterService:
         if dispatch_log:
             snap["dispatch_log"] = list(self.dispatch_log)
         return snap
+
+
+_RUN_ENDS = {ReportKind.COMPLETE: "completed", ReportKind.CANCEL: "cancelled", ReportKind.FAIL: "failed"}
+
+
+def _has_dispatched(box: list[Polled], request_id: str, attempt: int | None) -> bool:
+    """Whether ``box`` already answers ``request_id`` with its dispatch under ``attempt``."""
+    for p in box:
+        if p.request_id == request_id and isinstance(p.answer, Dispatched) and p.answer.attempt == attempt:
+            return True
+    return False
 
 
 class RouterActor:
@@ -371,9 +459,9 @@ class RouterActor:
     async def report(self, reports: list[Report]) -> None:
         self.service.report(reports)
 
-    async def heartbeat(self, replica_id: str, num_slots: int, running_ids: list[str] | None = None) -> None:
+    async def heartbeat(self, replica_id: str, num_slots: int, running: list[Running] | None = None) -> None:
         self._ensure_sweeper()
-        self.service.heartbeat(replica_id, num_slots, running_ids)
+        self.service.heartbeat(replica_id, num_slots, running)
 
     async def remove_replica(self, replica_id: str) -> None:
         self.service.remove_replica(replica_id)
@@ -400,18 +488,32 @@ def router_actor_options(name: str, namespace: str, max_restarts: int = -1, reso
     return options
 
 
+class RouterUnresponsive(RuntimeError):
+    """The router actor answered no ping within the deadline: it hangs without dying (stopped, or its
+    event loop is blocked). Outstanding enqueues fail with it, and the caller retries as after the
+    actor's death (:meth:`RouterClient.is_router_failure` is true for it)."""
+
+
 class RouterClient:
-    """Finds or creates the router actor and survives its restarts. For the ingress and replicas."""
+    """Finds or creates the router actor and survives its restarts. For the ingress and replicas.
+
+    It also keeps track of whether the actor answers: callers with deadlines record missed ones
+    (:meth:`unanswered`) and answers (:meth:`answered`); :meth:`kill_if_hung` kills an actor that
+    answered nothing for ``hung_kill_s``, and Ray restarts it (``max_restarts``)."""
 
     def __init__(self, name: str, namespace: str, scheduler_config: dict, *, max_restarts: int = -1,
-                 actor_kwargs: dict | None = None, resources: dict | None = None):
+                 actor_kwargs: dict | None = None, resources: dict | None = None, hung_kill_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.resources = resources
         self.namespace = namespace
         self.scheduler_config = scheduler_config
         self.max_restarts = max_restarts
         self.actor_kwargs = actor_kwargs or {}
+        self.hung_kill_s = hung_kill_s
+        self.clock = clock
         self._handle = None
+        self._unanswered_since: float | None = None  # when the oldest call still unanswered was sent
 
     @property
     def handle(self):
@@ -430,11 +532,68 @@ class RouterClient:
         """Look the actor up again on next use (after it died for good, a new one is created)."""
         self._handle = None
 
+    # ---- liveness ----------------------------------------------------------------------------
+    async def ping(self, timeout_s: float) -> bool:
+        """Whether the actor answers a ping within ``timeout_s`` (recorded for :meth:`kill_if_hung`).
+        A dead or restarting actor raises its error: it is not hung, Ray is restarting it."""
+        sent = self.clock()
+        try:
+            await asyncio.wait_for(self.handle.ping.remote(), timeout_s)
+        except asyncio.TimeoutError:
+            self.unanswered(sent)
+            return False
+        except Exception:
+            self.answered()
+            raise
+        self.answered()
+        return True
+
+    def answered(self) -> None:
+        """A call came back (an answer or the actor's error): the actor does not hang."""
+        self._unanswered_since = None
+
+    def unanswered(self, sent_at: float) -> None:
+        """A call sent at ``sent_at`` (``clock`` time) missed its deadline."""
+        if self._unanswered_since is None or sent_at < self._unanswered_since:
+            self._unanswered_since = sent_at
+
+    def kill_if_hung(self) -> bool:
+        """Kill the actor (Ray restarts it) when it answered nothing for ``hung_kill_s``; True if killed.
+        A stopped process never dies by itself and Ray sees it alive, so nothing else restarts it."""
+        since = self._unanswered_since
+        if since is None or self.clock() - since < self.hung_kill_s:
+            return False
+        self._unanswered_since = None  # the restarted actor gets its own hung_kill_s
+        logger.warning("router actor %s answered nothing for %.0f s (hung without dying): killing it so that "
+                       "Ray restarts it (router.max_restarts=%d)", self.name, self.clock() - since, self.max_restarts)
+        try:
+            self._kill(self.handle)
+        except Exception:
+            logger.warning("killing the hung router actor %s failed", self.name, exc_info=True)
+        self.reset()
+        return True
+
+    def _kill(self, handle) -> None:
+        import ray
+
+        ray.kill(handle, no_restart=False)
+
     @staticmethod
-    def is_actor_failure(error: BaseException) -> bool:
+    def is_router_failure(error: BaseException) -> bool:
+        """The router died, is restarting or hangs: the call may be made again (same id and arrival time)."""
+        if isinstance(error, RouterUnresponsive):
+            return True
         import ray.exceptions as rex
 
         return isinstance(error, (rex.RayActorError, rex.ActorUnavailableError))
+
+    is_actor_failure = is_router_failure  # the older name; it covers a hung router too
+
+
+def _consume(fut: asyncio.Future) -> None:
+    """Retrieve an abandoned future's outcome, so asyncio does not log it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class BatchedEnqueuer:
@@ -445,20 +604,37 @@ class BatchedEnqueuer:
     one long ``poll`` brings back every answer ready for this client. If the router dies, every
     outstanding ``enqueue`` raises the actor error, and the caller enqueues again (the new router
     is empty).
+
+    Exactly one answer per run: a :class:`Dispatched` (request, attempt) delivered once is remembered
+    (the last ``remember`` of them), so a duplicate (the client resubmitted after a failed poll)
+    neither answers twice nor is taken for an unwanted one; an unwanted one (its caller left) is
+    cancelled by naming its attempt, so it cannot end a later run.
+
+    Deadlines: while anything is outstanding, a watchdog pings the actor every ``ping_interval_s``.
+    A ping unanswered within ``call_timeout_s`` (the router hangs without dying, e.g. SIGSTOP) fails
+    every outstanding ``enqueue`` with :class:`RouterUnresponsive`, which callers retry like an actor
+    failure; after the client's ``hung_kill_s`` without an answer it kills the actor (Ray restarts it).
     """
 
-    def __init__(self, client: RouterClient, poll_timeout_s: float = 1.0):
+    def __init__(self, client: RouterClient, poll_timeout_s: float = 1.0, *, call_timeout_s: float = 5.0,
+                 ping_interval_s: float = 1.0, remember: int = 4096):
         import uuid
 
         self.client = client
         self.client_id = uuid.uuid4().hex
         self.poll_timeout_s = poll_timeout_s
+        self.call_timeout_s = call_timeout_s
+        self.ping_interval_s = ping_interval_s
         self._futures: dict[str, asyncio.Future] = {}
         self._outgoing: list[tuple[RequestMeta, bool]] = []
         self._send_wake: asyncio.Event | None = None
         self._poll_wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
         self._direct = 0  # direct enqueue calls in flight
+        self._direct_waits: set[asyncio.Future] = set()  # their watchdog verdicts
+        self._watchdog: asyncio.Task | None = None
+        self._delivered: dict[tuple[str, int], None] = {}  # Dispatched (request, attempt) answered, newest last
+        self._remember = remember
 
     def _ensure_started(self) -> None:
         if not self._tasks or any(t.done() for t in self._tasks):
@@ -468,23 +644,17 @@ class BatchedEnqueuer:
             self._send_wake, self._poll_wake = asyncio.Event(), asyncio.Event()
             self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self._poll_loop())]
 
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
     async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> EnqueueAnswer:
         if not self._futures and not self._direct:
-            # Nothing else in flight: one direct call has the lowest latency.
-            self._direct += 1
-            try:
-                handle = self.client.handle
-                call = handle.requeue if requeue else handle.enqueue
-                return await call.remote(meta)
-            except Exception as e:
-                if RouterClient.is_actor_failure(e):
-                    self.client.reset()
-                raise
-            finally:
-                self._direct -= 1
+            return await self._enqueue_direct(meta, requeue)
         self._ensure_started()
         fut = asyncio.get_running_loop().create_future()
         self._futures[meta.request_id] = fut
+        self._ensure_watchdog()
         self._outgoing.append((meta, requeue))
         self._send_wake.set()
         self._poll_wake.set()
@@ -494,11 +664,70 @@ class BatchedEnqueuer:
             if self._futures.get(meta.request_id) is fut:
                 del self._futures[meta.request_id]
 
+    async def _enqueue_direct(self, meta: RequestMeta, requeue: bool) -> EnqueueAnswer:
+        """Nothing else in flight: one direct call has the lowest latency. It races the watchdog's
+        verdict, so a hung router fails it like the batched ones."""
+        self._direct += 1
+        verdict = asyncio.get_running_loop().create_future()
+        verdict.add_done_callback(_consume)
+        self._direct_waits.add(verdict)
+        self._ensure_watchdog()
+        reply = None
+        try:
+            handle = self.client.handle
+            call = handle.requeue if requeue else handle.enqueue
+            reply = asyncio.ensure_future(call.remote(meta))
+            await asyncio.wait((reply, verdict), return_when=asyncio.FIRST_COMPLETED)
+            if reply.done():
+                return reply.result()
+            return verdict.result()  # raises RouterUnresponsive
+        except Exception as e:
+            if RouterClient.is_router_failure(e):
+                self.client.reset()
+            raise
+        finally:
+            self._direct -= 1
+            self._direct_waits.discard(verdict)
+            if reply is not None and not reply.done():
+                reply.add_done_callback(_consume)  # a late answer nobody wants (the lease frees its slot)
+
     def _fail(self, request_ids, error: BaseException) -> None:
         for rid in request_ids:
             fut = self._futures.pop(rid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(error)
+
+    async def _watch(self) -> None:
+        while self._futures or self._direct_waits:
+            await asyncio.sleep(self.ping_interval_s)
+            if not (self._futures or self._direct_waits):
+                break
+            try:
+                alive = await self.client.ping(self.call_timeout_s)
+            except Exception as e:
+                # Dead, not hung: the outstanding calls fail with the actor's error by themselves.
+                if RouterClient.is_router_failure(e):
+                    self.client.reset()
+                else:
+                    logger.debug("router ping failed: %r", e)
+                continue
+            if not alive:
+                self._give_up(RouterUnresponsive(
+                    f"the router actor {self.client.name} answered no ping within {self.call_timeout_s:g} s"))
+                self.client.kill_if_hung()
+
+    def _give_up(self, error: RouterUnresponsive) -> None:
+        """The router hangs: fail every outstanding enqueue (their callers retry) and drop the calls in
+        flight (the loops start again with the next enqueue)."""
+        logger.warning("%s: failing %d outstanding enqueue(s)", error, len(self._futures) + len(self._direct_waits))
+        self._fail(list(self._futures), error)
+        self._outgoing = []
+        for verdict in self._direct_waits:
+            if not verdict.done():
+                verdict.set_exception(error)
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
 
     async def _send_loop(self) -> None:
         while True:
@@ -512,7 +741,7 @@ class BatchedEnqueuer:
             try:
                 await self.client.handle.submit.remote(self.client_id, metas, requeue)
             except Exception as e:
-                if RouterClient.is_actor_failure(e):
+                if RouterClient.is_router_failure(e):
                     self.client.reset()
                 self._fail([m.request_id for m in metas], e)
 
@@ -526,35 +755,53 @@ class BatchedEnqueuer:
                 answers = await self.client.handle.poll.remote(self.client_id, self.poll_timeout_s)
             except Exception as e:
                 # The router died with our requests: all of them must be enqueued again.
-                if RouterClient.is_actor_failure(e):
+                if RouterClient.is_router_failure(e):
                     self.client.reset()
                 else:
                     logger.exception("router poll failed")
                 self._fail(list(self._futures), e)
                 await asyncio.sleep(0.05)
                 continue
-            unwanted = []
-            for polled in answers:
-                fut = self._futures.pop(polled.request_id, None)
-                if fut is None or fut.done():
-                    if isinstance(polled.answer, Dispatched):
-                        unwanted.append(Report.cancel(polled.request_id))  # its caller left: give the slot back
-                    continue
-                fut.set_result(polled.answer)
+            self.client.answered()
+            unwanted = self._deliver(answers)
             if unwanted:
                 try:
                     self.client.handle.report.remote(unwanted)
                 except Exception:
                     pass
 
+    def _deliver(self, answers: list[Polled]) -> list[Report]:
+        """Hand each answer to its waiting ``enqueue``; the cancels of dispatches nobody waits for."""
+        unwanted = []
+        delivered = self._delivered
+        for polled in answers:
+            rid, answer = polled.request_id, polled.answer
+            dispatched = isinstance(answer, Dispatched)
+            if dispatched and (rid, answer.attempt) in delivered:
+                continue  # the same run again (we resubmitted): it has its caller
+            fut = self._futures.pop(rid, None)
+            if fut is None or fut.done():
+                if dispatched:  # its caller left: give the slot back (that run's, not a later one's)
+                    unwanted.append(Report.cancel(rid, attempt=answer.attempt))
+                continue
+            fut.set_result(answer)
+            if dispatched:
+                delivered[(rid, answer.attempt)] = None
+                if len(delivered) > self._remember:
+                    del delivered[next(iter(delivered))]
+        return unwanted
+
 
 class Reporter:
     """Fire-and-forget reports, coalesced: one ``report`` call carries all that piled up while
-    the previous one was in flight. A dead router loses them, which is harmless: its successor
-    never knew those requests."""
+    the previous one was in flight. A call unanswered within ``call_timeout_s`` (a hung router) is
+    dropped rather than piled up, and counts toward the client's ``kill_if_hung``. Reports lost to
+    a dead or hung router are harmless: its successor adopts the runs from the replicas' heartbeats,
+    and a router that wakes frees the runs no replica lists by lease expiry."""
 
-    def __init__(self, client: RouterClient):
+    def __init__(self, client: RouterClient, call_timeout_s: float = 5.0):
         self.client = client
+        self.call_timeout_s = call_timeout_s
         self._reports: list[Report] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -573,9 +820,16 @@ class Reporter:
             batch, self._reports = self._reports, []
             if not batch:
                 continue
+            sent = self.client.clock()
             try:
-                await self.client.handle.report.remote(batch)
+                await asyncio.wait_for(self.client.handle.report.remote(batch), self.call_timeout_s)
+                self.client.answered()
+            except asyncio.TimeoutError:
+                self.client.unanswered(sent)
+                logger.debug("router answered no report call within %.1f s: %d report(s) dropped",
+                             self.call_timeout_s, len(batch))
+                self.client.kill_if_hung()
             except Exception as e:
-                if RouterClient.is_actor_failure(e):
+                if RouterClient.is_router_failure(e):
                     self.client.reset()
                 logger.debug("router report of %d reports failed: %r", len(batch), e)

@@ -1,6 +1,7 @@
 """RouterService: the actor's logic without Ray. enqueue answers when the policy dispatches."""
 
 import asyncio
+from unittest.mock import ANY
 
 import pytest
 
@@ -19,11 +20,16 @@ def by_id(polled: list[Polled]) -> dict:
     return {p.request_id: p.answer for p in polled}
 
 
+def on(replica_id: str) -> Dispatched:
+    """A dispatch to ``replica_id`` under any attempt (attempt ids are checked where they matter)."""
+    return Dispatched(replica_id, None, ANY)
+
+
 async def test_enqueue_waits_for_dispatch_and_ssjf_orders_the_queue():
     svc = create_service(policy="ssjf")
     svc.heartbeat("r1", 1)
     first = asyncio.create_task(svc.enqueue(create_meta("a", 50, 1)))
-    assert await first == Dispatched("r1")  # a free slot: dispatched at once
+    assert await first == on("r1")  # a free slot: dispatched at once
     waiting = {rid: asyncio.create_task(svc.enqueue(create_meta(rid, p, t)))
                for rid, p, t in [("b", 50, 2), ("c", 5, 3), ("d", 20, 4)]}
     await settle()
@@ -51,7 +57,7 @@ async def test_fcfs_keeps_arrival_order():
     await settle()
     assert tasks["b"].done() and not tasks["c"].done()
     svc.complete("b")
-    assert await tasks["c"] == Dispatched("r1")
+    assert await tasks["c"] == on("r1")
 
 
 async def test_requests_wait_for_a_replica_to_register():
@@ -60,7 +66,7 @@ async def test_requests_wait_for_a_replica_to_register():
     await settle()
     assert not task.done() and svc.snapshot()["num_shared_queued"] == 1
     svc.heartbeat("r9", 2)
-    assert await task == Dispatched("r9")
+    assert await task == on("r9")
 
 
 async def test_queue_cap_answers_full_with_retry_after():
@@ -85,7 +91,7 @@ async def test_cancel_while_waiting_resolves_and_while_running_frees_the_slot():
     svc.cancel("b")
     assert await b == Cancelled()
     svc.cancel("a")  # the client of a running request left: its slot goes to c
-    assert await c == Dispatched("r1")
+    assert await c == on("r1")
 
 
 async def test_a_caller_that_goes_away_gives_its_slot_back():
@@ -98,7 +104,7 @@ async def test_a_caller_that_goes_away_gives_its_slot_back():
     b.cancel()  # e.g. Ray cancelled the actor call
     await settle()
     svc.complete("a")
-    assert await c == Dispatched("r1")
+    assert await c == on("r1")
     assert svc.snapshot()["num_running"] == 1
 
 
@@ -119,9 +125,11 @@ async def test_requeue_after_a_dead_replica_runs_elsewhere_keeping_its_place():
     svc.complete("b")
     await settle()
     # "a" (5 tokens) goes before "c" (50 tokens) on the surviving replica.
-    assert again.done() and await again == Dispatched(live)
+    assert again.done() and await again == on(live)
     assert not later.done()
-    assert svc.snapshot()["counters"]["requeued"] == 1
+    # a's first run ended when its replica was removed (failed); the requeue admitted it again.
+    counters = svc.snapshot()["counters"]
+    assert (counters["failed"], counters["requeued"], counters["enqueued"]) == (1, 0, 4)
 
 
 async def test_silent_replica_is_dropped_and_its_queue_moves():
@@ -152,20 +160,20 @@ async def test_lease_expiry_frees_a_slot_nobody_uses():
     b = asyncio.create_task(svc.enqueue(create_meta("b", 5, 2)))
     await settle()
     clock.now += 5
-    svc.heartbeat("r1", 1, running_ids=[])
+    svc.heartbeat("r1", 1, running=[])
     await settle()
     assert not b.done()  # still within the lease
     clock.now += 6
-    svc.heartbeat("r1", 1, running_ids=[])
-    assert await b == Dispatched("r1")
+    svc.heartbeat("r1", 1, running=[])
+    assert await b == on("r1")
     assert svc.snapshot()["counters"]["leases_expired"] == 1
 
 
 async def test_enqueue_is_idempotent_for_a_retried_call():
     svc = create_service()
     svc.heartbeat("r1", 1)
-    assert await svc.enqueue(create_meta("a", 5, 1)) == Dispatched("r1")
-    assert await svc.enqueue(create_meta("a", 5, 1)) == Dispatched("r1")
+    assert await svc.enqueue(create_meta("a", 5, 1)) == on("r1")
+    assert await svc.enqueue(create_meta("a", 5, 1)) == on("r1")
     assert svc.snapshot()["num_running"] == 1
 
 
@@ -193,7 +201,7 @@ async def test_submit_and_poll_answer_many_requests_in_one_call_each_way():
     svc.heartbeat("r1", 2)
     svc.submit("ing", [create_meta("a", 30, 1), create_meta("b", 10, 2), create_meta("c", 20, 3), create_meta("d", 5, 4)])
     first = await svc.poll("ing", timeout_s=0.01)
-    assert first == [Polled("a", Dispatched("r1")), Polled("b", Dispatched("r1"))]
+    assert first == [Polled("a", on("r1")), Polled("b", on("r1"))]
     assert await svc.poll("ing", timeout_s=0.01) == []  # nothing new: the poll times out empty
     svc.report([Report.complete("a", 3), Report.complete("b", 4)])
     # Both freed slots go to the shortest waiting: d (5), then c (20).
@@ -218,26 +226,26 @@ async def test_submit_answers_queue_full_and_requeues():
     svc.heartbeat("r1", 1)
     svc.submit("ing", [create_meta("a", 5, 1), create_meta("b", 5, 2), create_meta("c", 5, 3)])
     answers = by_id(await svc.poll("ing", timeout_s=0.01))
-    assert answers == {"a": Dispatched("r1"), "c": QueueFull(1.0)}
+    assert answers == {"a": on("r1"), "c": QueueFull(1.0)}
     svc.submit("ing", [create_meta("a", 5, 1)], requeue_ids=["a"])  # its replica bounced it: run again
     assert svc.snapshot()["counters"]["requeued"] == 1
     # "a" arrived first and keeps its turn (the full queue does not refuse it: it was admitted).
-    assert by_id(await svc.poll("ing", timeout_s=0.01)) == {"a": Dispatched("r1")}
+    assert by_id(await svc.poll("ing", timeout_s=0.01)) == {"a": on("r1")}
     svc.complete("a")
-    assert by_id(await svc.poll("ing", timeout_s=0.01)) == {"b": Dispatched("r1")}
+    assert by_id(await svc.poll("ing", timeout_s=0.01)) == {"b": on("r1")}
 
 
 async def test_a_bounced_request_is_dispatched_again_before_the_one_behind_it():
     svc = create_service(policy="fcfs")
     svc.heartbeat("r1", 1)
-    assert await svc.enqueue(create_meta("a", 50, 1)) == Dispatched("r1")
+    assert await svc.enqueue(create_meta("a", 50, 1)) == on("r1")
     behind = asyncio.create_task(svc.enqueue(create_meta("b", 5, 2)))
     await settle()
     # The call to r1 bounced before it ran: the ingress asks again. "b" must not take a's slot.
-    assert await svc.requeue(create_meta("a", 50, 1)) == Dispatched("r1")
+    assert await svc.requeue(create_meta("a", 50, 1)) == on("r1")
     assert not behind.done()
     svc.complete("a")
-    assert await behind == Dispatched("r1")
+    assert await behind == on("r1")
 
 
 async def test_a_client_that_stops_polling_frees_what_it_held():
@@ -250,7 +258,7 @@ async def test_a_client_that_stops_polling_frees_what_it_held():
     clock.now += 11
     svc.heartbeat("r1", 1)
     svc.sweep()
-    assert await other == Dispatched("r1")
+    assert await other == on("r1")
     assert svc.snapshot()["num_clients"] == 0
 
 
@@ -293,7 +301,7 @@ async def test_batched_enqueuer_goes_direct_alone_and_batches_under_load():
     client = FakeClient(svc)
     enq = BatchedEnqueuer(client, poll_timeout_s=0.05)
     reporter = Reporter(client)
-    assert await enq.enqueue(create_meta("a", 5, 1)) == Dispatched("r1")
+    assert await enq.enqueue(create_meta("a", 5, 1)) == on("r1")
     assert client.handle.calls == ["enqueue"]  # alone: one direct call
     waiting = [asyncio.create_task(enq.enqueue(create_meta(f"q{i}", 40 - i, 2 + i))) for i in range(4)]
     await settle()
@@ -303,8 +311,25 @@ async def test_batched_enqueuer_goes_direct_alone_and_batches_under_load():
         for _ in range(20):
             await asyncio.sleep(0)
     results = await asyncio.gather(*waiting)
-    assert all(r == Dispatched("r1") for r in results)
+    assert all(r == on("r1") for r in results)
     assert [log.request_id for log in svc.dispatch_log][1:] == ["q3", "q2", "q1", "q0"]  # SSJF
     assert all(isinstance(log, DispatchRecord) for log in svc.dispatch_log)
     # The queued four went in one submit (the first was direct), not one call each.
     assert client.handle.calls.count("submit") <= 2 and client.handle.calls.count("enqueue") == 2
+
+
+# ---- attempts: a report names the dispatch it is about --------------------------------------
+async def test_a_late_report_of_an_earlier_attempt_does_not_free_the_later_run():
+    svc = create_service()
+    svc.heartbeat("A", 1)
+    svc.heartbeat("B", 1)
+    first = await svc.enqueue(create_meta("x", 5, 1))
+    assert first.replica_id == "A"
+    # The call to A timed out before its first chunk: the ingress requeues, and x runs on B.
+    again = await svc.requeue(create_meta("x", 5, 1))
+    assert again.replica_id == "B" and again.attempt != first.attempt
+    # A's run of x is cancelled at last and A reports it, naming its own attempt.
+    svc.report([Report.cancel("x", attempt=first.attempt)])
+    assert {r["replica_id"]: r["num_running"] for r in svc.snapshot()["replicas"]} == {"A": 0, "B": 1}
+    assert svc.scheduler.requests["x"].replica_id == "B"
+    assert svc.snapshot()["counters"]["stale_reports"] == 1

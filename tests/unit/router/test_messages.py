@@ -18,12 +18,15 @@ from router.messages import (
     QueueFull,
     Report,
     ReportKind,
+    Running,
 )
 from router.request import RequestMeta
 
 MESSAGES = [Dispatched("r1", 3), Dispatched("r2"), QueueFull(1.5), NoReplica(2.0), Cancelled(),
             Polled("a", Dispatched("r1")), Report.complete("a", 7), Report.complete("b"), Report.cancel("c"),
-            Report.fail("d"), Report.remove_replica("r1"), DispatchRecord("a", "r1", 12.5, 40.0)]
+            Report.fail("d"), Report.remove_replica("r1"), DispatchRecord("a", "r1", 12.5, 40.0),
+            Dispatched("r1", None, 1_700_000_000_000_000), Report.complete("a", 7, attempt=12), Report.cancel("c", 3),
+            Running(RequestMeta("a", "m", 10, 5.0, 100, 1.0), 12)]
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
@@ -50,6 +53,7 @@ def test_answers_differ_by_type_not_by_field_values():
     lambda: Report(ReportKind.REMOVE_REPLICA, request_id="a"),  # a replica report naming a request
     lambda: Report(ReportKind.REMOVE_REPLICA, request_id="a", replica_id="r1"),
     lambda: Report(ReportKind.FAIL, request_id="a", num_output_tokens=3),  # tokens on a failure
+    lambda: Report(ReportKind.REMOVE_REPLICA, replica_id="r1", attempt=3),  # a replica has no attempt
 ])
 def test_a_report_naming_the_wrong_thing_is_refused(build):
     with pytest.raises(ValueError):
@@ -73,7 +77,8 @@ async def test_one_report_call_applies_every_kind_in_order():
         await asyncio.sleep(0)
     assert await tasks[waiting[-1]] == Cancelled()
     counters = svc.snapshot()["counters"]
-    assert (counters["completed"], counters["failed"], counters["cancelled"]) == (1, 1, 1)
+    # The waiting one was withdrawn (no run of it began); the two runs ended once each.
+    assert (counters["completed"], counters["failed"], counters["cancelled"], counters["withdrawn"]) == (1, 1, 0, 1)
     # The two freed slots went to the two still waiting.
     assert all(tasks[rid].done() and isinstance(tasks[rid].result(), Dispatched) for rid in waiting[:-1])
     svc.report([Report.remove_replica("r1")])
