@@ -5,8 +5,8 @@ from unittest.mock import ANY
 
 import pytest
 
-from router.actor import BatchedEnqueuer, Reporter, RouterClient
-from router.messages import Cancelled, Dispatched, DispatchRecord, Polled, QueueFull, Report
+from router.actor import BatchedEnqueuer, Reporter, RouterClient, RouterUnresponsive
+from router.messages import Cancelled, Dispatched, DispatchRecord, Polled, QueueFull, Report, Running
 from router.request import RequestStatus
 from tests.factories import FakeClock, create_meta, create_service
 
@@ -268,7 +268,7 @@ class FakeMethod:
 
     def remote(self, *args):
         result = self.fn(*args)
-        if asyncio.iscoroutine(result):
+        if asyncio.iscoroutine(result) or asyncio.isfuture(result):
             return asyncio.ensure_future(result)
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(result)
@@ -276,23 +276,44 @@ class FakeMethod:
 
 
 class FakeHandle:
-    """Stands in for the actor handle: each method's ``.remote`` runs the service in-process."""
+    """Stands in for the actor handle: each method's ``.remote`` runs the service in-process.
+    ``hung``: every call is taken and never answered (a stopped router); ``echo_polls``: each poll
+    answers its batch twice (a duplicate answer reaching the client)."""
 
     def __init__(self, svc):
         self.svc = svc
         self.calls = []
+        self.hung = False
+        self.echo_polls = False
 
     def __getattr__(self, name):
         def call(*args):
             self.calls.append(name)
+            if self.hung:
+                return asyncio.get_running_loop().create_future()
+            if name == "ping":
+                return self.svc.started_at
+            if name == "poll" and self.echo_polls:
+                return self._echo(*args)
             return getattr(self.svc, name)(*args)
         return FakeMethod(call)
 
+    async def _echo(self, *args):
+        answers = await self.svc.poll(*args)
+        return answers + answers
+
 
 class FakeClient(RouterClient):
-    def __init__(self, svc):
-        super().__init__("fake", "ns", {})
-        self._handle = FakeHandle(svc)
+    def __init__(self, svc, **kw):
+        super().__init__("fake", "ns", {}, **kw)
+        self.fake = FakeHandle(svc)
+        self.kills = 0
+
+    def get_or_create(self):
+        return self.fake
+
+    def _kill(self, handle) -> None:
+        self.kills += 1
 
 
 async def test_batched_enqueuer_goes_direct_alone_and_batches_under_load():
@@ -333,3 +354,202 @@ async def test_a_late_report_of_an_earlier_attempt_does_not_free_the_later_run()
     assert {r["replica_id"]: r["num_running"] for r in svc.snapshot()["replicas"]} == {"A": 0, "B": 1}
     assert svc.scheduler.requests["x"].replica_id == "B"
     assert svc.snapshot()["counters"]["stale_reports"] == 1
+
+
+async def test_a_stale_or_duplicate_report_counts_no_second_end():
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    run = await svc.enqueue(create_meta("x", 5, 1))
+    svc.report([Report.complete("x", 4, attempt=run.attempt), Report.complete("x", 4, attempt=run.attempt),
+                Report.cancel("x", attempt=run.attempt), Report.cancel("x")])
+    counters = svc.snapshot()["counters"]
+    assert (counters["completed"], counters["cancelled"], counters["stale_reports"]) == (1, 0, 2)
+
+
+async def test_a_caller_joining_a_running_request_gets_its_attempt():
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    first = await svc.enqueue(create_meta("x", 5, 1))
+    assert await svc.enqueue(create_meta("x", 5, 1)) == Dispatched("r1", None, first.attempt)
+    svc.submit("ing", [create_meta("x", 5, 1)])
+    assert by_id(await svc.poll("ing", timeout_s=0.01)) == {"x": Dispatched("r1", None, first.attempt)}
+
+
+async def test_attempt_ids_of_a_restarted_router_are_above_its_predecessors():
+    clock = FakeClock(1000.0)
+    old = create_service(clock)
+    old.heartbeat("r1", 1)
+    before = await old.enqueue(create_meta("x", 5, 1))
+    clock.advance(0.001)
+    new = create_service(clock)  # the actor restarted: a new service, empty
+    new.heartbeat("r1", 1)
+    assert (await new.enqueue(create_meta("y", 5, 1))).attempt > before.attempt
+
+
+async def test_a_restarted_router_adopts_what_replicas_run():
+    svc = create_service(batching="continuous", max_batch=2)  # the successor: it knows nothing
+    x, y = create_meta("x", 40, 1), create_meta("y", 30, 2)
+    svc.heartbeat("r1", 2, [Running(x, 11), Running(y, 12)])
+    snap = svc.snapshot()
+    assert snap["replicas"][0]["num_running"] == 2 and snap["replicas"][0]["outstanding_work"] == 70
+    assert snap["counters"]["adopted"] == 2
+    # Full: a new request waits instead of over-filling r1.
+    z = asyncio.create_task(svc.enqueue(create_meta("z", 5, 3)))
+    await settle()
+    assert not z.done()
+    svc.report([Report.complete("x", 40, attempt=11)])
+    assert await z == on("r1")
+    svc.heartbeat("r1", 2, [Running(y, 12)])  # listed again: adopted once only
+    assert svc.snapshot()["counters"]["adopted"] == 2
+
+
+async def test_a_replica_dropped_by_a_misrouted_report_is_adopted_back_with_its_runs():
+    svc = create_service()
+    svc.heartbeat("A", 1)
+    x = create_meta("x", 5, 1)
+    run = await svc.enqueue(x)
+    svc.report([Report.remove_replica("A")])  # an ingress could not reach A for a while
+    assert svc.snapshot()["num_running"] == 0
+    waiting = asyncio.create_task(svc.enqueue(create_meta("q", 5, 2)))
+    await settle()
+    # A heartbeats again, still running x: x takes the slot back before q is dispatched.
+    svc.heartbeat("A", 1, [Running(x, run.attempt)])
+    await settle()
+    assert not waiting.done() and svc.scheduler.requests["x"].attempt == run.attempt
+    svc.report([Report.complete("x", 3, attempt=run.attempt)])
+    assert await waiting == on("A")
+    counters = svc.snapshot()["counters"]
+    assert (counters["dispatched"], counters["adopted"], counters["failed"], counters["completed"]) == (2, 1, 1, 1)
+
+
+async def test_a_heartbeat_sent_before_a_run_ended_does_not_adopt_it_again():
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    x = create_meta("x", 5, 1)
+    run = await svc.enqueue(x)
+    svc.report([Report.complete("x", 3, attempt=run.attempt)])
+    svc.heartbeat("r1", 1, [Running(x, run.attempt)])  # overtaken by the complete report
+    assert svc.snapshot()["num_running"] == 0 and svc.snapshot()["counters"]["adopted"] == 0
+
+
+async def test_the_lease_keys_on_the_attempt_not_the_request():
+    clock = FakeClock(1000.0)
+    svc = create_service(clock, lease_s=10.0)
+    svc.heartbeat("r1", 1)
+    x = create_meta("x", 5, 1)
+    first = await svc.enqueue(x)
+    second = await svc.requeue(x)  # the ingress saw no first chunk and asked again; r1 runs x's old try
+    behind = asyncio.create_task(svc.enqueue(create_meta("b", 5, 2)))
+    clock.advance(11)
+    svc.heartbeat("r1", 1, [Running(x, first.attempt)])  # the new attempt never reached r1
+    assert await behind == on("r1")
+    assert second.attempt != first.attempt and svc.snapshot()["counters"]["leases_expired"] == 1
+
+
+async def test_resubmitting_a_request_whose_answer_waits_in_the_outbox_answers_once():
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    svc.submit("ing", [create_meta("x", 5, 1)])
+    svc.submit("ing", [create_meta("x", 5, 1)])  # the client's poll failed: it sends x again
+    answers = await svc.poll("ing", timeout_s=0.01)
+    assert [p.request_id for p in answers] == ["x"]
+
+
+async def until(predicate, what: str, tries: int = 2000):
+    """Yield to the loop (a few ms at a time) until ``predicate()`` holds; fail after ``tries``."""
+    for _ in range(tries):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_duplicate_dispatch_answer_is_delivered_once_and_never_cancels_the_run():
+    svc = create_service(batching="continuous", max_batch=4)
+    svc.heartbeat("r1", 4)
+    client = FakeClient(svc)
+    enq = BatchedEnqueuer(client, poll_timeout_s=0.01)
+    client.fake.echo_polls = True
+    blocker = asyncio.create_task(enq.enqueue(create_meta("w", 5, 1)))  # direct: the rest go batched
+    answers = await asyncio.gather(*[enq.enqueue(create_meta(f"q{i}", 5, 2 + i)) for i in range(3)])
+    await blocker
+    assert all(isinstance(a, Dispatched) for a in answers)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert "report" not in client.fake.calls  # no cancel for the echoes
+    assert svc.snapshot()["num_running"] == 4
+
+
+async def test_a_dispatch_nobody_waits_for_is_cancelled_by_its_attempt():
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    run = await svc.enqueue(create_meta("a", 5, 1))
+    client = FakeClient(svc)
+    enq = BatchedEnqueuer(client, poll_timeout_s=0.01)
+    direct = asyncio.create_task(enq.enqueue(create_meta("d", 5, 2)))  # waits behind a
+    await settle()
+    gone = asyncio.create_task(enq.enqueue(create_meta("x", 1, 3)))  # batched; its caller leaves
+    await until(lambda: "x" in svc.scheduler.requests, "x submitted")
+    gone.cancel()
+    svc.complete("a", attempt=run.attempt)  # d and x get the slot in turn (x's by nobody's choice)
+    await direct
+    svc.complete("d", attempt=svc.scheduler.requests["d"].attempt)
+    await until(lambda: svc.snapshot()["counters"]["cancelled"] == 1, "x's run cancelled")
+    assert svc.snapshot()["num_running"] == 0 and svc.snapshot()["counters"]["stale_reports"] == 0
+
+
+async def test_a_hung_router_fails_outstanding_enqueues_so_callers_retry():
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    client = FakeClient(svc, hung_kill_s=3600.0)
+    enq = BatchedEnqueuer(client, poll_timeout_s=0.01, call_timeout_s=0.01, ping_interval_s=0.001)
+    client.fake.hung = True  # e.g. SIGSTOP: calls are taken, nothing answers, nothing dies
+    direct = asyncio.create_task(enq.enqueue(create_meta("a", 5, 1)))
+    await settle()
+    batched = asyncio.create_task(enq.enqueue(create_meta("b", 5, 2)))
+    results = await asyncio.wait_for(asyncio.gather(direct, batched, return_exceptions=True), 30)
+    assert all(isinstance(r, RouterUnresponsive) for r in results), results
+    assert RouterClient.is_router_failure(results[0]) and RouterClient.is_actor_failure(results[0])
+    assert client.kills == 0  # not hung for hung_kill_s yet
+    client.fake.hung = False  # the router answers again (SIGCONT, or its restart): the retry works
+    assert await asyncio.wait_for(enq.enqueue(create_meta("a", 5, 1)), 30) == on("r1")
+
+
+async def test_a_router_hung_for_hung_kill_s_is_killed_once():
+    clock = FakeClock(0.0)
+    client = FakeClient(create_service(), hung_kill_s=10.0, clock=clock)
+    client.unanswered(sent_at=0.0)
+    clock.advance(9.0)
+    assert not client.kill_if_hung()
+    client.unanswered(sent_at=5.0)  # a later miss does not move the start of the silence
+    clock.advance(1.0)
+    assert client.kill_if_hung() and client.kills == 1
+    assert not client.kill_if_hung()  # the restarted actor gets its own hung_kill_s
+    client.unanswered(sent_at=11.0)
+    client.answered()  # any answer: not hung
+    clock.advance(60.0)
+    assert not client.kill_if_hung() and client.kills == 1
+
+
+async def test_the_watchdog_kills_a_router_that_stays_hung():
+    client = FakeClient(create_service(), hung_kill_s=0.0)
+    enq = BatchedEnqueuer(client, call_timeout_s=0.01, ping_interval_s=0.001)
+    client.fake.hung = True
+    with pytest.raises(RouterUnresponsive):
+        await asyncio.wait_for(enq.enqueue(create_meta("a", 5, 1)), 30)
+    assert client.kills == 1
+
+
+async def test_reports_to_a_hung_router_are_dropped_not_piled_up():
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    run = await svc.enqueue(create_meta("a", 5, 1))
+    client = FakeClient(svc, hung_kill_s=3600.0)
+    reporter = Reporter(client, call_timeout_s=0.01)
+    client.fake.hung = True
+    reporter.report(Report.cancel("b"))
+    await until(lambda: client._unanswered_since is not None, "the report call timed out")
+    client.fake.hung = False
+    reporter.report(Report.complete("a", 3, attempt=run.attempt))
+    await until(lambda: svc.snapshot()["counters"]["completed"] == 1, "the next report arrives")
+    assert client._unanswered_since is None
