@@ -60,10 +60,16 @@ def build_app(config: dict | None = None):
 
 
 def shutdown_router(config: dict | AppConfig | None = None) -> bool:
-    """Kill the app's router actor (after ``serve.delete``); True if one was running."""
+    """Kill the app's router actor and metrics store (after ``serve.delete``); True if the router was running."""
     import ray
 
     cfg = config if isinstance(config, AppConfig) else AppConfig.from_dict(config)
+    # The ingress's metrics store (deployments/metrics.py) is detached too: a next app of the same
+    # name must not start from this one's counts.
+    try:
+        ray.kill(ray.get_actor(cfg.metrics_actor_name, namespace=cfg.router.namespace), no_restart=True)
+    except ValueError:
+        pass
     try:
         actor = ray.get_actor(cfg.router_actor_name, namespace=cfg.router.namespace)
     except ValueError:

@@ -23,9 +23,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.auth import ApiKeyAuth, refuse_serve_hints
 from deployments.config import AppConfig, EngineKind
 from deployments.engines.base import Delta, FinishReason, GenerationRequest, Misrouted, Started
-from deployments.metrics import IngressMetrics
+from deployments.metrics import IngressMetrics, MetricsPublisher, get_metrics_store
 from deployments.predictors import heuristic_predictor
 from deployments.prompts import PromptRenderer
 from deployments.protocol import (
@@ -54,6 +55,15 @@ app = FastAPI(title="ssjf-serve", docs_url=None, redoc_url=None)
 async def _http_error(request: Request, exc: StarletteHTTPException):
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind).body(), status_code=exc.status_code)
+
+
+@app.exception_handler(Exception)
+async def _unhandled_error(request: Request, exc: Exception):
+    # An OpenAI-shaped 500 that tells nothing of the internals (actor names, node addresses); the
+    # replica's log keeps the exception.
+    logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(APIError(500, "internal server error", type="server_error", code="internal_error").body(),
+                        status_code=500)
 
 
 def error_response(e: APIError) -> JSONResponse:
@@ -230,6 +240,7 @@ class _Run:
 class Ingress:
     async def __init__(self, config: dict, proxy, llm):
         self.cfg = AppConfig.from_dict(config)
+        self._init_access()  # first: a replica that must not serve fails before it starts anything
         self.proxy = proxy
         self.llm = llm.options(stream=True)
         self.renderer = await asyncio.to_thread(PromptRenderer.from_config, self.cfg)
@@ -245,19 +256,29 @@ class Ingress:
         self.reporter = Reporter(self.router)
         self.fallback = heuristic_predictor()
         self.metrics = IngressMetrics()
+        self.publisher = MetricsPublisher(self.metrics, self._metrics_store, self.cfg.ingress.metrics_push_s,
+                                          source=self._replica_id())
+        self.publisher.start()
         self.engine = self.cfg.llm.engine_kind
 
     # ---- endpoints ---------------------------------------------------------------------------
     @app.post("/v1/completions")
     async def completions(self, request: Request):
+        if (denied := self._deny(request, "completions")) is not None:
+            return denied
         return await self._handle(request, "completion")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
+        if (denied := self._deny(request, "chat")) is not None:
+            return denied
         return await self._handle(request, "chat")
 
     @app.get("/v1/models")
-    async def models(self):
+    async def models(self, request: Request):
+        if (denied := self._deny(request, "models")) is not None:
+            return denied
+        self.metrics.requests.labels("models", "200").inc()
         owned_by = "ssjf-serve (replay engine, emulated)" if self.engine is EngineKind.REPLAY else "ssjf-serve"
         data = [{"id": name, "object": "model", "created": 0, "owned_by": owned_by, "engine": self.engine.value,
                  "max_model_len": self.renderer.context_length} for name in self.cfg.llm.served_models]
@@ -269,19 +290,68 @@ class Ingress:
             snap = await asyncio.wait_for(self.router.handle.snapshot.remote(), timeout=2.0)
         except Exception as e:
             self.router.reset()
-            return JSONResponse({"status": "unavailable", "error": f"router: {e!r}"}, status_code=503)
+            # The error names actors and node addresses: the log gets it, the (unauthenticated) probe not.
+            logger.warning("healthz: the router actor did not answer: %r", e)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
         return {"status": "ok", "num_replicas": len(snap["replicas"]), "num_queued": snap["num_queued"],
                 "num_running": snap["num_running"]}
 
     @app.get("/metrics")
-    async def metrics_endpoint(self):
+    async def metrics_endpoint(self, request: Request):
+        if self.cfg.ingress.protect_metrics:
+            try:
+                self.auth.check(request.headers.get("authorization"))
+            except APIError as e:
+                self.metrics.requests.labels("metrics", str(e.status)).inc()
+                return error_response(e)
         try:
             snap = await asyncio.wait_for(self.router.handle.snapshot.remote(), timeout=1.0)
             self.metrics.observe_router(snap)
         except Exception:
-            pass  # serve the ingress's own metrics anyway
-        body, content_type = self.metrics.render()
+            pass  # the counters matter more than the router's gauges
+        # Every ingress replica's counters summed (deployments/metrics.py): Serve spreads scrapes over
+        # the replicas, and one replica's own counts would seem to jump back between scrapes.
+        total = await self.publisher.total()
+        if total is None:  # no numbers beat wrong ones: Prometheus marks the scrape failed
+            return error_response(APIError(503, "metrics are unavailable right now; retry", type="server_error",
+                                           code="metrics_unavailable"))
+        body, content_type = self.metrics.render(total)
         return Response(content=body, media_type=content_type)
+
+    # ---- access control (deployments/auth.py) ------------------------------------------------
+    def _init_access(self) -> None:
+        ing = self.cfg.ingress
+        self.auth = ApiKeyAuth.from_settings(ing.api_keys, ing.api_keys_env, ing.require_api_key)
+        if self.auth.enabled:
+            logger.info("ingress: API key required (%d key(s) configured)", self.auth.num_keys)
+        else:
+            logger.warning("ingress: no API key configured: anyone who reaches this port may use the API "
+                           "(set %s or ingress.api_keys; ingress.require_api_key refuses to start without)",
+                           ing.api_keys_env or "ingress.api_keys_env")
+
+    def _deny(self, request: Request, endpoint: str) -> JSONResponse | None:
+        """The answer to a request that may not go on (no or a wrong API key: 401; a Serve proxy hint
+        header: 400), counted; None when it may."""
+        try:
+            self.auth.check(request.headers.get("authorization"))
+            if not self.cfg.ingress.accept_serve_hint_headers:
+                refuse_serve_hints(request.headers)
+        except APIError as e:
+            self.metrics.requests.labels(endpoint, str(e.status)).inc()
+            return error_response(e)
+        return None
+
+    def _metrics_store(self):
+        r = self.cfg.router
+        return get_metrics_store(self.cfg.metrics_actor_name, r.namespace, orphan_timeout_s=r.orphan_timeout_s,
+                                 resources=r.resources)
+
+    @staticmethod
+    def _replica_id() -> str | None:
+        try:
+            return serve.get_replica_context().replica_id.unique_id
+        except Exception:  # not in a replica (unit tests): the publisher picks a random id
+            return None
 
     # ---- one request -------------------------------------------------------------------------
     async def _predict(self, conversation, model: str) -> float:
