@@ -5,6 +5,7 @@
     python -m cluster.cli local up [--llm-nodes 2] [--detach]     # a multi-node Ray on this machine
     python -m cluster.cli local down STATE_FILE
     python -m cluster.cli derive SRC DST [--proxy ARTIFACT] [--set router.aging_threshold_s=30 ...]
+                                 [--tls-certfile CERT --tls-keyfile KEY]
     python -m cluster.cli bench --config CLUSTER.yaml [--policies fcfs,ssjf,ssjf-aging] ...
 
 ``check`` exits 1 when a Serve config cannot be placed on the cluster, 2 on a usage error.
@@ -43,9 +44,14 @@ main.add_command(bench)
 @click.option("--proxy", "proxy_artifact", default=None, help="Set proxy.artifact_path (a trained proxy artifact).")
 @click.option("--set", "pairs", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one knob; VALUE is read as YAML (30, true, [1, 2]). Repeatable.")
-def derive(src: Path, dst: Path, proxy_artifact: str | None, pairs: tuple[str, ...]):
+@click.option("--tls-certfile", default=None, metavar="PATH",
+              help="HTTPS at Serve's HTTP proxies (http_options.ssl_certfile): the certificate's path on every "
+                   "node. With --tls-keyfile; Serve configs only.")
+@click.option("--tls-keyfile", default=None, metavar="PATH", help="The private key's path on every node (http_options.ssl_keyfile).")
+def derive(src: Path, dst: Path, proxy_artifact: str | None, pairs: tuple[str, ...], tls_certfile: str | None,
+           tls_keyfile: str | None):
     """Write DST: a copy of the cluster config SRC (a Serve config or build_app's dict) with the proxy
-    artifact and overrides set, validated (an unknown key or bad value exits 2 and names it)."""
+    artifact, overrides and TLS files set, validated (an unknown key or bad value exits 2 and names it)."""
     import yaml
 
     overrides = {}
@@ -55,7 +61,10 @@ def derive(src: Path, dst: Path, proxy_artifact: str | None, pairs: tuple[str, .
             raise click.BadParameter(f"expected SECTION.KEY=VALUE, got {pair!r}", param_hint="--set")
         overrides[key.strip()] = yaml.safe_load(value)
     try:
-        tools.derive_file(src, dst, proxy_artifact=proxy_artifact, overrides=overrides)
+        if (tls_certfile is None) != (tls_keyfile is None):
+            raise click.UsageError("--tls-certfile and --tls-keyfile go together")
+        tls = (tls_certfile, tls_keyfile) if tls_certfile is not None else None
+        tools.derive_file(src, dst, proxy_artifact=proxy_artifact, overrides=overrides, tls=tls)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

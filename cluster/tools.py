@@ -458,15 +458,22 @@ def _read_yaml(path: str | Path):
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
-def derive_config(data: dict, *, proxy_artifact: str | None = None, overrides: dict[str, object] | None = None) -> dict:
+def derive_config(data: dict, *, proxy_artifact: str | None = None, overrides: dict[str, object] | None = None,
+                  tls: tuple[str, str] | None = None) -> dict:
     """A copy of a cluster config with ``proxy.artifact_path`` and ``section.key`` overrides set.
 
     ``data`` is either ``build_app``'s dict or a Serve config (``applications: [{args: ...}]``), whose
     first application's ``args`` is changed and whose wrapper is kept (the copy deploys as the original
     did). The changed app config is validated, so a misspelt key fails here with the valid ones listed
     instead of being ignored by a benchmark that then measures the wrong cluster.
+
+    ``tls`` = (certificate file, key file), paths as they are on the cluster's nodes: Serve's HTTP
+    proxies then serve HTTPS (``http_options.ssl_certfile``/``ssl_keyfile``, Serve's own options,
+    checked with Serve's schema). Only a Serve config has ``http_options``.
     """
     out = copy.deepcopy(data or {})
+    if tls is not None:
+        _set_tls(out, *tls)
     if "applications" in out:
         apps = out["applications"] or []
         if not apps:
@@ -487,8 +494,21 @@ def derive_config(data: dict, *, proxy_artifact: str | None = None, overrides: d
     return out
 
 
+def _set_tls(serve_config: dict, certfile: str, keyfile: str) -> None:
+    from ray.serve.schema import HTTPOptionsSchema
+
+    if "applications" not in serve_config:
+        raise ValueError("TLS is set in a Serve config's http_options: this is a bare app config (no applications:)")
+    if not certfile or not keyfile:
+        raise ValueError("TLS needs both a certificate file and a key file")
+    http = dict(serve_config.get("http_options") or {})
+    http.update(ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+    HTTPOptionsSchema(**http)  # Serve's own check of http_options (both files, known keys)
+    serve_config["http_options"] = http
+
+
 def derive_file(src: str | Path, dst: str | Path, *, proxy_artifact: str | None = None,
-                overrides: dict[str, object] | None = None) -> Path:
+                overrides: dict[str, object] | None = None, tls: tuple[str, str] | None = None) -> Path:
     """Write ``dst``: :func:`derive_config` of the config file ``src`` (``ssjf-cluster
     derive``, the demo and live_bench make their configs this way). ConfigError (a ValueError) names
     a missing file, bad YAML, or a knob that does not exist."""
@@ -496,7 +516,7 @@ def derive_file(src: str | Path, dst: str | Path, *, proxy_artifact: str | None 
     if not isinstance(data, dict):
         raise ConfigError(f"{src} must hold a mapping, got {type(data).__name__}")
     try:
-        out = derive_config(data, proxy_artifact=proxy_artifact, overrides=overrides)
+        out = derive_config(data, proxy_artifact=proxy_artifact, overrides=overrides, tls=tls)
     except ValueError as e:
         raise ConfigError(f"{src}: {e}") from None
     dst = Path(dst)

@@ -259,3 +259,28 @@ def test_cli_check_exit_codes(tmp_path):
 
     not_serve = runner.invoke(main, ["check", str(CLUSTER_YAMLS[0]), str(CLUSTER_YAMLS[0])])
     assert not_serve.exit_code == 2 and "not a valid Serve config" in not_serve.output
+
+
+def test_derive_sets_serves_own_tls_options_and_checks_them(tmp_path):
+    """HTTPS at Serve's HTTP proxies is http_options.ssl_certfile/ssl_keyfile (Serve's schema); derive
+    writes them into a copy of a Serve config, and refuses half a pair or a bare app config."""
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    src = Path(__file__).resolve().parents[3] / "cluster" / "serve_gpu_hf.yaml"
+    out = tools.derive_config(tools.load_serve_config(src), tls=("/etc/ssjf/cert.pem", "/etc/ssjf/key.pem"))
+    assert out["http_options"] == {"host": "0.0.0.0", "port": 8000, "ssl_certfile": "/etc/ssjf/cert.pem",
+                                   "ssl_keyfile": "/etc/ssjf/key.pem"}
+    with pytest.raises(ValueError, match="bare app config"):
+        tools.derive_config({"llm": {"engine": "replay"}}, tls=("/c", "/k"))
+    with pytest.raises(ValueError, match="both"):
+        tools.derive_config(tools.load_serve_config(src), tls=("/c", ""))
+
+    dst = tmp_path / "tls.yaml"
+    runner = CliRunner()
+    ok = runner.invoke(main, ["derive", str(src), str(dst), "--tls-certfile", "/c.pem", "--tls-keyfile", "/k.pem"])
+    assert ok.exit_code == 0, ok.output
+    assert tools.load_serve_config(dst)["http_options"]["ssl_keyfile"] == "/k.pem"
+    half = runner.invoke(main, ["derive", str(src), str(dst), "--tls-certfile", "/c.pem"])
+    assert half.exit_code == 2 and "go together" in half.output

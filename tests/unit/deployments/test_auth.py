@@ -146,3 +146,25 @@ def test_the_hint_header_names_are_serves_own():
 
     assert set(auth.SERVE_HINT_HEADERS) == {SERVE_HTTP_REQUEST_TIMEOUT_S_HEADER,
                                             SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER}
+
+
+def _ingress_settings(path):
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    return [AppConfig.from_dict(app.get("args")).ingress for app in data["applications"]]
+
+
+def test_the_cloud_configs_require_a_key_from_the_environment_and_ship_none():
+    from pathlib import Path
+
+    cluster = Path(__file__).resolve().parents[3] / "cluster"
+    for name in ("serve_gpu_hf.yaml", "serve_gpu_deepspeed.yaml"):  # deployed by ray_cluster*.yaml on 0.0.0.0
+        for ing in _ingress_settings(cluster / name):
+            assert ing.require_api_key and ing.api_keys_env == "SSJF_API_KEYS" and ing.api_keys == [], name
+            assert not ing.accept_serve_hint_headers, name
+    for path in sorted(cluster.glob("*.yaml")):  # no file in the repo carries a literal key
+        if "applications" in path.read_text():
+            assert all(ing.api_keys == [] for ing in _ingress_settings(path)), path.name
+    # The local demo stays open (loopback only): no key needed to try it.
+    assert not any(ing.require_api_key for ing in _ingress_settings(cluster / "serve_local.yaml"))
