@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray.serve.config import RequestRouterConfig
+from ray.serve.config import BackpressureConfig, RequestRouterConfig
 
 from deployments.config import AppConfig
 from deployments.ingress import Ingress
@@ -44,8 +44,15 @@ def build_app(config: dict | None = None):
             request_router_class=PinnedRequestRouter,
             request_router_kwargs={"pin_grace_s": cfg.ingress.pin_grace_s},
         ),
-        # Model loading on a busy CPU box can take a while.
+        # check_health runs the engine's checks and the stall watchdog (llm.stall_timeout_s); Serve
+        # replaces a replica after 3 failures in a row. The check itself is cheap: the long timeout
+        # allows for an event loop slowed by a CPU-bound engine (and model loading) on a busy box; a
+        # loop wedged for that long fails it too.
+        health_check_period_s=cfg.llm.health_check_period_s,
         health_check_timeout_s=60,
+        # Each ingress holds at most ingress.max_in_flight requests, each with one LLM call at a
+        # time: a bound on the calls its handle may queue (beyond it: BackPressureError, a 503).
+        max_queued_requests=cfg.ingress.max_in_flight,
     ).bind(d)
     proxy = ProxyPool.options(
         num_replicas=cfg.proxy.num_replicas,
@@ -55,6 +62,10 @@ def build_app(config: dict | None = None):
     return Ingress.options(
         num_replicas=cfg.ingress.num_replicas,
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
+        # The queue at each HTTP proxy when every ingress replica is at max_ongoing_requests: bounded,
+        # answered 429 with Retry-After by Serve itself beyond it (ingress.max_in_flight has the chain).
+        max_queued_requests=cfg.ingress.max_in_flight,
+        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=cfg.router.retry_after_s),
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
     ).bind(d, proxy, llm)
 

@@ -147,6 +147,9 @@ class LLMSettings:
     num_gpus: float = field(default=0.0, metadata={"help": "GPUs per LLM replica (deepspeed TP: tensor_parallel)."})
     max_ongoing_requests: int | None = field(default=None, metadata={"help": "Serve's cap of calls in flight per replica; default 4 x slots + 8 (the router, not Serve, admits work)."})
     heartbeat_s: float = field(default=1.0, metadata={"help": "How often a replica (re-)registers with the router actor."})
+    stall_timeout_s: float = field(default=45.0, metadata={"help": "Engine watchdog: a replica that runs requests and gets no output from its engine for this long is stalled: it stops heartbeating (the router drops it after router.replica_timeout_s) and fails Serve's health check (Serve replaces it). Keep it below ingress.first_token_timeout_s, so a request stuck on a hung engine trips it before the ingress gives up on that request."})
+    health_check_period_s: float = field(default=5.0, metadata={"help": "Serve's health check period of the LLM replicas (engine health and the stall watchdog); Serve replaces a replica after 3 failed checks in a row."})
+    replay_faults: bool = field(default=False, metadata={"help": "replay, tests and fault drills only: honour [[replay:stall:K]] (the request stops after K tokens and holds its slot) and [[replay:fail:K]] (the engine raises after K tokens) in the prompt."})
 
     def __post_init__(self):
         kind = EngineKind.parse(self.engine)
@@ -175,7 +178,9 @@ class LLMSettings:
                and (self.max_batch_tokens is None or self.max_batch_tokens >= 1),
                f"llm.kv_pages >= 1 (or None), cb_page_size >= 4 and max_batch_tokens >= 1 (or None) needed, got "
                f"{self.kv_pages}, {self.cb_page_size}, {self.max_batch_tokens}")
-        _check(self.heartbeat_s > 0, f"llm.heartbeat_s must be > 0, got {self.heartbeat_s}")
+        for name in ("heartbeat_s", "stall_timeout_s", "health_check_period_s"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and value > 0, f"llm.{name} must be > 0, got {value!r}")
         _check(self.max_ongoing_requests is None or self.max_ongoing_requests > self.max_batch,
                f"llm.max_ongoing_requests must exceed max_batch ({self.max_batch}), got {self.max_ongoing_requests}")
         if kind is EngineKind.DEEPSPEED:
@@ -211,8 +216,11 @@ class IngressSettings:
     max_retries: int = field(default=2, metadata={"help": "Re-dispatches of a request whose replica died before it streamed anything."})
     pin_grace_s: float = field(default=3.0, metadata={"help": "How long a call waits for its pinned replica to appear in Serve's replica list before it is sent elsewhere and bounced (then re-dispatched)."})
     router_timeout_s: float = field(default=60.0, metadata={"help": "How long a request waits for a restarting router actor before it gets a 503."})
-    first_chunk_timeout_s: float = field(default=30.0, metadata={"help": "A pinned call that has not started on its replica within this long is treated as lost and re-dispatched."})
-
+    first_chunk_timeout_s: float = field(default=30.0, metadata={"help": "A pinned call that has not started on its replica within this long is treated as lost and re-dispatched (the first-token deadline bounds this wait too)."})
+    first_token_timeout_s: float | None = field(default=60.0, metadata={"help": "Dispatch to first token: past it the call is cancelled, its replica dropped at the router (until its next heartbeat) and the request dispatched again, up to max_retries; then a 504 (code first_token_timeout). None: no limit."})
+    token_timeout_s: float | None = field(default=30.0, metadata={"help": "Longest wait for the next output of a request that has produced some: past it the call is cancelled and the client gets a 504 (a started stream: an SSE error event, then [DONE]; code token_timeout). None: no limit."})
+    request_timeout_s: float | None = field(default=None, metadata={"help": "Arrival to last token, queueing included: past it the request is cancelled wherever it is, with a 504 (code request_timeout). None (default): no limit, as a long queue under SJF is the policy at work; the other deadlines catch what hangs."})
+    max_in_flight: int = field(default=1024, metadata={"help": "Requests one ingress replica admits at once (streams until their last byte); beyond it a 429 with Retry-After (code ingress_full), before the body is read. The chain: Serve's HTTP proxy queues at most this many per ingress deployment (Serve's max_queued_requests; beyond: Serve's own 429), an ingress replica runs at most max_ongoing_requests (keep it above max_in_flight, so the OpenAI-style 429 comes first), the router queues at most router.max_queued (429 queue_full), and each ingress queues at most this many calls for the LLM replicas (their max_queued_requests)."})
     # Access control and metrics (docs/serving.md, "Security"; deployments/auth.py).
     api_keys: list[str] = field(default_factory=list, metadata={"help": "Literal API keys (Authorization: Bearer KEY). They travel in the Serve config, which serve status shows: for tests and laptops; elsewhere use api_keys_env. Any key configured (here or in the environment) turns the check on."})
     api_keys_env: str | None = field(default="SSJF_API_KEYS", metadata={"help": "Environment variable of the ingress replicas holding API keys (comma- or space-separated, several for rotation); null: none read."})
@@ -229,6 +237,12 @@ class IngressSettings:
         for name in ("pin_grace_s", "router_timeout_s", "first_chunk_timeout_s"):
             value = getattr(self, name)
             _check(value > 0, f"ingress.{name} must be > 0, got {value!r}")
+        for name in ("first_token_timeout_s", "token_timeout_s", "request_timeout_s"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, (int, float)) and value > 0),
+                   f"ingress.{name} must be > 0 or None (no limit), got {value!r}")
+        _check(isinstance(self.max_in_flight, int) and self.max_in_flight >= 1,
+               f"ingress.max_in_flight must be >= 1, got {self.max_in_flight!r}")
 
     def _check_access(self) -> None:
         from deployments.auth import check_env_name, check_key

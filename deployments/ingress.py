@@ -23,8 +23,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.admission import AdmissionGate, InFlightLimit
 from deployments.auth import ApiKeyAuth, refuse_serve_hints
 from deployments.config import AppConfig, EngineKind
+from deployments.deadlines import Deadline, RunDeadlines, timeout_error
 from deployments.engines.base import Delta, FinishReason, GenerationRequest, Misrouted, Started
 from deployments.metrics import IngressMetrics, MetricsPublisher, get_metrics_store
 from deployments.predictors import heuristic_predictor
@@ -49,6 +51,10 @@ from router.request import RequestMeta
 logger = logging.getLogger("ray.serve")
 
 app = FastAPI(title="ssjf-serve", docs_url=None, redoc_url=None)
+# Admission counts a request before anything reads its body (deployments/admission.py); each
+# ingress replica sets its limit (ingress.max_in_flight) in Ingress.__init__.
+ADMISSION = AdmissionGate()
+app.add_middleware(InFlightLimit, gate=ADMISSION)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -95,6 +101,28 @@ def _as_retry(error: Exception) -> _Retry | None:
     return None
 
 
+def _as_error(error: Exception) -> APIError:
+    """The client's error for a call that failed and is not retried. An :class:`APIError` stays as it
+    is; Serve's backpressure (this ingress's queue of LLM calls is full) is a 503; anything else is
+    the engine failing on the replica (a RayTaskError carrying its exception), a 500."""
+    if isinstance(error, APIError):
+        return error
+    from ray.serve.exceptions import BackPressureError
+
+    if isinstance(error, BackPressureError):
+        return APIError(503, "too many calls are waiting for the LLM replicas; retry later", type="server_error",
+                        code="llm_busy", headers={"Retry-After": "1"})
+    cause = getattr(error, "cause", None) or error
+    logger.warning("a replica failed a request: %r", error)
+    return APIError(500, f"the engine failed while generating this request ({type(cause).__name__})",
+                    type="server_error", code="engine_error")
+
+
+def _internal_error(error: Exception) -> APIError:
+    return APIError(500, f"internal error while serving this request ({type(error).__name__})",
+                    type="server_error", code="internal_error")
+
+
 @dataclasses.dataclass(frozen=True)
 class Restart:
     """A non-streaming request starts over on another replica (its replica died): drop its output so far."""
@@ -115,6 +143,31 @@ class _Run:
         self.started_at: float | None = None
         self.router_s = 0.0  # time inside router calls (queue wait included): the benchmark reads it
         self.num_retries = 0
+        self.deadlines = RunDeadlines.from_settings(ingress.cfg.ingress, meta.arrival_at, time.time(), time.monotonic)
+
+    async def _wait(self, awaitable, started: bool | None):
+        """Await ``awaitable`` within the deadline that applies now (:meth:`RunDeadlines.next_wait`):
+        past it, a :class:`_Retry` for a first chunk or first token (the call is abandoned, the request
+        dispatched again), else the 504 that ends the request. ``started``: as ``next_wait``'s."""
+        d = self.deadlines
+        at, kind = d.next_wait(started)
+        if at is None:
+            return await awaitable
+        timeout = asyncio.timeout(max(0.0, at - d.now()))
+        try:
+            async with timeout:
+                return await awaitable
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # not ours: the awaited call's own
+            if kind is Deadline.FIRST_CHUNK:
+                raise _Retry(kind.value) from None
+            if kind is Deadline.FIRST_TOKEN:
+                # Nothing came from this replica since the dispatch: try another, and have the router
+                # stop choosing this one (until its next heartbeat; a replica whose engine hangs stops
+                # heartbeating once its watchdog trips, and then stays dropped).
+                raise _Retry(kind.value, drop_replica=True) from None
+            raise timeout_error(kind, d.limit_s(kind)) from None
 
     async def _dispatch(self, requeue: bool) -> Dispatched:
         ing = self.ingress
@@ -155,13 +208,17 @@ class _Run:
             raise RuntimeError(f"unexpected router answer {answer!r}")
 
     async def events(self):
+        """Every wait is bounded (:mod:`deployments.deadlines`); every failure ends as an
+        :class:`APIError` (or a retry); whatever ends the run, its call is cancelled (the replica's
+        slot frees) and the router told (our cancel names no attempt: it applies in any state)."""
         attempt = 0
         started = False
         gen = None
         try:
             while True:
-                dispatched = await self._dispatch(requeue=attempt > 0)
+                dispatched = await self._wait(self._dispatch(requeue=attempt > 0), None)
                 gen = self._call(dispatched)
+                self.deadlines.dispatched()
                 produced = False
                 try:
                     await self._first_chunk(gen)
@@ -169,8 +226,12 @@ class _Run:
                         started = True
                         self.started_at = time.time()
                         yield Started(dispatched.replica_id)
-                    delta: Delta
-                    async for delta in gen:
+                    while True:
+                        try:
+                            delta: Delta = await self._wait(gen.__anext__(), True)
+                        except StopAsyncIteration:
+                            break
+                        self.deadlines.output()
                         produced = produced or delta.num_tokens > 0
                         if delta.finish_reason is not None:
                             # Set before the yield: the consumer may close us right after it.
@@ -182,7 +243,7 @@ class _Run:
                 except Exception as e:
                     retry = _as_retry(e)
                     if retry is None:
-                        raise
+                        raise _as_error(e) from (None if isinstance(e, APIError) else e)
                     gen.cancel()
                     gen = None
                     attempt += 1
@@ -199,17 +260,19 @@ class _Run:
         """Start the stream on the dispatched replica (the LLM deployment's request router pins it there)."""
         self.replica_id = dispatched.replica_id
         self.dispatched_at = time.time()
-        request = self.request
+        # The run names its dispatch: the replica's reports and heartbeats carry the attempt.
+        changes = {"attempt": dispatched.attempt}
         if dispatched.batch_id is not None:
-            request = dataclasses.replace(request, batch_id=dispatched.batch_id)
+            changes["batch_id"] = dispatched.batch_id
+        request = dataclasses.replace(self.request, **changes)
         return self.ingress.llm.generate.remote(request, target_replica_id=dispatched.replica_id)
 
     async def _first_chunk(self, gen) -> None:
         """Wait for the replica's first chunk (its Started); :class:`_Retry` if it is late or bounced."""
         try:
-            first = await asyncio.wait_for(gen.__anext__(), timeout=self.ingress.cfg.ingress.first_chunk_timeout_s)
-        except asyncio.TimeoutError:
-            raise _Retry("first_chunk_timeout") from None
+            first = await self._wait(gen.__anext__(), False)
+        except StopAsyncIteration:
+            raise _Retry("stream_ended_early") from None
         if isinstance(first, Misrouted):
             # Serve has not listed the pinned replica for ingress.pin_grace_s: it is gone (a lost
             # node) or not yet visible here. Either way the router should stop choosing it until
@@ -228,6 +291,9 @@ class _Run:
             raise APIError(502, f"the replica serving this request failed mid-stream ({retry.reason})",
                            type="server_error", code="replica_failed") from None
         self.num_retries = attempt
+        if attempt > cfg.max_retries and retry.reason == Deadline.FIRST_TOKEN.value:
+            raise timeout_error(Deadline.FIRST_TOKEN, cfg.first_token_timeout_s,
+                                f"{attempt} tries; ingress.max_retries={cfg.max_retries}") from None
         if attempt > cfg.max_retries:
             raise APIError(503, f"no replica could serve this request ({retry.reason}, "
                            f"{attempt} tries; ingress.max_retries={cfg.max_retries})",
@@ -256,6 +322,7 @@ class Ingress:
         self.reporter = Reporter(self.router)
         self.fallback = heuristic_predictor()
         self.metrics = IngressMetrics()
+        ADMISSION.configure(self.cfg.ingress.max_in_flight, self.cfg.router.retry_after_s, on_reject=self._rejected)
         self.publisher = MetricsPublisher(self.metrics, self._metrics_store, self.cfg.ingress.metrics_push_s,
                                           source=self._replica_id())
         self.publisher.start()
@@ -317,6 +384,10 @@ class Ingress:
                                            code="metrics_unavailable"))
         body, content_type = self.metrics.render(total)
         return Response(content=body, media_type=content_type)
+
+    def _rejected(self, path: str) -> None:
+        """Count a request refused at admission (ingress.max_in_flight) under its endpoint."""
+        self.metrics.requests.labels("chat" if path.endswith("/chat/completions") else "completions", "429").inc()
 
     # ---- access control (deployments/auth.py) ------------------------------------------------
     def _init_access(self) -> None:
@@ -405,7 +476,7 @@ class Ingress:
         request = GenerationRequest(
             request_id=rid, prompt=prompt.text, max_tokens=max_tokens, num_prompt_tokens=prompt.num_tokens,
             prompt_token_ids=tuple(prompt.token_ids) if prompt.token_ids else None, temperature=parsed.temperature,
-            top_p=parsed.top_p, seed=parsed.seed, replay_output_tokens=parsed.replay_output_tokens)
+            top_p=parsed.top_p, seed=parsed.seed, replay_output_tokens=parsed.replay_output_tokens, meta=meta)
         run = _Run(self, meta, request, restart_after_output=not parsed.stream)
         events = run.events()
         try:
@@ -447,6 +518,13 @@ class Ingress:
         except APIError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             return error_response(e)
+        except asyncio.CancelledError:
+            self.metrics.requests.labels(endpoint, "499").inc()  # the client went away
+            raise
+        except Exception as e:  # a fault of ours: still an answer, and counted as what it is
+            logger.exception("request %s failed", rid)
+            self.metrics.requests.labels(endpoint, "500").inc()
+            return error_response(_internal_error(e))
         finally:
             await events.aclose()
         self.metrics.requests.labels(endpoint, "200").inc()
@@ -486,7 +564,10 @@ class Ingress:
                 yield sse(stream_chunk(rid, model, kind, created, usage_dict=usage(num_prompt, num_out), no_choices=True))
             yield SSE_DONE
             self.metrics.e2e.observe(time.time() - t0)
-        except APIError as e:  # headers are gone: the error travels in the stream
+        except Exception as e:  # headers are gone: the error travels in the stream, then [DONE]
+            if not isinstance(e, APIError):  # a fault of ours (the run turns call failures into APIError)
+                logger.exception("stream %s failed", rid)
+                e = _internal_error(e)
             status = str(e.status)
             yield sse(e.body())
             yield SSE_DONE

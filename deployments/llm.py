@@ -5,20 +5,31 @@ heartbeats (which also re-registers it after a router restart). Every call is pi
 ``router.serve_router.PinnedRequestRouter``; a call meant for another replica is bounced, never
 run. When a request ends the replica reports it (actual tokens) so the router frees the slot and
 dispatches the next job; a cancelled call (the client left) frees its slot the same way.
+
+Every run carries the router's dispatch ``attempt``: the replica keys its runs by (request id,
+attempt), names the attempt in each report (so a late report of an abandoned attempt cannot free
+the slot of the request's next one) and lists its runs in every heartbeat, so a router that
+restarted or dropped this replica adopts them.
+
+Watchdog: a hung engine raises nothing, so the replica watches its output
+(:class:`~deployments.engines.base.StallWatchdog`). While it has work and no output came for
+``llm.stall_timeout_s`` it stops heartbeating (the router drops it after
+``router.replica_timeout_s`` and dispatches elsewhere) and ``check_health`` raises (Serve replaces
+it after three failed checks, ``llm.health_check_period_s`` apart).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from ray import serve
 
 from deployments.config import AppConfig
 from deployments.engines import GenerationRequest, Misrouted, Started, build_engine
+from deployments.engines.base import StallWatchdog
 from router.actor import Reporter, RouterClient
-from router.messages import Report
+from router.messages import Report, Running
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,15 +50,34 @@ class LLMServer:
             resources=cfg.router.resources,
         )
         self.reporter = Reporter(self.router)
-        self.running: dict[str, float] = {}  # request_id -> started_at
+        self.running: dict[tuple[str, int], GenerationRequest] = {}  # (request_id, attempt) -> its request
+        self.watchdog = StallWatchdog(cfg.llm.stall_timeout_s)
+        self._stall_logged = False
         await self._register()
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         logger.info("LLM replica %s up: engine %s, %d slots", self.replica_id, self.engine.kind, self.engine.num_slots)
 
+    def running_runs(self) -> list[Running]:
+        """What the heartbeat lists: the runs the router dispatched (a call without a meta came from
+        elsewhere, e.g. a benchmark calling the replica directly: the router never knew it)."""
+        return [Running(r.meta, r.attempt) for r in self.running.values() if r.meta is not None]
+
     async def _register(self) -> None:
+        quiet = self.watchdog.stalled_for()
+        if quiet is not None:
+            # A stalled engine must not be given more work: going silent makes the router drop this
+            # replica after router.replica_timeout_s; check_health has Serve replace it.
+            if not self._stall_logged:
+                self._stall_logged = True
+                logger.error("LLM replica %s: no engine output for %.1f s with %d request(s) running "
+                             "(llm.stall_timeout_s): heartbeats stop", self.replica_id, quiet, len(self.running))
+            return
+        if self._stall_logged:
+            self._stall_logged = False
+            logger.warning("LLM replica %s: the engine produces output again: heartbeats resume", self.replica_id)
         try:
             await asyncio.wait_for(
-                self.router.handle.heartbeat.remote(self.replica_id, self.engine.num_slots, list(self.running)),
+                self.router.handle.heartbeat.remote(self.replica_id, self.engine.num_slots, self.running_runs()),
                 timeout=max(2.0, 5 * self.settings.heartbeat_s))
         except Exception as e:  # the router may be restarting: the next beat retries
             logger.warning("heartbeat to the router failed: %r", e)
@@ -64,29 +94,38 @@ class LLMServer:
         if target_replica_id is not None and target_replica_id != self.replica_id:
             yield Misrouted(self.replica_id)
             return
-        rid = request.request_id
-        self.running[rid] = time.time()
-        yield Started(self.replica_id)
+        rid, attempt = request.request_id, request.attempt
+        key = (rid, attempt)
+        self.running[key] = request
+        self.watchdog.begin()
         num_tokens = 0
-        report = Report.cancel(rid)  # unless it finishes or fails: the caller went away (or hit a stop string)
+        # Unless it finishes or fails: the caller went away (or hit a stop string, or a deadline).
+        report = Report.cancel(rid, attempt=attempt)
         try:
+            # Started says the call reached this replica, not that the engine made progress: the
+            # ingress's first-token deadline runs from the dispatch, whatever comes before a token.
+            yield Started(self.replica_id)
             async for delta in self.engine.generate(request):
+                self.watchdog.progress()
                 num_tokens += delta.num_tokens
                 if delta.finish_reason is not None:
                     # Report before the last chunk leaves: the next job starts while it travels.
                     report = None
-                    self.reporter.report(Report.complete(rid, num_tokens))
+                    self.reporter.report(Report.complete(rid, num_tokens, attempt=attempt))
                 yield delta
         except Exception:
-            report = Report.fail(rid)
+            report = Report.fail(rid, attempt=attempt)
             raise
         finally:
-            self.running.pop(rid, None)
+            self.watchdog.end()
+            if self.running.get(key) is request:
+                del self.running[key]
             if report is not None:
                 self.reporter.report(report)
 
     def check_health(self) -> None:
         self.engine.check_health()
+        self.watchdog.check()
 
     async def __del__(self):
         # A graceful stop (downscale, redeploy): hand the queue to the other replicas now.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -94,6 +95,54 @@ class Engine(ABC):
     def check_health(self) -> None:
         """Raise if the engine can no longer serve (Serve then replaces the replica)."""
         return None
+
+
+class EngineStalled(RuntimeError):
+    """The engine has had work and produced no output for ``llm.stall_timeout_s``."""
+
+
+class StallWatchdog:
+    """Tells a hung engine from a busy one: progress is any output of any request.
+
+    The replica calls :meth:`begin`/:meth:`end` around each request it runs and :meth:`progress`
+    for every delta. The engine is stalled while it has work and nothing came out for
+    ``stall_timeout_s``: a GPU kernel that never returns, a dead generation thread that raised
+    nothing. A request that joins a busy engine does not restart the clock (arrivals must not hide
+    a stall); the first one after an idle spell does, since an idle engine owes nothing.
+    """
+
+    def __init__(self, stall_timeout_s: float, clock=time.monotonic):
+        if not stall_timeout_s > 0:
+            raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
+        self.stall_timeout_s = stall_timeout_s
+        self._clock = clock
+        self.active = 0
+        self.last_progress_at = clock()
+
+    def begin(self) -> None:
+        if self.active == 0:
+            self.last_progress_at = self._clock()
+        self.active += 1
+
+    def end(self) -> None:
+        self.active = max(0, self.active - 1)
+
+    def progress(self) -> None:
+        self.last_progress_at = self._clock()
+
+    def stalled_for(self) -> float | None:
+        """Seconds without output while work runs, once past ``stall_timeout_s``; None when healthy."""
+        if self.active == 0:
+            return None
+        quiet = self._clock() - self.last_progress_at
+        return quiet if quiet > self.stall_timeout_s else None
+
+    def check(self) -> None:
+        """Raise :class:`EngineStalled` when stalled (for ``check_health``)."""
+        quiet = self.stalled_for()
+        if quiet is not None:
+            raise EngineStalled(f"the engine has run {self.active} request(s) and produced no output for "
+                                f"{quiet:.1f} s (llm.stall_timeout_s={self.stall_timeout_s})")
 
 
 class DeltaStream:

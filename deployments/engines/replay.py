@@ -8,12 +8,18 @@ batching mode, ``time_scale`` times faster or slower. Who runs, who joins and le
 and what an iteration costs are ``router.batching``'s rules, the simulator's too, so the two agree
 (a conformance test holds them together). No model runs: results from this engine are always
 labelled emulated.
+
+Fault drills (``llm.replay_faults``, off by default): a prompt holding ``[[replay:stall:K]]`` stops
+getting tokens after K (it keeps its slot, as a request stuck in a hung engine does); one holding
+``[[replay:fail:K]]`` fails after K tokens (the engine raises for that request). Tests of the
+ingress deadlines and error paths use them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -26,12 +32,26 @@ logger = logging.getLogger(__name__)
 
 _WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do")
 _MAX_CATCH_UP_S = 0.05  # after a late wake-up, run this much behind schedule at most (then reset)
+_FAULT = re.compile(r"\[\[replay:(stall|fail):(\d+)\]\]")
+
+
+class InjectedFault(RuntimeError):
+    """The failure a ``[[replay:fail:K]]`` prompt asks for (llm.replay_faults)."""
+
+
+def parse_faults(prompt: str) -> dict[str, int]:
+    """The fault markers in ``prompt``: {"stall": K, "fail": K} (the first of each kind)."""
+    faults: dict[str, int] = {}
+    for kind, k in _FAULT.findall(prompt):
+        faults.setdefault(kind, int(k))
+    return faults
 
 
 class _Seq:
-    __slots__ = ("req", "target", "emitted", "iterations", "queue", "cancelled", "done", "arrived_at", "reason")
+    __slots__ = ("req", "target", "emitted", "iterations", "queue", "cancelled", "done", "arrived_at", "reason",
+                 "stall_after", "fail_after")
 
-    def __init__(self, req: GenerationRequest, arrived_at: float):
+    def __init__(self, req: GenerationRequest, arrived_at: float, faults: dict[str, int] | None = None):
         self.req = req
         wanted = req.replay_output_tokens
         if wanted is None or wanted > req.max_tokens:
@@ -44,6 +64,9 @@ class _Seq:
         self.cancelled = False
         self.done = False
         self.arrived_at = arrived_at
+        faults = faults or {}
+        self.stall_after = faults.get("stall")
+        self.fail_after = faults.get("fail")
 
 
 class ReplayEngine(Engine):
@@ -52,7 +75,8 @@ class ReplayEngine(Engine):
     kind = "replay"
 
     def __init__(self, profile, batching: BatchingMode | str = BatchingMode.CONTINUOUS, max_batch: int = 4,
-                 time_scale: float = 1.0, static_batch_wait_s: float = 0.01, clock=time.monotonic, sleep=asyncio.sleep):
+                 time_scale: float = 1.0, static_batch_wait_s: float = 0.01, clock=time.monotonic, sleep=asyncio.sleep,
+                 faults: bool = False):
         self.profile = profile
         self.batching = BatchingMode.parse(batching)
         self.num_slots = num_slots(self.batching, max_batch)
@@ -60,6 +84,7 @@ class ReplayEngine(Engine):
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.time_scale = time_scale
         self.static_batch_wait_s = static_batch_wait_s
+        self.faults = faults  # honour the fault markers in prompts (llm.replay_faults)
         self._clock = clock
         self._sleep = sleep
         self._waiting: deque[_Seq] = deque()
@@ -76,10 +101,11 @@ class ReplayEngine(Engine):
         from router.cost_model import EngineProfile
 
         profile = EngineProfile.load(settings.profile) if settings.profile else EngineProfile.default()
-        return cls(profile, settings.batching_mode, settings.max_batch, settings.time_scale, settings.static_batch_wait_s)
+        return cls(profile, settings.batching_mode, settings.max_batch, settings.time_scale, settings.static_batch_wait_s,
+                   faults=settings.replay_faults)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        seq = _Seq(request, self._clock())
+        seq = _Seq(request, self._clock(), parse_faults(request.prompt) if self.faults else None)
         self._waiting.append(seq)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -90,7 +116,10 @@ class ReplayEngine(Engine):
                 while not seq.queue.empty():
                     items.append(seq.queue.get_nowait())
                 n = sum(k for k, _ in items)
-                if any(isinstance(f, BaseException) for _, f in items):
+                errors = [f for _, f in items if isinstance(f, BaseException)]
+                if errors:
+                    if isinstance(errors[0], InjectedFault):
+                        raise errors[0]
                     raise RuntimeError("replay engine loop failed") from self._error
                 finished = any(f for _, f in items)
                 text = "".join(" " + _WORDS[(received + i) % len(_WORDS)] for i in range(n))
@@ -176,6 +205,12 @@ class ReplayEngine(Engine):
             s.iterations += 1
             if s.done or s.cancelled:
                 continue  # padding of a static batch, or gone
+            if s.fail_after is not None and s.emitted >= s.fail_after:
+                s.done = True  # it leaves at the next boundary
+                s.queue.put_nowait((0, InjectedFault(f"replay fault drill: failed after {s.emitted} tokens")))
+                continue
+            if s.stall_after is not None and s.emitted >= s.stall_after:
+                continue  # stuck: it holds its slot and produces nothing
             new = 0
             if s.emitted < s.target:
                 s.emitted += 1

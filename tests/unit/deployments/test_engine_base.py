@@ -1,5 +1,5 @@
 """What crosses between the ingress and a replica (GenerationRequest, Started, Misrouted, Delta with
-its FinishReason), and DeltaStream's finish reasons."""
+its FinishReason), DeltaStream's finish reasons, and the replica's stall watchdog."""
 
 import asyncio
 import dataclasses
@@ -7,7 +7,16 @@ import pickle
 
 import pytest
 
-from deployments.engines.base import Delta, DeltaStream, FinishReason, GenerationRequest, Misrouted, Started
+from deployments.engines.base import (
+    Delta,
+    DeltaStream,
+    EngineStalled,
+    FinishReason,
+    GenerationRequest,
+    Misrouted,
+    StallWatchdog,
+    Started,
+)
 
 EOS = 0
 
@@ -53,3 +62,51 @@ async def test_max_tokens_finishes_with_length_and_drops_the_rest():
 async def test_the_engine_ending_early_is_a_stop():
     deltas = await _deltas([[1], None], max_tokens=10)
     assert deltas == [Delta("b", 1, FinishReason.STOP)]
+
+
+# ---- the stall watchdog ------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_watchdog_trips_only_while_work_runs_without_output():
+    clock = FakeClock()
+    dog = StallWatchdog(5.0, clock=clock)
+    clock.now += 60  # idle for a minute: an idle engine owes nothing
+    assert dog.stalled_for() is None
+    dog.begin()  # the first request after idling starts the clock afresh
+    clock.now += 4
+    dog.progress()
+    clock.now += 5
+    assert dog.stalled_for() is None  # 5 s since the last output: not past the limit yet
+    clock.now += 1
+    assert dog.stalled_for() == pytest.approx(6.0)
+    with pytest.raises(EngineStalled, match="1 request.*6.0 s.*stall_timeout_s=5.0"):
+        dog.check()
+    dog.progress()  # output again: healthy
+    dog.check()
+    dog.end()
+    clock.now += 100
+    assert dog.stalled_for() is None
+
+
+def test_a_request_joining_a_stuck_engine_does_not_hide_the_stall():
+    clock = FakeClock()
+    dog = StallWatchdog(5.0, clock=clock)
+    dog.begin()
+    for _ in range(4):  # new calls keep arriving at the stuck engine
+        clock.now += 2
+        dog.begin()
+    assert dog.active == 5 and dog.stalled_for() == pytest.approx(8.0)
+    for _ in range(5):
+        dog.end()
+    assert dog.stalled_for() is None  # every call gone (cancelled by their deadlines)
+
+
+def test_the_watchdog_refuses_a_non_positive_limit():
+    with pytest.raises(ValueError):
+        StallWatchdog(0)

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from deployments.engines.base import FinishReason, GenerationRequest
-from deployments.engines.replay import ReplayEngine
+from deployments.engines.replay import InjectedFault, ReplayEngine, parse_faults
 
 
 class VirtualTime:
@@ -121,3 +121,51 @@ async def test_cancelling_frees_the_engine():
     n, finish, _ = await asyncio.wait_for(run(eng, req("b", 3), t, []), timeout=5)
     assert (n, finish) == (3, FinishReason.STOP)
     assert eng.num_iterations < 10
+
+
+# ---- fault drills (llm.replay_faults) ----------------------------------------------------------
+class _FastProfile:
+    def iteration_time_s(self, num_prefill_tokens, batch_size, num_context_tokens):
+        return 0.001
+
+
+def _faulty(rid, prompt, tokens):
+    return GenerationRequest(rid, prompt, 16, replay_output_tokens=tokens)
+
+
+def test_replay_fault_markers_are_read_only_when_asked_for():
+    assert parse_faults("a [[replay:stall:4]] b [[replay:fail:2]] [[replay:stall:9]]") == {"stall": 4, "fail": 2}
+    assert parse_faults("no markers [[predict:5]]") == {}
+
+
+async def test_the_replay_engine_ignores_fault_markers_unless_enabled():
+    engine = ReplayEngine(_FastProfile(), "continuous", 2)  # faults off (the default)
+    deltas = [d async for d in engine.generate(_faulty("r", "[[replay:fail:0]]", 2))]
+    assert sum(d.num_tokens for d in deltas) == 2
+
+
+async def test_a_stalled_replay_request_holds_its_slot_and_others_still_run():
+    engine = ReplayEngine(_FastProfile(), "continuous", 2, faults=True)
+    stuck = engine.generate(_faulty("stuck", "[[replay:stall:1]]", 5))
+    first = await stuck.__anext__()
+    assert first.num_tokens == 1
+    deltas = [d async for d in engine.generate(_faulty("other", "p", 3))]
+    assert sum(d.num_tokens for d in deltas) == 3
+    for _ in range(20):  # more iterations run; nothing more comes for the stuck one
+        await asyncio.sleep(0.002)
+    assert engine.num_iterations >= 4
+    (seq,) = engine._running  # still in its slot
+    assert seq.req.request_id == "stuck" and seq.emitted == 1 and seq.queue.empty()
+    await stuck.aclose()
+
+
+async def test_a_failing_replay_request_raises_and_leaves_its_slot():
+    engine = ReplayEngine(_FastProfile(), "continuous", 2, faults=True)
+    got = []
+    with pytest.raises(InjectedFault, match="after 2 tokens"):
+        async for d in engine.generate(_faulty("bad", "[[replay:fail:2]]", 5)):
+            got.append(d.num_tokens)
+    assert sum(got) == 2
+    deltas = [d async for d in engine.generate(_faulty("next", "p", 3))]
+    assert sum(d.num_tokens for d in deltas) == 3
+    assert "bad" not in [s.req.request_id for s in engine._running]  # it left at the boundary after its failure
