@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from proxy_model.jsonl import json_lines
+
 DATA_DIR = Path(__file__).parent / "data"
 BUILTIN_TRACES: dict[str, str] = {
     "azure-conv": "AzureLLMInferenceTrace_conv.csv.gz",
@@ -124,7 +126,7 @@ def _azure_csv(name: str, data: bytes) -> Trace:
 
 
 def _mooncake_jsonl(name: str, data: bytes) -> Trace:
-    records = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    records = [json.loads(line) for _, line in json_lines(data.decode())]
     missing = [i for i, r in enumerate(records) if "timestamp" not in r]
     if missing:
         raise ValueError(f"{name}: JSONL record {missing[0] + 1} has no 'timestamp' (ms) field")

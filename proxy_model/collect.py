@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from proxy_model.causal_lm import load_causal_lm
+from proxy_model.jsonl import json_lines
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +88,7 @@ def read_done(out_path: Path, model_name: str) -> set[str]:
             f.truncate(end)
         data = data[:end]
     done = set()
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in json_lines(data.decode("utf-8")):
         row = json.loads(line)
         if row.get("model") != model_name:
             raise ValueError(f"{out_path}: line {n} holds model {row.get('model')!r}, not {model_name!r}; "

@@ -42,6 +42,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from proxy_model.jsonl import json_lines
 from proxy_model.text import DEFAULT_MAX_HISTORY_CHARS, proxy_text
 
 SPLITS = ("train", "val", "test")
@@ -85,12 +86,11 @@ def _read_records(path: Path) -> list[dict]:
     if text.lstrip().startswith("["):
         return json.loads(text)
     out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i} is not JSON ({e})") from None
+    for i, line in json_lines(text):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {i} is not JSON ({e})") from None
     return out
 
 
