@@ -249,5 +249,65 @@ def predict(artifact, prompts, model_name, dtype, timeout_s):
         click.echo(json.dumps(out))
 
 
+def _points(ctx, param, value):
+    try:
+        out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or any(k < 0 for k in out) or sorted(set(out)) != out:
+        raise click.BadParameter(f"need distinct, increasing integers >= 0, got {value!r}")
+    return out
+
+
+@main.command("train-remaining")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
+@click.option("--eval-out", default=None, type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--tau-table", default=None, type=click.Path(dir_okay=False),
+              help="Write the per-k tau table (numbers only, for the simulator) here.")
+@click.option("--cache", default=None, type=click.Path(dir_okay=False), help="Encoder feature cache file (reruns).")
+@click.option("--encoder", default="minilm", show_default=True, help="Frozen encoder: HF path/name or alias 'minilm'.")
+@click.option("--tokenizer", default="smollm2", show_default=True, help="The served model's tokenizer (cuts replies).")
+@click.option("--points", callback=_points, default="0,32,64,128,256,384", show_default=True,
+              help="Fixed progress points k (evaluated; also trained on).")
+@click.option("--random-per-reply", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Extra random progress points per training reply.")
+@click.option("--tail-tokens", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Generated tokens the predictor reads (the last N).")
+@click.option("--tail-stats/--no-tail-stats", "use_tail_stats", default=True, show_default=True,
+              help="Repetition statistics of the tail as head inputs.")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=float)
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--hidden-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--rank-loss-weight", default=0.5, show_default=True, type=click.FloatRange(min=0))
+@click.option("--val-frac", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--test-frac", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--seed", default=0, show_default=True, help="Salt of the prompt-hash split (as prepare's) and seed.")
+@click.option("--cap", default=None, type=click.IntRange(min=1), help="Generation cap (default: the longest capped reply).")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="First N rows of DATA only.")
+def train_remaining(data, out, eval_out, tau_table, cache, **kwargs):
+    """Train and evaluate a remaining-length predictor on DATA: logs-schema replies WITH their text
+    ('output'), e.g. from `proxy-model collect`. Scored on the test split against the prompt-only
+    prediction minus the tokens so far; see docs/proxy_model.md, "Remaining-length prediction"."""
+    from proxy_model.remaining import RemainingConfig
+    from proxy_model.remaining import tau_table as make_table
+    from proxy_model.remaining import train_remaining as run
+
+    _quiet_transformers()
+    try:
+        cfg = RemainingConfig(**kwargs)
+        report = run(data, out, cfg, cache_path=cache, log=lambda m: click.echo(m, err=True))
+    except (ValueError, FileNotFoundError) as exc:
+        _bad(exc, "DATA")
+    for path, doc in ((eval_out, report), (tau_table, make_table(report) if tau_table else None)):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+    click.echo(json.dumps({"artifact": out, "tau": report["tau"], "seconds": report["seconds"]}, indent=2))
+
+
 if __name__ == "__main__":
     main()
