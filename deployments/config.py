@@ -213,6 +213,8 @@ class IngressSettings:
     max_ongoing_requests: int = field(default=2000, metadata={"help": "Serve's cap of requests in flight per ingress replica."})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer for counting and chat templates: 'approx' (4 characters a token), an hf name/path; default: the LLM's model (replay: approx)."})
     default_max_tokens: int = field(default=256, metadata={"help": "max_tokens of a chat request that sets none (completions default to 16, as OpenAI)."})
+    max_body_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "Largest request body accepted (bytes); larger: 413 (code request_too_large), refused from Content-Length before reading, or while reading."})
+    max_messages: int = field(default=1024, metadata={"help": "Most messages a chat request may hold; more: 400 (param messages)."})
     max_retries: int = field(default=2, metadata={"help": "Re-dispatches of a request whose replica died before it streamed anything."})
     pin_grace_s: float = field(default=3.0, metadata={"help": "How long a call waits for its pinned replica to appear in Serve's replica list before it is sent elsewhere and bounced (then re-dispatched)."})
     router_timeout_s: float = field(default=60.0, metadata={"help": "How long a request waits for a restarting router actor before it gets a 503."})
@@ -233,6 +235,10 @@ class IngressSettings:
         _check(self.num_replicas >= 1, f"ingress.num_replicas must be >= 1, got {self.num_replicas}")
         self._check_access()
         _check(self.default_max_tokens >= 1, f"ingress.default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        for name in ("max_body_bytes", "max_messages"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"ingress.{name} must be an integer >= 1, got {value!r}")
         _check(self.max_retries >= 0, f"ingress.max_retries must be >= 0, got {self.max_retries}")
         for name in ("pin_grace_s", "router_timeout_s", "first_chunk_timeout_s"):
             value = getattr(self, name)

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from deployments.admission import AdmissionGate, InFlightLimit
 from deployments.auth import ApiKeyAuth, refuse_serve_hints
@@ -30,15 +31,16 @@ from deployments.deadlines import Deadline, RunDeadlines, timeout_error
 from deployments.engines.base import Delta, FinishReason, GenerationRequest, Misrouted, Started
 from deployments.metrics import IngressMetrics, MetricsPublisher, get_metrics_store
 from deployments.predictors import heuristic_predictor
+from deployments.prepare import Prepared, RequestPreparer
 from deployments.prompts import PromptRenderer
 from deployments.protocol import (
+    CHAT_BODY_SCHEMA,
+    COMPLETION_BODY_SCHEMA,
     SSE_DONE,
     APIError,
     StopMatcher,
     completion_response,
-    parse_chat,
-    parse_completion,
-    parse_json,
+    openapi_body,
     sse,
     stream_chunk,
     usage,
@@ -310,6 +312,7 @@ class Ingress:
         self.proxy = proxy
         self.llm = llm.options(stream=True)
         self.renderer = await asyncio.to_thread(PromptRenderer.from_config, self.cfg)
+        self.preparer = RequestPreparer(self.cfg, self.renderer)
         r = self.cfg.router
         self.router = RouterClient(
             self.cfg.router_actor_name, r.namespace, self.cfg.scheduler_config().to_dict(), max_restarts=r.max_restarts,
@@ -329,13 +332,15 @@ class Ingress:
         self.engine = self.cfg.llm.engine_kind
 
     # ---- endpoints ---------------------------------------------------------------------------
-    @app.post("/v1/completions")
+    # The bodies' schemas are documented for OpenAPI clients and fuzzers; the handlers parse the raw
+    # body themselves (deployments/prepare.py), so errors stay OpenAI-shaped (never FastAPI's 422).
+    @app.post("/v1/completions", openapi_extra=openapi_body(COMPLETION_BODY_SCHEMA))
     async def completions(self, request: Request):
         if (denied := self._deny(request, "completions")) is not None:
             return denied
         return await self._handle(request, "completion")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi_body(CHAT_BODY_SCHEMA))
     async def chat_completions(self, request: Request):
         if (denied := self._deny(request, "chat")) is not None:
             return denied
@@ -443,30 +448,19 @@ class Ingress:
         self.metrics.proxy_fallbacks.labels(reason).inc()
         return float(self.fallback.predict([text_for(self.fallback, conversation)], [model])[0])
 
-    def _prepare(self, raw: bytes, kind: str):
-        parsed = parse_completion(parse_json(raw)) if kind == "completion" else parse_chat(parse_json(raw))
-        if not self.cfg.llm.accepts(parsed.model):
-            raise APIError(404, f"the model {parsed.model!r} does not exist; served: {self.cfg.llm.served_models}",
-                           type="not_found_error", param="model", code="model_not_found")
-        prompt = self.renderer.render(parsed)
-        context = self.renderer.context_length
-        if prompt.num_tokens >= context:
-            raise APIError(400, f"the prompt has {prompt.num_tokens} tokens; this model's context length is {context}",
-                           param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
-        max_tokens = parsed.max_tokens
-        if max_tokens is None:
-            max_tokens = 16 if kind == "completion" else self.cfg.ingress.default_max_tokens
-            max_tokens = min(max_tokens, context - prompt.num_tokens)
-        elif prompt.num_tokens + max_tokens > context:
-            raise APIError(400, f"prompt ({prompt.num_tokens} tokens) + max_tokens ({max_tokens}) exceeds this "
-                           f"model's context length ({context})", param="max_tokens", code="context_length_exceeded")
-        return parsed, prompt, max_tokens
+    async def _prepare(self, request: Request, kind: str) -> Prepared:
+        """Headers and body to a validated request with its prompt counted (deployments/prepare.py)."""
+        try:
+            return await self.preparer.prepare(request.headers, request.stream(), kind)
+        except ClientDisconnect:
+            raise APIError(499, "the client went away before its request body arrived",
+                           code="client_disconnected") from None
 
     async def _handle(self, request: Request, kind: str):
         t0 = time.time()
         endpoint = "chat" if kind == "chat" else "completions"
         try:
-            parsed, prompt, max_tokens = self._prepare(await request.body(), kind)
+            parsed, prompt, max_tokens = await self._prepare(request, kind)
         except APIError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             return error_response(e)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from deployments.config import AppConfig, EngineKind
-from deployments.protocol import ParsedRequest
+from deployments.protocol import APIError, ParsedRequest, bad_request
 
 REPLAY_CONTEXT_LENGTH = 8192
 
@@ -26,6 +26,22 @@ class RenderedPrompt:
 
 def _plain_chat(messages) -> str:
     return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+
+
+def _apply_template(tok, messages: list[dict]) -> str:
+    """The model's chat template on ``messages``. A template may refuse a conversation
+    (``raise_exception``: "roles must alternate", "no system role"...): the client's 400. A template
+    that does not compile is the deployment's fault: a 500 that says so."""
+    import jinja2
+
+    try:
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except jinja2.TemplateSyntaxError as e:
+        raise APIError(500, f"this model's chat template is broken: {str(e)[:300]}", type="server_error",
+                       code="template_error") from None
+    except jinja2.TemplateError as e:
+        raise bad_request(f"the model's chat template refused these messages: {str(e)[:500]}", param="messages",
+                          code="template_error") from None
 
 
 class PromptRenderer:
@@ -67,7 +83,7 @@ class PromptRenderer:
         if req.kind == "chat":
             messages = [{"role": m.role, "content": m.content} for m in req.messages]
             if tok is not None and getattr(tok, "chat_template", None):
-                text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                text = _apply_template(tok, messages)
                 ids = tok(text, add_special_tokens=False)["input_ids"]
                 return RenderedPrompt(text, ids, len(ids))
             text = _plain_chat(req.messages)

@@ -15,6 +15,16 @@ from dataclasses import dataclass
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
+# Limits on what a body may hold. Each is far above any real request and caps the work (and the
+# stack depth) one request can cost the ingress; ``ingress.max_messages`` and
+# ``ingress.max_body_bytes`` are the configurable ones.
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects; a chat with text parts needs 5
+MAX_MESSAGES = 1024
+MAX_STOP = 4  # as OpenAI
+MAX_STOP_CHARS = 256
+MAX_MODEL_CHARS = 256
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's int64; every engine's seed (torch's) takes it
+
 
 class APIError(Exception):
     """An error answered to the client: ``status`` plus the OpenAI ``{"error": {...}}`` body."""
@@ -67,13 +77,39 @@ class ParsedRequest:
         return self.prompt if self.prompt is not None else self.messages
 
 
-def parse_json(raw: bytes) -> dict:
+def _no_constant(name: str):
+    # json.loads takes NaN and Infinity, which are not JSON (RFC 8259): refuse them as OpenAI does.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _deeper_than(value, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than ``limit``: an explicit stack, so no recursion, and it
+    stops at the first container past the limit."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        # The C decoder recurses once per level: a body nested ~1000 deep exhausts the stack.
+        raise bad_request(f"request body nests arrays/objects deeper than {max_depth} levels",
+                          code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request(f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    if _deeper_than(body, max_depth):
+        raise bad_request(f"request body nests arrays/objects deeper than {max_depth} levels", code="invalid_json")
     return body
 
 
@@ -82,7 +118,18 @@ def _type_name(value) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _str(body: dict, key: str, *, required: bool = False, default=None):
+def _check_text(value: str, param: str) -> str:
+    """``value`` if it is valid Unicode. JSON's ``\\ud800`` escapes decode to lone surrogates, which no
+    tokenizer takes and no response can encode as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"{param!r} holds a lone surrogate ({value[e.start]!a} at index {e.start}): "
+                          "strings must be valid Unicode", param=param, code="invalid_string") from None
+    return value
+
+
+def _str(body: dict, key: str, *, required: bool = False, default=None, max_chars: int | None = None):
     if key not in body or body[key] is None:
         if required:
             raise bad_request(f"missing required field {key!r}", param=key, code="missing_field")
@@ -90,10 +137,13 @@ def _str(body: dict, key: str, *, required: bool = False, default=None):
     value = body[key]
     if not isinstance(value, str):
         raise bad_request(f"{key!r} must be a string, got {_type_name(value)}", param=key, code="invalid_type")
-    return value
+    if max_chars is not None and len(value) > max_chars:
+        raise bad_request(f"{key!r} must be at most {max_chars} characters, got {len(value)}", param=key,
+                          code="invalid_value")
+    return _check_text(value, key)
 
 
-def _int(body: dict, key: str, *, default=None, minimum: int | None = None):
+def _int(body: dict, key: str, *, default=None, minimum: int | None = None, maximum: int | None = None):
     value = body.get(key)
     if value is None:
         return default
@@ -102,18 +152,29 @@ def _int(body: dict, key: str, *, default=None, minimum: int | None = None):
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_request(f"{key!r} must be an integer, got {_type_name(value)}", param=key, code="invalid_type")
     if minimum is not None and value < minimum:
-        raise bad_request(f"{key!r} must be >= {minimum}, got {value}", param=key, code="invalid_value")
+        raise bad_request(f"{key!r} must be >= {minimum}, got {short_int(value)}", param=key, code="invalid_value")
+    if maximum is not None and value > maximum:
+        raise bad_request(f"{key!r} must be <= {maximum}, got {short_int(value)}", param=key, code="invalid_value")
     return value
+
+
+def short_int(value: int) -> str:
+    # JSON allows integers of up to 4300 digits (Python's limit): do not echo them whole.
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
 
 
 def _number(body: dict, key: str, *, default: float, low: float, high: float) -> float:
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
         raise bad_request(f"{key!r} must be a number, got {_type_name(value)}", param=key, code="invalid_type")
+    # Compared before any float(): a huge JSON integer does not fit a float (OverflowError).
     if not low <= value <= high:
-        raise bad_request(f"{key!r} must be between {low} and {high}, got {value}", param=key, code="invalid_value")
+        shown = short_int(value) if isinstance(value, int) else value
+        raise bad_request(f"{key!r} must be between {low} and {high}, got {shown}", param=key, code="invalid_value")
     return float(value)
 
 
@@ -132,8 +193,14 @@ def _stop(body: dict) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value) or len(value) > 4:
-        raise bad_request("'stop' must be a string or a list of up to 4 strings", param="stop", code="invalid_type")
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value) or len(value) > MAX_STOP:
+        raise bad_request(f"'stop' must be a string or a list of up to {MAX_STOP} strings", param="stop",
+                          code="invalid_type")
+    for s in value:
+        if len(s) > MAX_STOP_CHARS:
+            raise bad_request(f"each 'stop' string must be at most {MAX_STOP_CHARS} characters, got {len(s)}",
+                              param="stop", code="invalid_value")
+        _check_text(s, "stop")
     return tuple(s for s in value if s)
 
 
@@ -170,13 +237,13 @@ def _common(body: dict, kind: str) -> dict:
     _refuse_unsupported(body, kind)
     stream = _bool(body, "stream")
     return dict(
-        model=_str(body, "model", required=True),
+        model=_str(body, "model", required=True, max_chars=MAX_MODEL_CHARS),
         temperature=_number(body, "temperature", default=1.0, low=0.0, high=2.0),
         top_p=_number(body, "top_p", default=1.0, low=0.0, high=1.0),
         stream=stream,
         include_usage=_stream_options(body, stream),
         stop=_stop(body),
-        seed=_int(body, "seed"),
+        seed=_int(body, "seed", minimum=SEED_MIN, maximum=SEED_MAX),
         replay_output_tokens=_int(body, "replay_output_tokens", minimum=0),
     )
 
@@ -203,6 +270,7 @@ def parse_completion(body: dict) -> ParsedRequest:
                           param="prompt", code="unsupported")
     if not isinstance(prompt, str):
         raise bad_request(f"'prompt' must be a string, got {_type_name(prompt)}", param="prompt", code="invalid_type")
+    _check_text(prompt, "prompt")
     return ParsedRequest(kind="completion", prompt=prompt, max_tokens=_max_tokens(body, "max_tokens"),
                          **_common(body, "completion"))
 
@@ -215,7 +283,7 @@ def _content(message: dict, i: int) -> str:
             return ""
         raise bad_request(f"missing required field {param!r}", param=param, code="missing_field")
     if isinstance(content, str):
-        return content
+        return _check_text(content, param)
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
@@ -223,12 +291,12 @@ def _content(message: dict, i: int) -> str:
                 raise bad_request(f"{param}[{j}] must be a text part {{'type': 'text', 'text': ...}}",
                                   param=param, code="invalid_type")
             parts.append(part["text"])
-        return "".join(parts)
+        return _check_text("".join(parts), param)
     raise bad_request(f"{param!r} must be a string or a list of text parts, got {_type_name(content)}",
                       param=param, code="invalid_type")
 
 
-def parse_chat(body: dict) -> ParsedRequest:
+def parse_chat(body: dict, max_messages: int = MAX_MESSAGES) -> ParsedRequest:
     """``POST /v1/chat/completions``: ``messages`` is a non-empty list of ``{role, content}``."""
     messages = body.get("messages")
     if messages is None:
@@ -237,6 +305,9 @@ def parse_chat(body: dict) -> ParsedRequest:
         raise bad_request(f"'messages' must be a list, got {_type_name(messages)}", param="messages", code="invalid_type")
     if not messages:
         raise bad_request("'messages' must not be empty", param="messages", code="invalid_value")
+    if len(messages) > max_messages:
+        raise bad_request(f"'messages' holds {len(messages)} messages; at most {max_messages} are allowed",
+                          param="messages", code="invalid_value")
     parsed = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -249,6 +320,57 @@ def parse_chat(body: dict) -> ParsedRequest:
         parsed.append(ChatMessage(role, _content(message, i)))
     return ParsedRequest(kind="chat", messages=tuple(parsed),
                          max_tokens=_max_tokens(body, "max_completion_tokens", "max_tokens"), **_common(body, "chat"))
+
+
+# ---- request-body schemas, for the OpenAPI document (clients, API fuzzers) -------------------
+# Documentation only: the routes read the raw body and parse it with the functions above, so a bad
+# body gets their OpenAI-style 4xx rather than FastAPI's 422. Unknown fields are allowed, as parsed.
+_STOP_SCHEMA = {"anyOf": [
+    {"type": "string", "maxLength": MAX_STOP_CHARS},
+    {"type": "array", "items": {"type": "string", "maxLength": MAX_STOP_CHARS}, "maxItems": MAX_STOP},
+    {"type": "null"}]}
+_COMMON_PROPERTIES = {
+    "model": {"type": "string", "maxLength": MAX_MODEL_CHARS},
+    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+    "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+    "stream": {"type": ["boolean", "null"]},
+    "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}},
+                       "description": "Only with stream: true."},
+    "stop": _STOP_SCHEMA,
+    "seed": {"type": ["integer", "null"], "minimum": SEED_MIN, "maximum": SEED_MAX},
+    "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
+    "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "replay_output_tokens": {"type": ["integer", "null"], "minimum": 0,
+                             "description": "Benchmark-only, replay engine only: the output length to emit."},
+}
+COMPLETION_BODY_SCHEMA = {
+    "type": "object", "required": ["model", "prompt"],
+    "properties": {
+        **_COMMON_PROPERTIES,
+        "prompt": {"anyOf": [{"type": "string"},
+                             {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
+        "echo": {"type": ["boolean", "null"], "enum": [False, None]},
+    },
+}
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+CHAT_BODY_SCHEMA = {
+    "type": "object", "required": ["model", "messages"],
+    "properties": {
+        **_COMMON_PROPERTIES,
+        "messages": {"type": "array", "minItems": 1, "maxItems": MAX_MESSAGES, "items": {
+            "type": "object", "required": ["role", "content"],
+            "properties": {"role": {"enum": list(CHAT_ROLES)},
+                           "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART},
+                                                 {"type": "null"}]}}}},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+    },
+}
+
+
+def openapi_body(schema: dict) -> dict:
+    """``openapi_extra`` for a route that reads its body itself: the body's schema, JSON only."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 # ---- responses ---------------------------------------------------------------------------

@@ -99,7 +99,10 @@ def test_killing_an_llm_replica_mid_burst_loses_nothing(deploy, replay_config):
         assert r["stream"] and r["error"]["code"] == "replica_failed" and r["done"], r
     snap = app.snapshot()
     assert victim["id"] not in [r["replica_id"] for r in snap["replicas"]]
-    assert snap["counters"]["requeued"] + len(errors) >= 1, "the kill hit no request"
+    # A run the kill cut ends once: "failed" when the caller's replica report removed it first,
+    # "requeued" when its re-enqueue came first (router.actor's accounting).
+    c = snap["counters"]
+    assert c["requeued"] + c["failed"] + len(errors) >= 1, "the kill hit no request"
     assert snap["num_queued"] == 0
 
 

@@ -28,6 +28,33 @@ def test_parse_json_rejects_malformed_and_non_objects():
     assert parse_json(b'{"a": 1}') == {"a": 1}
 
 
+def test_parse_json_limits_nesting_and_refuses_non_json_numbers():
+    deep = b'{"user": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # json.loads: RecursionError
+    for raw in (deep, b'{"a": ' + b"[" * 64 + b"]" * 64 + b"}", b'{"a": ' + b'{"b": ' * 64 + b"1" + b"}" * 65):
+        with pytest.raises(APIError) as e:
+            parse_json(raw)
+        assert (e.value.status, e.value.code) == (400, "invalid_json") and "deeper than 64" in e.value.message
+    assert parse_json(b'{"a": ' + b"[" * 63 + b"]" * 63 + b"}")  # 64 levels with the body itself
+    for word in (b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(APIError) as e:
+            parse_json(b'{"temperature": ' + word + b"}")
+        assert e.value.code == "invalid_json"
+    with pytest.raises(APIError):
+        parse_json(b'{"seed": ' + b"9" * 5000 + b"}")  # past Python's 4300-digit limit
+
+
+def test_seed_takes_the_int64_range():
+    for seed in (-(2**63), 0, 2**63 - 1, 7.0):
+        assert parse_completion({"model": "m", "prompt": "x", "seed": seed}).seed == int(seed)
+
+
+def test_a_surrogate_pair_is_fine_and_a_lone_one_is_named():
+    assert parse_completion(parse_json(b'{"model": "m", "prompt": "\\ud83d\\ude00"}')).prompt == "\U0001F600"
+    with pytest.raises(APIError) as e:
+        parse_completion(parse_json(b'{"model": "m", "prompt": "ab\\ud83d"}'))
+    assert (e.value.param, e.value.code) == ("prompt", "invalid_string") and "index 2" in e.value.message
+
+
 def test_completion_defaults_and_fields():
     req = parse_completion({"model": "m", "prompt": "hi", "max_tokens": 7, "temperature": 0, "stream": True,
                             "stream_options": {"include_usage": True}, "stop": "\n", "replay_output_tokens": 3,
@@ -61,6 +88,19 @@ def test_completion_defaults_and_fields():
     ({"model": "m", "prompt": "x", "stop": 5}, "stop"),
     ({"model": "m", "prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
     ({"model": "m", "prompt": "x", "replay_output_tokens": -1}, "replay_output_tokens"),
+    # Limits, and what once escaped as a 500.
+    ({"model": "m" * 257, "prompt": "x"}, "model"),
+    ({"model": "m\ud800", "prompt": "x"}, "model"),
+    ({"model": "m", "prompt": "a\udfffb"}, "prompt"),
+    ({"model": "m", "prompt": ["a\ud800"]}, "prompt"),
+    ({"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"model": "m", "prompt": "x", "stop": "s" * 257}, "stop"),
+    ({"model": "m", "prompt": "x", "stop": ["ok", "\ud800"]}, "stop"),
+    ({"model": "m", "prompt": "x", "seed": 1e20}, "seed"),
+    ({"model": "m", "prompt": "x", "seed": 2**63}, "seed"),
+    ({"model": "m", "prompt": "x", "seed": -(2**63) - 1}, "seed"),
+    ({"model": "m", "prompt": "x", "temperature": 10**400}, "temperature"),
+    ({"model": "m", "prompt": "x", "top_p": -(10**400)}, "top_p"),
 ])
 def test_completion_bad_input_names_the_field(body, param):
     with pytest.raises(APIError) as e:
@@ -95,6 +135,10 @@ def test_chat_messages_and_content_parts():
     ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+    ({"model": "m", "messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]},
+     "messages[0].content"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}] * 1025}, "messages"),
 ])
 def test_chat_bad_input_names_the_field(body, param):
     with pytest.raises(APIError) as e:
