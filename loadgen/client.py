@@ -57,6 +57,7 @@ class ClientConfig:
     connect_timeout_s: float = field(default=10.0, metadata={"help": "Limit on opening one TCP connection."})
     max_concurrency: int | None = field(default=None, metadata={"help": "Cap on requests in flight; past it a request waits in the client (recorded as send lag). None: no cap."})
     include_usage: bool = field(default=True, metadata={"help": "Ask for the usage chunk when streaming (stream_options.include_usage)."})
+    api_key: str | None = field(default=None, repr=False, metadata={"help": "Sent as Authorization: Bearer KEY (a cluster with ingress API keys on answers 401 without it)."})
 
     def __post_init__(self):
         self.endpoint = Endpoint.parse(self.endpoint)
@@ -76,6 +77,8 @@ class ClientConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["endpoint"] = self.endpoint.value
+        if d["api_key"] is not None:
+            d["api_key"] = "<redacted>"  # to_dict goes into config.json beside the results
         return d
 
 
@@ -238,7 +241,9 @@ class LoadClient:
         # No pool limit unless a cap is asked for: a pool wait would be hidden client-side queueing.
         limits = httpx.Limits(max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency or 256)
         timeout = httpx.Timeout(connect=config.connect_timeout_s, read=None, write=None, pool=None)
-        self._http = httpx.AsyncClient(base_url=config.url, limits=limits, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else None
+        self._http = httpx.AsyncClient(base_url=config.url, limits=limits, timeout=timeout, transport=transport,
+                                       headers=headers)
         self._sem = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
 
     async def __aenter__(self) -> LoadClient:

@@ -156,6 +156,8 @@ def load_workload_file(path: str, num_requests: int | None = None) -> pa.Table:
 @click.option("--url", required=True, envvar="LOADGEN_URL", show_envvar=True,
               help="Base URL of the cluster, e.g. http://127.0.0.1:8000.")
 @workload_options(with_load=False, with_temperature=True)
+@click.option("--api-key", default=None, envvar="SSJF_API_KEY", show_envvar=True,
+              help="API key sent as Authorization: Bearer (for a cluster with ingress API keys on).")
 @click.option("--workload", "workload_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A prebuilt workload Parquet (build_workload columns): its arrival times are used as they are.")
 @click.option("--model", default=None, help="Model name sent with every request [default: the first that /v1/models lists].")
@@ -177,7 +179,7 @@ def load_workload_file(path: str, num_requests: int | None = None) -> pa.Table:
 @click.option("--label", default=None, help="Name of this run in reports and comparisons [default: the directory name].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Live progress bar on stderr [default: when stderr is a terminal].")
-def run(url, workload_path, model, model_from_dataset, endpoint, stream, replay_lengths, concurrency, timeout_s,
+def run(url, api_key, workload_path, model, model_from_dataset, endpoint, stream, replay_lengths, concurrency, timeout_s,
         out_dir, label, as_json, progress, **workload_kwargs):
     """Drive a live cluster over HTTP with a workload; write per-request records and a summary.
 
@@ -193,7 +195,7 @@ def run(url, workload_path, model, model_from_dataset, endpoint, stream, replay_
     opts = WorkloadOptions.from_kwargs(workload_kwargs)
     try:
         client_config = ClientConfig(url=url, endpoint=endpoint, stream=stream, timeout_s=timeout_s,
-                                     max_concurrency=concurrency)
+                                     max_concurrency=concurrency, api_key=api_key)
         settings = RunSettings(model=model, model_from_dataset=model_from_dataset, replay_lengths=replay_lengths,
                                max_tokens=opts.max_tokens, temperature=opts.temperature, label=label,
                                progress=sys.stderr.isatty() if progress is None else progress)

@@ -175,3 +175,20 @@ async def test_non_streaming_answer_without_choices_is_an_error():
 async def test_garbage_in_stream_is_an_error_not_a_crash():
     rec = await send([(0.1, "data: {not json\n\n")])
     assert rec.status == "error" and rec.error.startswith("bad answer")
+
+
+async def test_api_key_goes_in_the_authorization_header_and_not_into_the_saved_config():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(401, json={"error": {"message": "bad key", "type": "invalid_request_error",
+                                                   "param": None, "code": "invalid_api_key"}})
+
+    cfg = ClientConfig(url="http://fake", stream=False, api_key="sk-test-0123456789abcdef")
+    async with LoadClient(cfg, transport=httpx.MockTransport(handler)) as client:
+        rec = await client.send(REQ, t0=0.0)
+    assert seen == ["Bearer sk-test-0123456789abcdef"]
+    assert rec.http_status == 401 and "bad key" in rec.error
+    assert cfg.to_dict()["api_key"] == "<redacted>" and "sk-test" not in repr(cfg)
+    assert ClientConfig(url="http://fake").to_dict()["api_key"] is None
