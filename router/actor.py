@@ -250,19 +250,21 @@ class RouterService:
              num_output_tokens: int | None = None, remember: bool = True) -> bool:
         """End ``request_id`` (a report of ``kind``, or the router's own decision) and count it once.
         With ``attempt``, only the run under that dispatch (see ``Scheduler.state_for``); otherwise
-        (the ingress, which owns the request) in any state. ``remember``: the run ended for good (a
-        later heartbeat listing it is stale); False where the replica may still run it (lease expiry).
-        False when there was nothing to end; a report naming an attempt then counts as stale."""
+        (the ingress, which owns the request) in any state. ``remember``: the run ended for good, so
+        a later heartbeat listing it is stale (a replica's report says so even when it is stale
+        itself); False where the replica may still run it (lease expiry). False when there was
+        nothing to end; a report naming an attempt then counts as stale."""
         sched = self.scheduler
         state = sched.state_for(request_id, attempt)
-        if state is None or (kind is ReportKind.COMPLETE and state.status is not RequestStatus.RUNNING):
+        running = state is not None and state.status is RequestStatus.RUNNING
+        if remember and (attempt is not None or running):
+            self._remember_end(request_id, state.attempt if attempt is None else attempt)
+        if state is None or (kind is ReportKind.COMPLETE and not running):
             if attempt is not None or state is not None:  # a late, duplicate or confused report
                 self.counters["stale_reports"] += 1
             return False
-        if state.status is RequestStatus.RUNNING:
+        if running:
             self.counters[_RUN_ENDS[kind]] += 1
-            if remember:
-                self._remember_end(request_id, state.attempt)
         else:
             self.counters["withdrawn"] += 1
             self._resolve(request_id, Cancelled())
@@ -284,14 +286,31 @@ class RouterService:
     def heartbeat(self, replica_id: str, num_slots: int, running: list[Running] | None = None) -> None:
         """A replica is alive with ``num_slots`` and runs ``running`` (None: it did not say):
         (re-)register it, adopt the runs the router does not know (it restarted, or dropped the
-        replica), and free dispatched runs it has not listed for ``lease_s``."""
+        replica) unless a report ended them, and free dispatched runs it has not listed for ``lease_s``."""
         now = self.clock()
         self.last_heartbeat_at = now
         self.last_replica_at = now
         self._last_seen[replica_id] = now
         sched = self.scheduler
-        unknown = [r for r in running or () if r.meta is not None and r.meta.request_id not in sched.requests
-                   and (r.meta.request_id, r.attempt) not in self._ended]
+        # Of the runs of one request (an earlier try may still be running beside the later one), the
+        # latest: attempt ids grow with every dispatch, across restarts too.
+        newest: dict[str, Running] = {}
+        for r in running or ():
+            if r.meta is None or (r.meta.request_id, r.attempt) in self._ended:
+                continue
+            seen = newest.get(r.meta.request_id)
+            if seen is None or seen.attempt < r.attempt:
+                newest[r.meta.request_id] = r
+        unknown = []
+        for rid, r in newest.items():
+            state = sched.requests.get(rid)
+            if state is None:
+                unknown.append(r)
+            elif state.attempt is not None and state.attempt < r.attempt:
+                # A later dispatch than the run the router holds (after a restart it adopted an
+                # earlier try that a replica still ran): the later one is the live one.
+                self._end(rid, ReportKind.FAIL, state.attempt)
+                unknown.append(r)
         replica = sched.replicas.get(replica_id)
         if replica is None or replica.num_slots != num_slots:
             # Its runs take their slots before anything queued is dispatched to it.
@@ -348,6 +367,18 @@ class RouterService:
                 if self._resolve(rid, NoReplica(self.retry_after_s)):
                     self.counters["rejected"] += 1
                 self._end(rid, ReportKind.CANCEL)
+
+    def forgive(self) -> None:
+        """The router itself was paused (stopped, its host stalled): restart every silence clock
+        (replica heartbeats, client polls) so the pause drops nobody and answers nobody NoReplica;
+        a caller really gone is dropped one timeout later."""
+        now = self.clock()
+        for seen in (self._last_seen, self._client_seen):
+            for key in seen:
+                seen[key] = now
+        self.last_heartbeat_at = now
+        if self.scheduler.replicas:
+            self.last_replica_at = now
 
     def _no_replica(self) -> bool:
         return not self.scheduler.replicas and self.clock() - self.last_replica_at > self.replica_timeout_s
@@ -427,9 +458,18 @@ class RouterActor:
 
     async def _sweep_loop(self) -> None:
         period = max(0.2, min(self.service.replica_timeout_s / 3, 5.0))
+        last = time.monotonic()
         while True:
             await asyncio.sleep(period)
+            now = time.monotonic()
+            paused, last = now - last - period, now
             try:
+                if paused > period:
+                    # This process was stopped or starved (SIGSTOP, a stalled host): the silence it
+                    # would see is its own, not its callers'.
+                    logger.warning("router actor was paused for %.1f s: nobody's silence in that time counts",
+                                   paused)
+                    self.service.forgive()
                 self.service.sweep()
                 if self.service.clock() - self.service.last_heartbeat_at > self.orphan_timeout_s:
                     # Nobody heartbeats: the app was deleted. A detached actor must end itself.

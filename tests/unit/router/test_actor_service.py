@@ -553,3 +553,20 @@ async def test_reports_to_a_hung_router_are_dropped_not_piled_up():
     reporter.report(Report.complete("a", 3, attempt=run.attempt))
     await until(lambda: svc.snapshot()["counters"]["completed"] == 1, "the next report arrives")
     assert client._unanswered_since is None
+
+
+async def test_a_paused_router_forgives_the_silence_of_its_pause():
+    clock = FakeClock(1000.0)
+    svc = create_service(clock, replica_timeout_s=15.0, lease_s=30.0)
+    svc.heartbeat("r1", 1)
+    await svc.enqueue(create_meta("a", 5, 1))
+    svc.submit("ing", [create_meta("b", 5, 2)])  # waits behind a
+    clock.advance(40.0)  # SIGSTOP for 40 s, then SIGCONT: the heartbeats and polls were not heard
+    svc.forgive()
+    svc.sweep()
+    snap = svc.snapshot()
+    assert [r["replica_id"] for r in snap["replicas"]] == ["r1"] and snap["num_clients"] == 1
+    assert snap["num_queued"] == 1 and snap["num_running"] == 1
+    clock.advance(16.0)  # still silent one timeout later: really gone
+    svc.sweep()
+    assert svc.snapshot()["replicas"] == []
