@@ -554,6 +554,7 @@ class RouterClient:
         self.clock = clock
         self._handle = None
         self._unanswered_since: float | None = None  # when the oldest call still unanswered was sent
+        self._killed_at: float | None = None
 
     @property
     def handle(self):
@@ -599,11 +600,15 @@ class RouterClient:
 
     def kill_if_hung(self) -> bool:
         """Kill the actor (Ray restarts it) when it answered nothing for ``hung_kill_s``; True if killed.
-        A stopped process never dies by itself and Ray sees it alive, so nothing else restarts it."""
-        since = self._unanswered_since
-        if since is None or self.clock() - since < self.hung_kill_s:
+        A stopped process never dies by itself and Ray sees it alive, so nothing else restarts it.
+        A restarting actor answers nothing either: after a kill, the next one waits twice as long."""
+        since, now = self._unanswered_since, self.clock()
+        if since is None or now - since < self.hung_kill_s:
             return False
-        self._unanswered_since = None  # the restarted actor gets its own hung_kill_s
+        if self._killed_at is not None and now - self._killed_at < 2 * self.hung_kill_s:
+            return False
+        self._unanswered_since = None
+        self._killed_at = now
         logger.warning("router actor %s answered nothing for %.0f s (hung without dying): killing it so that "
                        "Ray restarts it (router.max_restarts=%d)", self.name, self.clock() - since, self.max_restarts)
         try:

@@ -526,9 +526,14 @@ async def test_a_router_hung_for_hung_kill_s_is_killed_once():
     assert client.kill_if_hung() and client.kills == 1
     assert not client.kill_if_hung()  # the restarted actor gets its own hung_kill_s
     client.unanswered(sent_at=11.0)
+    clock.advance(11.0)  # silent since the kill: restarting, slowly
+    assert not client.kill_if_hung()
+    clock.advance(10.0)  # twice hung_kill_s since the kill: hung again
+    assert client.kill_if_hung() and client.kills == 2
+    client.unanswered(sent_at=clock.now)
     client.answered()  # any answer: not hung
     clock.advance(60.0)
-    assert not client.kill_if_hung() and client.kills == 1
+    assert not client.kill_if_hung() and client.kills == 2
 
 
 async def test_the_watchdog_kills_a_router_that_stays_hung():
