@@ -123,9 +123,9 @@ class RouterService:
         try:
             return await fut
         except asyncio.CancelledError:
-            # The caller went away while waiting (its call was cancelled): free its place, or the
-            # run it was answered (unless a newer call took the request over: its answer was Cancelled).
-            if not fut.done():
+            # The caller went away while waiting (its call was cancelled, which cancels ``fut`` too):
+            # free its place, or the run it was answered (unless a newer call took the request over).
+            if fut.cancelled() or not fut.done():
                 if self._waiters.get(rid) is fut:
                     del self._waiters[rid]
                     self._end(rid, ReportKind.CANCEL)

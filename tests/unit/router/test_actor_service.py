@@ -103,6 +103,7 @@ async def test_a_caller_that_goes_away_gives_its_slot_back():
     await settle()
     b.cancel()  # e.g. Ray cancelled the actor call
     await settle()
+    assert svc.snapshot()["num_queued"] == 1 and svc.snapshot()["num_waiters"] == 1  # b left at once
     svc.complete("a")
     assert await c == on("r1")
     assert svc.snapshot()["num_running"] == 1
