@@ -16,6 +16,7 @@ import asyncio
 import enum
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -178,6 +179,30 @@ class RequestRecord:
         return asdict(self)
 
 
+_SSE_EOL = re.compile(r"\r\n|\r|\n")
+
+
+async def sse_lines(chunks):
+    """The lines of an event stream, split where SSE ends a line (CRLF, LF or CR) and nowhere else.
+    httpx's ``aiter_lines`` splits like ``str.splitlines``, also at U+2028, U+2029 and U+0085, which
+    a server may send raw inside a data line's JSON (``ensure_ascii=False``), cutting an event in two."""
+    pending = ""
+    async for text in chunks:
+        pending += text
+        # A CR at the very end may be the first half of a CRLF: keep it until the next chunk.
+        held = "\r" if pending.endswith("\r") else ""
+        lines = _SSE_EOL.split(pending[: len(pending) - len(held)])
+        pending = lines.pop() + held
+        for line in lines:
+            yield line
+    if pending:
+        lines = _SSE_EOL.split(pending)
+        if lines[-1] == "":
+            lines.pop()  # the stream ended with a line end
+        for line in lines:
+            yield line
+
+
 class _StreamState:
     """Folds SSE ``data:`` payloads of one streamed answer into its record."""
 
@@ -302,7 +327,7 @@ class LoadClient:
                 rec.fail(RecordStatus.ERROR, f"HTTP {resp.status_code}: {_http_error_text(resp)}")
                 return
             state = _StreamState(rec, self.config.endpoint)
-            async for line in resp.aiter_lines():
+            async for line in sse_lines(resp.aiter_text()):
                 at = self._clock() - t0
                 if not line.startswith("data:"):
                     continue  # blank separators, comments (": ping"), "event:" lines
