@@ -32,7 +32,7 @@ class SchedulerConfig:
     """The scheduling core's knobs: the one declaration (with help) of what the router's config
     section and ``loadgen simulate``'s options set (see :func:`scheduler_knobs`)."""
 
-    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging or oracle (true lengths: a labelled baseline, simulator only)."})
+    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging, srpt (preemptive: shortest predicted remaining first, simulator only for now) or oracle (true lengths: a labelled baseline, simulator only)."})
     balancer: Balancer | str = field(default=Balancer.LEAST_WORK, metadata={"help": "Which replica's queue a new request joins: round-robin, least-work, power-of-two or late-binding."})
     batching: BatchingMode | str = field(default=BatchingMode.NONE, metadata={"help": "none: one request at a time; static: a batch runs until its longest member ends; continuous: slots refill every iteration."})
     max_batch: int = field(default=1, metadata={"help": "Slots per replica for static/continuous batching (none: 1)."})
@@ -41,6 +41,13 @@ class SchedulerConfig:
     aging_rule: AgingRule | str = field(default=AgingRule.THRESHOLD, metadata={"help": "ssjf-aging rule: threshold (default, chosen by the aging frontier study in docs/simulator.md), linear or response-ratio."})
     aging_rate: float = field(default=2.0, metadata={"help": "ssjf-aging (linear, response-ratio): predicted tokens forgiven per second of waiting; for linear, about the cluster's predicted-token throughput / 1000."})
     aging_threshold_s: float = field(default=30.0, metadata={"help": "ssjf-aging (threshold): a request waiting this long (s) goes first, oldest first. Set it to your tail-wait budget, about 1.3 x FCFS's p99 JCT."})
+    # srpt (issue 14): limited preemption with re-predicted remaining lengths; defaults from the
+    # preemption frontier (docs/preemption.md).
+    repredict_every_tokens: int = field(default=32, metadata={"help": "srpt: a running request reports its progress, and its remaining length is re-predicted, every this many generated tokens; preemption is decided there (0: never, so srpt never preempts)."})
+    preempt_margin: float = field(default=2.0, metadata={"help": "srpt: a running request is preempted only for a waiting one predicted at least this many times shorter (remaining tokens), >= 1."})
+    max_preemptions: int = field(default=2, metadata={"help": "srpt: a request is preempted at most this many times (0: never, srpt is then SRPT order without preemption)."})
+    preempt_min_remaining_tokens: int = field(default=32, metadata={"help": "srpt: a running request predicted to need at most this many more tokens (or that close to its max_tokens) is never preempted: its last tokens run through."})
+    srpt_aging_threshold_s: float = field(default=30.0, metadata={"help": "srpt starvation guard: a request this long (s) past its arrival is never preempted and, waiting, goes first, oldest first (ssjf-aging's threshold rule)."})
     work_stealing: bool = field(default=True, metadata={"help": "A replica with a free slot and an empty queue takes the best request of the longest queue, so none idles while another has a queue."})
     max_queued: int | None = field(default=None, metadata={"help": "Cap on waiting requests across the cluster (None: no cap); past it enqueue raises QueueFullError, which the ingress answers with 429 and Retry-After."})
     seed: int = field(default=0, metadata={"help": "Seed of the power-of-two balancer's random draws."})
@@ -60,6 +67,19 @@ class SchedulerConfig:
             raise ValueError(f"the response-ratio aging rule needs aging_rate > 0, got {self.aging_rate}")
         if self.aging_threshold_s < 0:
             raise ValueError(f"aging_threshold_s must be >= 0, got {self.aging_threshold_s}")
+        if self.repredict_every_tokens < 0:
+            raise ValueError(f"repredict_every_tokens must be >= 0 (0: never), got {self.repredict_every_tokens}")
+        if not self.preempt_margin >= 1:
+            raise ValueError(f"preempt_margin must be >= 1 (a ratio of remaining lengths), got {self.preempt_margin}")
+        if self.max_preemptions < 0:
+            raise ValueError(f"max_preemptions must be >= 0, got {self.max_preemptions}")
+        if self.preempt_min_remaining_tokens < 0:
+            raise ValueError(f"preempt_min_remaining_tokens must be >= 0, got {self.preempt_min_remaining_tokens}")
+        if not self.srpt_aging_threshold_s >= 0:
+            raise ValueError(f"srpt_aging_threshold_s must be >= 0, got {self.srpt_aging_threshold_s}")
+        if self.policy is Policy.SRPT and self.batching is BatchingMode.STATIC:
+            raise ValueError("policy 'srpt' preempts one sequence to free its slot, and a static batch frees no slot "
+                             "before its longest member ends: use batching none or continuous")
         if self.max_queued is not None and self.max_queued < 0:
             raise ValueError(f"max_queued must be >= 0 or None, got {self.max_queued}")
 

@@ -14,12 +14,18 @@ The scheduler only pushes, peeks and pops; the ordering lives here. Every key en
   first; time dependent, so a pop scans the queue (O(n)).
 - ``oracle``: shortest *true* output first. Benchmarks only: the truth comes from a lookup the
   simulator supplies; the serving cluster refuses this policy.
+- ``srpt``: shortest *predicted remaining* output first, with the threshold rule as its starvation
+  guard. A request's remaining length is its prediction until it runs, then its latest
+  re-prediction (``Scheduler.progress``); a preempted request waits here keyed by it. The preemption
+  rule itself (margin, limits) is the scheduler's (see ``router.scheduler``).
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
+import itertools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 
@@ -31,6 +37,7 @@ class Policy(enum.Enum):
     SSJF = "ssjf"
     SSJF_AGING = "ssjf-aging"
     ORACLE = "oracle"
+    SRPT = "srpt"
 
     @classmethod
     def parse(cls, name: str | Policy) -> Policy:
@@ -226,6 +233,59 @@ class ThresholdAgingQueue(RequestQueue):
         return self._by_len.queued_work
 
 
+class RemainingQueue(HeapQueue):
+    """Shortest predicted *remaining* length first (``RequestState.predicted_remaining``, which only
+    changes while the request runs, never while it waits here); ties by arrival, then id. A
+    preempted request comes back: a push count ends the key, so its new entry never compares equal
+    to its dead old one."""
+
+    def __init__(self):
+        super().__init__(ssjf_key)
+        self._pushes = itertools.count()
+
+    def push(self, state: RequestState) -> None:
+        meta = state.meta
+        rid = meta.request_id
+        if rid in self._entries:
+            raise ValueError(f"request {rid!r} is already queued")
+        entry = [(state.predicted_remaining, meta.arrival_at, rid, next(self._pushes)), rid, state]
+        self._entries[rid] = entry
+        heapq.heappush(self._heap, entry)
+        self._work += state.predicted_remaining
+
+    def pop(self, now: float) -> RequestState | None:
+        self._drop_dead()
+        if not self._heap:
+            return None
+        entry = heapq.heappop(self._heap)
+        state = entry[2]
+        del self._entries[entry[1]]
+        self._work = self._work - state.predicted_remaining if self._entries else 0.0
+        return state
+
+    def remove(self, request_id: str) -> RequestState | None:
+        entry = self._entries.pop(request_id, None)
+        if entry is None:
+            return None
+        state, entry[2] = entry[2], None
+        self._work -= state.predicted_remaining
+        if not self._entries:
+            self._work = 0.0
+            self._heap.clear()
+        return state
+
+
+class SRPTQueue(ThresholdAgingQueue):
+    """Shortest predicted remaining first, except requests ``threshold_s`` or more past their arrival
+    go first, oldest first (the starvation guard; ``inf``: none)."""
+
+    def __init__(self, threshold_s: float):
+        super().__init__(threshold_s)
+        self._by_len = RemainingQueue()
+        pushes = itertools.count()  # as in RemainingQueue: a preempted request's entries stay distinct
+        self._by_age = HeapQueue(lambda m: (m.arrival_at, m.request_id, next(pushes)))
+
+
 class ResponseRatioQueue(RequestQueue):
     """Highest response ratio next: ``1 + rate * wait_s / max(predicted, 1)``. O(n) pop."""
 
@@ -286,10 +346,13 @@ def create_request_queue(
     aging_rate: float = 0.0,
     aging_threshold_s: float = 0.0,
     truth: Callable[[RequestMeta], float] | None = None,
+    srpt_aging_threshold_s: float = math.inf,
 ) -> RequestQueue:
     policy = Policy.parse(policy)
     if policy is Policy.FCFS:
         return FCFSQueue()
+    if policy is Policy.SRPT:
+        return SRPTQueue(srpt_aging_threshold_s)
     if policy is Policy.SSJF:
         return SSJFQueue()
     if policy is Policy.ORACLE:

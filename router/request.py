@@ -60,11 +60,27 @@ class Assignment:
     attempt: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    """A scheduling decision (``srpt``): stop ``request_id``'s run ``attempt`` on ``replica_id`` now,
+    keeping the tokens it generated; the request waits again and resumes on a later dispatch. In a
+    decision list it comes before the :class:`Assignment` that takes the slot it frees."""
+
+    request_id: str
+    replica_id: str
+    attempt: int = 0
+
+
 class RequestState:
-    """Mutable state of one request inside the scheduler (status and ``*_at`` timestamps)."""
+    """Mutable state of one request inside the scheduler (status and ``*_at`` timestamps).
+
+    ``predicted_remaining``: output tokens still to come as last predicted (the capped prediction
+    until ``srpt`` re-predicts it at a progress point); ``tokens_done``: tokens generated so far as
+    last reported; ``num_preemptions``: how often ``srpt`` stopped it."""
 
     __slots__ = ("meta", "status", "enqueued_at", "dispatched_at", "finished_at", "replica_id",
-                 "queue_replica_id", "num_output_tokens", "num_requeues", "attempt")
+                 "queue_replica_id", "num_output_tokens", "num_requeues", "attempt", "predicted_remaining",
+                 "tokens_done", "num_preemptions")
 
     def __init__(self, meta: RequestMeta, enqueued_at: float):
         self.meta = meta
@@ -76,7 +92,10 @@ class RequestState:
         self.queue_replica_id: str | None = None  # whose queue holds it (None: shared queue)
         self.num_output_tokens: int | None = None
         self.num_requeues = 0
-        self.attempt: int | None = None  # the dispatch it runs under (None while queued)
+        self.attempt: int | None = None  # the dispatch it runs under (None while queued; srpt: the preempted one)
+        self.predicted_remaining = meta.expected_tokens
+        self.tokens_done = 0
+        self.num_preemptions = 0
 
     def __repr__(self) -> str:
         return (f"RequestState({self.meta.request_id!r}, {self.status.value}, replica={self.replica_id!r}, "

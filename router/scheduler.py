@@ -9,6 +9,24 @@ seeds it from wall-clock microseconds, so a restarted router never reuses an id)
 (request id, attempt): ``complete``/``cancel``/``fail`` given an attempt act only while the request
 runs under it, so a late report about an earlier dispatch cannot end a later one. ``adopt`` takes
 in a run the scheduler does not know (it restarted, or dropped the replica) with its own attempt.
+
+Preemption (``srpt`` only; docs/preemption.md): a replica reports a running request's progress every
+``repredict_every_tokens`` tokens with its re-predicted remaining length (:meth:`progress`). A
+running request is *preemptible* while it has been preempted fewer than ``max_preemptions`` times,
+more than ``preempt_min_remaining_tokens`` are predicted to come (and fit under its max_tokens), and
+it is younger than ``srpt_aging_threshold_s`` (the starvation guard, which also puts an older
+waiting request first in its queue). At its progress point, a preemptible request gives its slot
+to the waiting request that a queue would hand out next with the shortest remaining length (the
+*candidate*) when the candidate is predicted ``preempt_margin`` times shorter: the decisions are a
+:class:`Preemption` of the reporting request (it waits again, keyed by its remaining length,
+keeping ``tokens_done``) followed by the candidate's :class:`Assignment` to that slot.
+
+Preemption is decided at progress points only, not on arrival: there the engine sits at a known
+token boundary of the request, so stopping it is exact and a request never runs in two places
+(an arrival waits at most ``K`` tokens of each running request for its turn). Completion may still
+race a preemption on a live replica: :meth:`complete` of a request preempted and waiting again
+finishes it. The other policies never preempt and ignore :meth:`progress`; their hot path is
+unchanged.
 """
 
 from __future__ import annotations
@@ -20,8 +38,8 @@ from collections.abc import Callable
 from router import batching
 from router.batching import BatchingMode
 from router.config import Balancer, SchedulerConfig
-from router.policies import RequestQueue, create_request_queue
-from router.request import Assignment, RequestMeta, RequestState, RequestStatus
+from router.policies import Policy, RequestQueue, create_request_queue
+from router.request import Assignment, Preemption, RequestMeta, RequestState, RequestStatus
 
 
 class QueueFullError(RuntimeError):
@@ -96,12 +114,14 @@ class Scheduler:
         self.num_running = 0
         self._next_batch_id = 0
         self.next_attempt = first_attempt  # the attempt id of the next dispatch
+        self._preemptive = self.config.policy is Policy.SRPT and self.config.max_preemptions > 0
 
     def _new_queue(self) -> RequestQueue:
         c = self.config
         return create_request_queue(
             c.policy, aging_rule=c.aging_rule, aging_rate=c.aging_rate,
             aging_threshold_s=c.aging_threshold_s, truth=self._truth,
+            srpt_aging_threshold_s=c.srpt_aging_threshold_s,
         )
 
     # ---- replicas -------------------------------------------------------------------------
@@ -143,7 +163,7 @@ class Scheduler:
         state.attempt = attempt
         self.requests[rid] = state
         replica.running[rid] = state
-        replica.running_work += meta.expected_tokens
+        replica.running_work += state.predicted_remaining
         self.num_running += 1
         if attempt >= self.next_attempt:  # ids stay unique even if a clock went backwards
             self.next_attempt = attempt + 1
@@ -207,6 +227,31 @@ class Scheduler:
         self._place(state)
         return self._dispatch()
 
+    def progress(self, request_id: str, tokens_done: int, predicted_remaining: float,
+                 attempt: int | None = None) -> list[Assignment | Preemption]:
+        """``srpt``: a running request has generated ``tokens_done`` tokens and is re-predicted to need
+        ``predicted_remaining`` more (capped by its max_tokens). It may be preempted for a waiting
+        request predicted shorter by the margin (see the module docstring). Other policies, an unknown
+        request, a stale attempt or a request not running: nothing changes, no decision."""
+        if self.config.policy is not Policy.SRPT:
+            return []
+        state = self.state_for(request_id, attempt)
+        if state is None or state.status is not RequestStatus.RUNNING:
+            return []
+        if tokens_done < 0 or not predicted_remaining >= 0:
+            raise ValueError(f"progress of {request_id!r}: tokens_done and predicted_remaining must be >= 0, "
+                             f"got {tokens_done} and {predicted_remaining}")
+        remaining = min(float(predicted_remaining), float(max(state.meta.max_tokens - tokens_done, 0)))
+        replica = self.replicas.get(state.replica_id)
+        if replica is not None:
+            replica.running_work += remaining - state.predicted_remaining
+            self._sync(replica)
+        state.predicted_remaining = remaining
+        state.tokens_done = tokens_done
+        if not self._preemptive or not self.num_queued:
+            return []
+        return self._preempt_for_candidate(state)
+
     def complete(self, request_id: str, num_output_tokens: int | None = None,
                  attempt: int | None = None) -> list[Assignment]:
         """A running request finished on its replica: free the slot, start what comes next.
@@ -243,13 +288,15 @@ class Scheduler:
             self.num_running -= 1
             if replica is not None:
                 del replica.running[request_id]
-                replica.running_work -= state.meta.expected_tokens
+                replica.running_work -= state.predicted_remaining
                 if not replica.running:
                     replica.running_work = 0.0
                 self._sync(replica)
                 self._update_free(replica)
             return self._dispatch() if dispatch else []
-        if status is RequestStatus.FINISHED:
+        # srpt: a completion that raced its preemption (the replica sent the last token before it
+        # stopped the run): the request is done; it leaves its queue.
+        if status is RequestStatus.FINISHED and not state.num_preemptions:
             self.requests[request_id] = state  # put back: completing a queued request is a bug
             raise ValueError(f"request {request_id!r} is queued, not running: it cannot complete")
         state.status = status
@@ -350,7 +397,7 @@ class Scheduler:
                 state.replica_id = replica_id
                 state.attempt = attempt
                 replica.running[state.meta.request_id] = state
-                replica.running_work += state.meta.expected_tokens
+                replica.running_work += state.predicted_remaining
                 self.num_queued -= 1
                 self.num_running += 1
                 assignments.append(Assignment(state.meta.request_id, replica_id, batch_id, attempt))
@@ -359,6 +406,66 @@ class Scheduler:
             self._update_free(replica)
         self.next_attempt = attempt
         return assignments
+
+    # ---- srpt: preemption -------------------------------------------------------------------
+    def _preemptible(self, state: RequestState, now: float) -> bool:
+        c = self.config
+        floor = c.preempt_min_remaining_tokens
+        return (state.num_preemptions < c.max_preemptions and state.predicted_remaining > floor
+                and state.meta.max_tokens - state.tokens_done > floor
+                and now - state.meta.arrival_at < c.srpt_aging_threshold_s)
+
+    def _candidate(self, now: float) -> tuple[RequestState, RequestQueue, ReplicaState | None] | None:
+        """The request some queue hands out next with the shortest predicted remaining length, its
+        queue and that queue's replica (None: the shared queue)."""
+        best = None
+        shared = self._shared
+        for queue, replica in ((shared, None), *((r.queue, r) for r in self.replicas.values())):
+            if not len(queue):
+                continue
+            state = queue.peek(now)
+            if best is None or (state.predicted_remaining, state.meta.arrival_at) < (
+                    best[0].predicted_remaining, best[0].meta.arrival_at):
+                best = (state, queue, replica)
+        return best
+
+    def _preempt_for_candidate(self, victim: RequestState) -> list[Assignment | Preemption]:
+        """Preempt running ``victim`` for the candidate when it is preemptible and the candidate is
+        shorter by the margin."""
+        now = self.clock()
+        if not self._preemptible(victim, now):
+            return []
+        found = self._candidate(now)
+        if found is None:
+            return []
+        candidate, queue, home = found
+        if victim.predicted_remaining < self.config.preempt_margin * candidate.predicted_remaining:
+            return []
+        replica = self.replicas[victim.replica_id]
+        rid = victim.meta.request_id
+        # The victim stops and waits again, keeping its progress (and the attempt it ran under, so
+        # a completion that raced the preemption is still accepted: see _finish).
+        del replica.running[rid]
+        replica.running_work -= victim.predicted_remaining
+        victim.status = RequestStatus.QUEUED
+        victim.num_preemptions += 1
+        decisions: list[Assignment | Preemption] = [Preemption(rid, replica.replica_id, victim.attempt)]
+        # The candidate takes its slot at once (the few lines of _dispatch's loop, kept inline there).
+        queue.remove(candidate.meta.request_id)
+        if home is not None:
+            self._sync(home)
+        attempt = self.next_attempt
+        self.next_attempt += 1
+        candidate.status = RequestStatus.RUNNING
+        candidate.dispatched_at = now
+        candidate.replica_id = replica.replica_id
+        candidate.attempt = attempt
+        replica.running[candidate.meta.request_id] = candidate
+        replica.running_work += candidate.predicted_remaining
+        decisions.append(Assignment(candidate.meta.request_id, replica.replica_id, None, attempt))
+        self._sync(replica)
+        self._place(victim)
+        return decisions
 
     # ---- views ----------------------------------------------------------------------------
     def outstanding_work(self) -> float:
