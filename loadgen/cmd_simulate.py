@@ -1,7 +1,8 @@
 """``loadgen simulate``: run one workload through the router core on simulated engines, per policy.
 
 Every policy in ``--policies`` runs on the identical workload (same prompts, arrival times and
-predictions). With ``--load``, the arrival rate is ``load x`` the saturation throughput that the
+predictions). ``srpt`` (preemptive) also reads ``--repredictor``: the remaining length re-predicted
+at each progress point (``loadgen.repredict_sim``), and reports its preemptions and resume cost. With ``--load``, the arrival rate is ``load x`` the saturation throughput that the
 simulator measures first for this workload, engine, replicas and batching (see
 :func:`loadgen.simulator.measure_saturation`); both numbers are reported.
 """
@@ -25,28 +26,34 @@ DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging,oracle"
 _DEFAULTS = SchedulerConfig()
 # The SchedulerConfig fields that are options of their own (flags, choices, defaults and help from
 # the core); the policy is --policies, the seed the workload's --seed, the threshold may be 'auto'.
-SCHEDULER_FLAGS = ("batching", "max_batch", "balancer", "aging_rule", "aging_rate", "work_stealing")
+SCHEDULER_FLAGS = ("batching", "max_batch", "balancer", "aging_rule", "aging_rate", "work_stealing",
+                   "repredict_every_tokens", "preempt_margin", "max_preemptions", "preempt_min_remaining_tokens")
 # ``--aging-threshold-s auto``: the wait budget of the threshold rule is this multiple of the FCFS p99 JCT on
 # the identical workload ("no request waits much longer than FCFS's tail"). Chosen from the aging
 # frontier (benchmarks/sim_aging_frontier.py, docs/simulator.md): 1.3 keeps p99 within 1.5x FCFS and
 # >= 60% of SSJF's mean gain in all three reference scenarios over seeds 0-2.
 AUTO_THRESHOLD_FACTOR = 1.3
+# ``--srpt-aging-threshold-s auto``: srpt's starvation guard at this multiple of the FCFS p99 JCT
+# (chosen by the preemption frontier, benchmarks/preemption_frontier.py, docs/preemption.md).
+SRPT_AUTO_THRESHOLD_FACTOR = 1.0
+# Progress points at which the report gives the re-predictor's realised Kendall tau.
+TAU_REPORT_POINTS = (64, 256, 1024)
 
 
 def _help(name: str) -> str:
     return next(f.metadata["help"] for f in fields(SchedulerConfig) if f.name == name)
 
 
-def _parse_threshold(value: str) -> float | None:
+def _parse_threshold(value: str, hint: str = "--aging-threshold-s") -> float | None:
     """A number of seconds, or ``auto`` (None)."""
     if value == "auto":
         return None
     try:
         t = float(value)
     except ValueError:
-        raise click.BadParameter(f"expected seconds >= 0 or 'auto', got {value!r}", param_hint="--aging-threshold-s") from None
+        raise click.BadParameter(f"expected seconds >= 0 or 'auto', got {value!r}", param_hint=hint) from None
     if not t >= 0:
-        raise click.BadParameter(f"expected seconds >= 0 or 'auto', got {value!r}", param_hint="--aging-threshold-s")
+        raise click.BadParameter(f"expected seconds >= 0 or 'auto', got {value!r}", param_hint=hint)
     return t
 
 
@@ -56,7 +63,8 @@ def _parse_threshold(value: str) -> float | None:
 @scheduler_option("batching")
 @scheduler_option("max_batch", default=8)
 @click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
-              help="Comma list of fcfs, ssjf, ssjf-aging, oracle (oracle: true lengths, a labelled baseline).")
+              help="Comma list of fcfs, ssjf, ssjf-aging, srpt (preemptive), oracle (oracle: true lengths, a "
+                   "labelled baseline).")
 @scheduler_option("balancer")
 @click.option("--predictor", default="noisy:0.6", show_default=True,
               help="oracle, noisy:TAU (synthetic, Kendall tau ~TAU), heuristic, constant[:N], "
@@ -67,6 +75,23 @@ def _parse_threshold(value: str) -> float | None:
                   help=f"{_help('aging_threshold_s')} 'auto': {AUTO_THRESHOLD_FACTOR} x the FCFS p99 JCT on the "
                        "same workload (a tail budget no worse than FCFS's).")
 @scheduler_option("work_stealing")
+@scheduler_option("repredict_every_tokens")
+@scheduler_option("preempt_margin")
+@scheduler_option("max_preemptions")
+@scheduler_option("preempt_min_remaining_tokens")
+@scheduler_option("srpt_aging_threshold_s", type=str, default="auto",
+                  help=f"{_help('srpt_aging_threshold_s')} 'auto': {SRPT_AUTO_THRESHOLD_FACTOR} x the FCFS p99 JCT "
+                       "on the same workload.")
+@click.option("--repredictor", default="measured", show_default=True,
+              help="srpt: the remaining length re-predicted at each progress point: measured (Kendall tau by "
+                   "progress point from proxy_model/data/remaining_tau.json, a labelled placeholder until it "
+                   "exists), measured:PATH, noisy:TAU or oracle (true remaining, a ceiling).")
+@click.option("--repredict-noise-tokens", type=click.FloatRange(min=0), default=None,
+              help="srpt: generated tokens over which a request's re-prediction error decorrelates (1/e) "
+                   "[default: 256; 0: independent at every point].")
+@click.option("--resume-keeps-kv", is_flag=True,
+              help="srpt: a preempted request resuming on the same replica finds its KV cache kept (no "
+                   "re-prefill; the memory held meanwhile is not modelled). Default: dropped, re-prefilled.")
 @click.option("--engine-profile", type=click.Path(dir_okay=False), default=None,
               help="Engine cost profile JSON (default: Llama-2-7B on one A100, see docs/simulator.md).")
 @click.option("--saturation-requests", type=click.IntRange(min=1), default=None,
@@ -79,8 +104,17 @@ def simulate(**kwargs):
     opts = WorkloadOptions.from_kwargs(kwargs)
     policies = parse_policies(kwargs["policies"])
     threshold = _parse_threshold(kwargs["aging_threshold_s"])
-    from loadgen import predictors_sim
+    srpt_threshold = _parse_threshold(kwargs["srpt_aging_threshold_s"], "--srpt-aging-threshold-s")
+    from loadgen import predictors_sim, repredict_sim
     from router.cost_model import EngineProfile
+
+    noise = kwargs["repredict_noise_tokens"]
+    try:
+        repredictor = repredict_sim.RepredictorSpec.parse(
+            kwargs["repredictor"], **({} if noise is None else {"noise_tokens": noise}))
+        repredictor.table()  # a measured:PATH that is missing or malformed fails here, not mid-run
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--repredictor") from None
 
     try:
         predictor = predictors_sim.PredictorSpec.parse(kwargs["predictor"])
@@ -97,6 +131,7 @@ def simulate(**kwargs):
         base = SchedulerConfig(
             policy=Policy.FCFS, **{k: kwargs[k] for k in SCHEDULER_FLAGS},
             aging_threshold_s=_DEFAULTS.aging_threshold_s if threshold is None else threshold, seed=opts.seed,
+            srpt_aging_threshold_s=_DEFAULTS.srpt_aging_threshold_s if srpt_threshold is None else srpt_threshold,
         )
         for policy in policies:  # what holds for one policy only (response-ratio aging needs a rate)
             replace(base, policy=policy)
@@ -105,7 +140,8 @@ def simulate(**kwargs):
 
     result = run_simulation(opts, policies, predictor, engine, base, kwargs["replicas"],
                             saturation_requests=kwargs["saturation_requests"], out_dir=kwargs["out_dir"],
-                            auto_threshold=threshold is None)
+                            auto_threshold=threshold is None, auto_srpt_threshold=srpt_threshold is None,
+                            repredictor=repredictor, resume_keeps_kv=kwargs["resume_keeps_kv"])
     if kwargs["as_json"]:
         click.echo(json.dumps(result["summary"], indent=2, default=_json_default))
     else:
@@ -153,11 +189,14 @@ def prepare_workload(opts: WorkloadOptions, predictor, engine, base: SchedulerCo
 
 def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: SchedulerConfig, replicas: int, *,
                    saturation_requests: int | None = None, out_dir: str | None = None,
-                   auto_threshold: bool = False) -> dict:
+                   auto_threshold: bool = False, auto_srpt_threshold: bool = False, repredictor=None,
+                   resume_keeps_kv: bool = False) -> dict:
     """Build the workload, resolve the rate, simulate every policy; returns the summary and a text table.
 
     ``auto_threshold``: the threshold aging rule's wait budget becomes ``AUTO_THRESHOLD_FACTOR`` x the
-    FCFS p99 JCT of this workload (FCFS runs first; it is simulated even when not listed).
+    FCFS p99 JCT of this workload (FCFS runs first; it is simulated even when not listed);
+    ``auto_srpt_threshold`` likewise sets srpt's starvation guard to ``SRPT_AUTO_THRESHOLD_FACTOR`` x it.
+    ``repredictor``, ``resume_keeps_kv``: srpt's re-predictor and resume rule (see ``simulate``).
     """
     from loadgen import predictors_sim
     from loadgen.summary import compare
@@ -172,7 +211,8 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     span = float(work.arrival_s[-1] - work.arrival_s[0]) if n > 1 else 0.0
     offered = (n - 1) / span if span > 0 else math.inf
 
-    summaries, per_policy, base, aging = _simulate_policies(work, policies, engine, base, replicas, auto_threshold)
+    summaries, per_policy, base, aging = _simulate_policies(work, policies, engine, base, replicas, auto_threshold,
+                                                            auto_srpt_threshold, repredictor, resume_keeps_kv)
 
     tau = kendall_tau(truth, predicted, max_n=predictors_sim.TAU_MAX_N, seed=opts.seed)
     summary = {
@@ -200,7 +240,8 @@ def run_simulation(opts: WorkloadOptions, policies, predictor, engine, base: Sch
     return {"summary": summary, "text": "\n".join(lines)}
 
 
-def _simulate_policies(work, policies, engine, base: SchedulerConfig, replicas: int, auto_threshold: bool):
+def _simulate_policies(work, policies, engine, base: SchedulerConfig, replicas: int, auto_threshold: bool,
+                       auto_srpt_threshold: bool = False, repredictor=None, resume_keeps_kv: bool = False):
     """Simulate every policy on ``work``; returns the summaries and results in ``policies`` order,
     the scheduler config after any auto threshold, and the aging block of the summary."""
     from loadgen.simulator import simulate
@@ -208,11 +249,14 @@ def _simulate_policies(work, policies, engine, base: SchedulerConfig, replicas: 
 
     n = len(work)
     aging = {"rule": base.aging_rule.value, "rate": base.aging_rate, "threshold_s": base.aging_threshold_s,
-             "threshold_source": "given"}
+             "threshold_source": "given", "srpt_threshold_s": base.srpt_aging_threshold_s,
+             "srpt_threshold_source": "given"}
+    use_auto_srpt = auto_srpt_threshold and Policy.SRPT in policies
     use_auto = (auto_threshold and Policy.SSJF_AGING in policies and base.aging_rule is AgingRule.THRESHOLD)
-    # The auto threshold is read off FCFS's p99, so FCFS runs first (and runs even when not listed).
-    order = sorted(policies, key=lambda p: p is not Policy.FCFS) if use_auto else list(policies)
-    if use_auto and Policy.FCFS not in order:
+    # The auto thresholds are read off FCFS's p99, so FCFS runs first (and runs even when not listed).
+    fcfs_first = use_auto or use_auto_srpt
+    order = sorted(policies, key=lambda p: p is not Policy.FCFS) if fcfs_first else list(policies)
+    if fcfs_first and Policy.FCFS not in order:
         order.insert(0, Policy.FCFS)
 
     results: dict[str, dict] = {}
@@ -225,9 +269,20 @@ def _simulate_policies(work, policies, engine, base: SchedulerConfig, replicas: 
             config = replace(base, policy=policy)
             aging.update(threshold_s=base.aging_threshold_s,
                          threshold_source=f"auto: {AUTO_THRESHOLD_FACTOR} x FCFS p99 JCT ({p99_fcfs:.3f} s)")
-        res = simulate(work, config, engine, replicas)
+        if policy is Policy.SRPT and use_auto_srpt:
+            p99_fcfs = results[Policy.FCFS.value]["p99_jct_s"]
+            base = replace(base, srpt_aging_threshold_s=SRPT_AUTO_THRESHOLD_FACTOR * p99_fcfs)
+            config = replace(base, policy=policy)
+            aging.update(srpt_threshold_s=base.srpt_aging_threshold_s,
+                         srpt_threshold_source=f"auto: {SRPT_AUTO_THRESHOLD_FACTOR} x FCFS p99 JCT ({p99_fcfs:.3f} s)")
+        if policy is Policy.SRPT:
+            res = simulate(work, config, engine, replicas, repredictor=repredictor, resume_keeps_kv=resume_keeps_kv)
+        else:
+            res = simulate(work, config, engine, replicas)
         s = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
                       first_token_at=res.first_token_at, output_tokens=work.output_tokens)
+        if policy is Policy.SRPT:
+            s.update(preemption_summary(res, work, repredictor))
         s["sim_wall_s"] = res.wall_s
         s["sim_requests_per_s"] = n / res.wall_s if res.wall_s > 0 else None
         s["num_events"] = res.num_events
@@ -236,6 +291,30 @@ def _simulate_policies(work, policies, engine, base: SchedulerConfig, replicas: 
     summaries = {p.value: results[p.value] for p in policies}
     per_policy = {p.value: per_policy[p.value] for p in policies}
     return summaries, per_policy, base, aging
+
+
+def preemption_summary(res, work, repredictor=None) -> dict:
+    """What preemption did and cost in one srpt run (``SimResult.extra``): preemptions, requests
+    preempted, generated tokens prefilled again on resume and what those re-prefills cost (seconds,
+    each timed alone), and the re-predictor's realised Kendall tau at a few progress points."""
+    from loadgen.repredict_sim import realised_taus
+
+    extra = res.extra
+    count = extra["num_preemptions"]
+    out = {
+        "num_preemptions": int(count.sum()),
+        "num_preempted_requests": int((count > 0).sum()),
+        "max_preemptions_of_a_request": int(count.max(initial=0)),
+        "resume_tokens": int(extra["resume_tokens"].sum()),
+        "resume_s": float(extra["resume_s"].sum()),
+        "repredictor": str(repredictor) if repredictor is not None else "measured",
+    }
+    cps = extra["checkpoints"]
+    if cps is not None:
+        lengths = work.output_tokens
+        points = [k for k in TAU_REPORT_POINTS if k % cps.every == 0 and (lengths > k).sum() >= 2]
+        out["repredictor_tau_by_k"] = realised_taus(lengths, cps, points)
+    return out
 
 
 def _summary_lines(opts: WorkloadOptions, policies, predictor, engine, base: SchedulerConfig, replicas: int,
@@ -261,6 +340,16 @@ def _summary_lines(opts: WorkloadOptions, policies, predictor, engine, base: Sch
                          f"({summary['aging']['threshold_source']})")
         else:
             lines.append(f"ssjf-aging: rule={base.aging_rule.value} rate={base.aging_rate:g} tokens/s")
+    if Policy.SRPT in policies:
+        s = summary["policies"][Policy.SRPT.value]
+        taus = ", ".join(f"k={k}: {t:.3f}" for k, t in s.get("repredictor_tau_by_k", {}).items())
+        lines.append(f"srpt: re-predict every {base.repredict_every_tokens} tokens ({s['repredictor']}"
+                     f"{'; Kendall tau of remaining ' + taus if taus else ''}), margin {base.preempt_margin:g}x, "
+                     f"at most {base.max_preemptions} per request, not in the last "
+                     f"{base.preempt_min_remaining_tokens} tokens, guard {base.srpt_aging_threshold_s:.1f} s "
+                     f"({summary['aging']['srpt_threshold_source']})")
+        lines.append(f"srpt: {s['num_preemptions']} preemptions of {s['num_preempted_requests']} requests; resumes "
+                     f"re-prefilled {s['resume_tokens']} generated tokens ({s['resume_s']:.1f} s of engine time)")
     lines += ["", format_table(summary["policies"], "fcfs"), "",
               "JCT, wait (queueing delay) in seconds; 'oracle' knows the true lengths (a benchmark bound only)."]
     if out_dir is not None:

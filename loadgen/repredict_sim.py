@@ -36,6 +36,8 @@ from loadgen.predictors_sim import copula_predictions
 
 # The measured table, written by the remaining-length predictor's evaluation (proxy_model).
 MEASURED_TAU_PATH = Path(__file__).resolve().parents[1] / "proxy_model" / "data" / "remaining_tau.json"
+# The predictor of that table whose tau is used (the other is the prompt-only baseline).
+MEASURED_NAME = "remaining"
 # Placeholder while no measurement exists: the prompt-only tau of the reference scenarios
 # (``noisy:0.6``) at every progress point, i.e. re-prediction no better ranked than the first
 # prediction (it only learns that the request has survived ``k`` tokens). Conservative by design.
@@ -78,8 +80,9 @@ class TauTable:
 
     @classmethod
     def load(cls, path: str | Path) -> TauTable:
-        """A measured table from JSON: ``{"points": [{"k": 0, "tau": 0.5}, ...]}``, a list of such
-        points, ``{"k": [...], "tau": [...]}``, or ``{"tau_by_k": {"0": 0.5, ...}}``."""
+        """A measured table from JSON: ``proxy_model.remaining.tau_table``'s document (its
+        ``tau.remaining`` by k), ``{"points": [{"k": 0, "tau": 0.5}, ...]}``, a list of such points,
+        ``{"k": [...], "tau": [...]}``, or ``{"tau_by_k": {"0": 0.5, ...}}``."""
         p = Path(path)
         try:
             data = json.loads(p.read_text())
@@ -100,6 +103,10 @@ class TauTable:
 
 
 def _tau_mapping(data) -> dict:
+    if isinstance(data, dict) and isinstance(data.get("tau"), dict):
+        # proxy_model.remaining.tau_table: {"tau": {"remaining": {k: tau}, "prompt_only_minus_k": {...}}}
+        taus = data["tau"]
+        data = taus[MEASURED_NAME] if MEASURED_NAME in taus else taus
     if isinstance(data, dict) and "points" in data:
         data = data["points"]
     if isinstance(data, list):

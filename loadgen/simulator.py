@@ -16,6 +16,15 @@ module plays the engines, with the batching rules and iteration costs of ``route
 The truth (true output length) is used only to compute run times here and, for the ``oracle``
 policy, through the ``truth`` lookup the scheduler gets; predictions reach the scheduler as
 ``RequestMeta.predicted_tokens``.
+
+Preemption (``srpt``, docs/preemption.md): a running member also has an event every ``K`` generated
+tokens (``repredict_every_tokens``), its *progress point*: the replica reports it with the
+re-predicted remaining length (``loadgen.repredict_sim``) through ``Scheduler.progress``, which
+preempts only there, only that member: it leaves at that boundary like one that ended, keeping the
+tokens it generated, and the request that takes its slot joins there. When it is dispatched again it rejoins as a sequence whose prompt is its prompt
+plus those tokens: their KV cache was dropped, so the first iteration re-prefills them (the resume
+cost), unless ``resume_keeps_kv`` and it resumes on the replica that kept them. The non-preemptive
+policies run the same code as before (one flag test per boundary).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import numpy as np
 from router import Policy, RequestMeta, Scheduler, SchedulerConfig
 from router.batching import Segment, keeps_finished
 from router.cost_model import EngineProfile
+from router.request import Preemption
 
 INF = math.inf
 
@@ -126,8 +136,16 @@ class SimResult:
 
 
 def simulate(workload: SimWorkload, config: SchedulerConfig, engine: EngineProfile, num_replicas: int,
-             *, record_first_token: bool = True) -> SimResult:
-    """Run every request of ``workload`` through a :class:`Scheduler` on ``num_replicas`` engines."""
+             *, record_first_token: bool = True, repredictor=None, resume_keeps_kv: bool = False) -> SimResult:
+    """Run every request of ``workload`` through a :class:`Scheduler` on ``num_replicas`` engines.
+
+    ``srpt`` only: ``repredictor`` (a ``loadgen.repredict_sim.RepredictorSpec`` or its spec string;
+    default ``measured``) gives the remaining length re-predicted at each progress point, seeded by
+    ``config.seed``; ``resume_keeps_kv``: a preempted request that resumes on the same replica finds
+    its KV cache kept (no re-prefill; the memory it holds meanwhile is not modelled). The result's
+    ``extra`` then holds per request ``num_preemptions``, ``resume_tokens`` (generated tokens
+    prefilled again) and ``resume_s`` (what those re-prefills cost, each timed alone: prefilling
+    prompt + generated tokens minus the decode iteration it replaces)."""
     if num_replicas < 1:
         raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
     # The run allocates millions of small objects that live until it ends; the cyclic garbage
@@ -136,7 +154,8 @@ def simulate(workload: SimWorkload, config: SchedulerConfig, engine: EngineProfi
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _Simulation(workload, config, engine, num_replicas, record_first_token).run()
+        return _Simulation(workload, config, engine, num_replicas, record_first_token, repredictor,
+                           resume_keeps_kv).run()
     finally:
         if was_enabled:
             gc.enable()
@@ -167,7 +186,7 @@ class _Simulation:
     """
 
     def __init__(self, workload: SimWorkload, config: SchedulerConfig, engine: EngineProfile, num_replicas: int,
-                 record_first_token: bool):
+                 record_first_token: bool, repredictor=None, resume_keeps_kv: bool = False):
         self.workload = workload
         self.engine = engine
         self.record_first_token = record_first_token
@@ -198,6 +217,33 @@ class _Simulation:
         self.last_tok = np.full(n, np.nan)
         self.finished = np.full(n, np.nan)
         self.replica_of = np.full(n, -1, dtype=np.int64)
+        # What a joining request prefills and still generates: its prompt and its whole reply, except
+        # for a request that resumes after a preemption (srpt), which lists of its own then record.
+        self.pre, self.rem = self.prompt, out
+        self.preemptive = config.policy is Policy.SRPT
+        if self.preemptive:
+            self._init_preemption(config, repredictor, resume_keeps_kv)
+
+    def _init_preemption(self, config: SchedulerConfig, repredictor, resume_keeps_kv: bool) -> None:
+        from loadgen.repredict_sim import RepredictorSpec, remaining_predictions
+
+        n = len(self.out)
+        self.pre, self.rem = list(self.prompt), list(self.out)
+        self.every = every = config.repredict_every_tokens
+        self.checkpoints = None
+        if every:
+            spec = RepredictorSpec("measured") if repredictor is None else repredictor
+            self.checkpoints = remaining_predictions(self.out, every, spec, config.seed)
+            self.cp_offset = self.checkpoints.offset.tolist()
+            self.cp_values = self.checkpoints.values.tolist()
+        self.keep_kv = resume_keeps_kv
+        self.join_k = [0] * n  # absolute iteration of its first iteration in its current run
+        self.done_at_join = [0] * n  # tokens it had generated when its current run began
+        self.kv_home = [-1] * n  # the replica holding its kept KV cache (resume_keeps_kv)
+        self.num_preemptions = np.zeros(n, dtype=np.int64)
+        self.resume_tokens = np.zeros(n, dtype=np.int64)
+        self.resume_s = np.zeros(n)
+        self._boundary = self._boundary_preemptive
 
     def clock(self) -> float:
         return self.now
@@ -228,10 +274,14 @@ class _Simulation:
         sched = self.sched
         if sched.num_queued or sched.num_running:
             raise AssertionError(f"simulation ended with {sched.num_queued} queued and {sched.num_running} running")
+        extra = {}
+        if self.preemptive:
+            extra = {"num_preemptions": self.num_preemptions, "resume_tokens": self.resume_tokens,
+                     "resume_s": self.resume_s, "checkpoints": self.checkpoints}
         return SimResult(
             arrival_at=w.arrival_s.copy(), dispatched_at=self.dispatched_at, started_at=self.started_at,
             first_token_at=self.first_tok, last_token_at=self.last_tok, finished_at=self.finished,
-            replica=self.replica_of, num_events=self.num_events, wall_s=time.perf_counter() - wall0,
+            replica=self.replica_of, num_events=self.num_events, wall_s=time.perf_counter() - wall0, extra=extra,
         )
 
     def _arrive(self, j: int, t: float) -> None:
@@ -290,34 +340,59 @@ class _Simulation:
     def _dispatch(self, assignments, t: float) -> None:
         """Carry out the scheduler's decisions made at ``t``: an idle replica starts a segment with its
         requests; a busy one (continuous) takes them at its next iteration boundary."""
-        index, prompt, out = self.index, self.prompt, self.out
+        index, pre, rem = self.index, self.pre, self.rem
         by_name, engine = self.by_name, self.engine
+        preemptive = self.preemptive
         starts: dict[_Replica, list] = {}
         for a in assignments:
             j = index[a.request_id]
             rep = by_name[a.replica_id]
-            self.dispatched_at[j] = t
+            resumed = False
+            if preemptive:
+                if type(a) is Preemption:
+                    raise AssertionError(f"{a}: the scheduler preempts only at the request's own progress point")
+                resumed = rem[j] != self.out[j]  # it ran before: it keeps its first dispatch and start
+            if not resumed:
+                self.dispatched_at[j] = t
             self.replica_of[j] = rep.index
             if rep in starts or (not rep.members and not rep.pending):
                 starts.setdefault(rep, []).append(j)
             elif t == rep.t0 and not self.keep_finished:
                 # The segment starts this very instant: join its first iteration.
-                rep.seg = rep.seg.next(0, joined=1, joined_prompt=prompt[j])
-                self.started_at[j] = t
-                if self.record_first_token:
-                    self.first_tok[j] = t + rep.seg.iteration_s(engine, 0)
-                heappush(rep.members, (rep.k0 + out[j] - 1, j))
+                prefill, kept = self._join_cost(j, rep) if preemptive else (pre[j], 0)
+                rep.seg = rep.seg.next(0, joined=1, joined_prompt=prefill)
+                if kept:
+                    rep.seg = rep.seg._replace(context_tokens=rep.seg.context_tokens + kept)
+                if not resumed:
+                    self.started_at[j] = t
+                    if self.record_first_token:
+                        self.first_tok[j] = t + rep.seg.iteration_s(engine, 0)
+                heappush(rep.members, (self._join_event(j, rep.k0) if preemptive else rep.k0 + rem[j] - 1, j))
                 self._schedule(rep)
             else:
-                rep.pending.append(j)
-                k = rep.seg.iterations_done(engine, t - rep.t0)
-                if k < rep.ev_k:
-                    rep.ev_k = k
-                    rep.version += 1
-                    heappush(self.events, (rep.t0 + rep.seg.span_s(engine, k), rep.index, rep.version))
+                self._join_pending(rep, j, t)
         for rep, joiners in starts.items():
-            rep.seg = rep.seg.next(0, joined=len(joiners), joined_prompt=sum(prompt[j] for j in joiners))
+            if preemptive:
+                prefill, kept = self._joiners_cost(joiners, rep)
+                rep.seg = rep.seg.next(0, joined=len(joiners), joined_prompt=prefill)
+                if kept:
+                    rep.seg = rep.seg._replace(context_tokens=rep.seg.context_tokens + kept)
+            else:
+                rep.seg = rep.seg.next(0, joined=len(joiners), joined_prompt=sum(pre[j] for j in joiners))
             self._start_segment(rep, t, joiners)
+
+    def _join_pending(self, rep: _Replica, j: int, t: float) -> None:
+        """``j`` joins busy ``rep`` at its next iteration boundary (an event there, if none is sooner)."""
+        rep.pending.append(j)
+        self._event_at_next_boundary(rep, t)
+
+    def _event_at_next_boundary(self, rep: _Replica, t: float) -> None:
+        engine = self.engine
+        k = rep.seg.iterations_done(engine, t - rep.t0)
+        if k < rep.ev_k:
+            rep.ev_k = k
+            rep.version += 1
+            heappush(self.events, (rep.t0 + rep.seg.span_s(engine, k), rep.index, rep.version))
 
     def _start_segment(self, rep: _Replica, t: float, joiners: list) -> None:
         """``rep.seg`` starts at ``t``; ``joiners`` prefill in its first iteration."""
@@ -332,6 +407,16 @@ class _Simulation:
         if record:
             t1 = t + seg.iteration_s(engine, 0)
         started_at, first_tok, last_tok = self.started_at, self.first_tok, self.last_tok
+        if self.preemptive:
+            rem = self.rem
+            for j in joiners:
+                if rem[j] == out[j]:  # its first run (a resumed one keeps its first start)
+                    started_at[j] = t
+                    if record:
+                        first_tok[j] = t1
+                heappush(mem, (self._join_event(j, k0), j))
+            self._schedule(rep)
+            return
         for j in joiners:
             started_at[j] = t
             if record:
@@ -342,6 +427,118 @@ class _Simulation:
             else:
                 heappush(mem, (k0 + out[j] - 1, j))
         self._schedule(rep)
+
+    # ---- srpt: progress points, preemption, resume ------------------------------------------
+    def _next_event(self, j: int, tokens: int) -> int:
+        """Absolute iteration index of ``j``'s next event after it has ``tokens`` tokens: its next
+        progress point, or its last iteration."""
+        stop = self.out[j]
+        every = self.every
+        if every:
+            point = (tokens // every + 1) * every
+            if point < stop:
+                stop = point
+        return self.join_k[j] + stop - self.done_at_join[j] - 1
+
+    def _join_event(self, j: int, k0: int) -> int:
+        """``j`` starts a run at absolute iteration ``k0``: its first event there."""
+        self.join_k[j] = k0
+        done = self.done_at_join[j] = self.out[j] - self.rem[j]
+        return self._next_event(j, done)
+
+    def _join_cost(self, j: int, rep: _Replica) -> tuple[int, int]:
+        """(tokens ``j`` prefills as it joins ``rep``, KV-cache tokens it brings in kept)."""
+        done = self.out[j] - self.rem[j]
+        if not done:
+            return self.pre[j], 0
+        if self.keep_kv and self.kv_home[j] == rep.index:
+            self.kv_home[j] = -1
+            return 0, self.pre[j]
+        # A resume: the KV cache of prompt + generated tokens is built again by a prefill.
+        p = self.pre[j]
+        self.resume_tokens[j] += done
+        self.resume_s[j] += self.engine.iteration_time_s(p, 1, 0) - self.engine.iteration_time_s(0, 1, p)
+        self.kv_home[j] = -1
+        return p, 0
+
+    def _joiners_cost(self, joiners: list, rep: _Replica) -> tuple[int, int]:
+        prefill = kept = 0
+        for j in joiners:
+            p, k = self._join_cost(j, rep)
+            prefill += p
+            kept += k
+        return prefill, kept
+
+    def _boundary_preemptive(self, rep: _Replica, t: float) -> None:
+        """:meth:`_boundary` under ``srpt``: members end or reach a progress point, reported to the
+        scheduler with their re-predicted remaining length; one it preempts leaves, keeping its tokens."""
+        prompt, out, index, rids = self.prompt, self.out, self.index, self.rids
+        join_k, done_at_join = self.join_k, self.done_at_join
+        k = rep.ev_k
+        end_iter = rep.k0 + k - 1
+        mem = rep.members
+        done, points = [], []
+        while mem and mem[0][0] <= end_iter:
+            _, j = heappop(mem)
+            tokens = done_at_join[j] + end_iter - join_k[j] + 1
+            if tokens >= out[j]:
+                done.append(j)
+            else:
+                points.append(j)
+        left: dict[int, int] = {}  # preempted here -> tokens it has
+        left_kv = 0
+        for j in done:
+            left_kv += prompt[j] + out[j]
+            self.finished[j] = t
+            self.last_tok[j] = t
+        rep.k0 = end_iter + 1
+        decisions = []
+        complete, progress = self.sched.complete, self.sched.progress
+        for j in done:
+            decisions += complete(rids[j], out[j])
+        if self.checkpoints is not None:
+            offset, values, every = self.cp_offset, self.cp_values, self.every
+            for j in points:
+                tokens = done_at_join[j] + end_iter - join_k[j] + 1
+                decisions += progress(rids[j], tokens, values[offset[j] + tokens // every - 1])
+        joiners = rep.pending
+        rep.pending = []
+        others = []
+        name = rep.name
+        for d in decisions:
+            j = index[d.request_id]
+            if type(d) is Preemption:
+                if d.replica_id != name or j not in points:
+                    raise AssertionError(f"{d}: the scheduler preempts only at the request's own progress point")
+                # At once: a later decision of this boundary may dispatch it again (resumed).
+                tokens = left[j] = done_at_join[j] + end_iter - join_k[j] + 1
+                left_kv += prompt[j] + tokens
+                self.pre[j] = prompt[j] + tokens
+                self.rem[j] = out[j] - tokens
+                self.num_preemptions[j] += 1
+                self.kv_home[j] = rep.index if self.keep_kv else -1
+            elif d.replica_id == name:
+                if self.rem[j] == out[j]:
+                    self.dispatched_at[j] = t
+                self.replica_of[j] = rep.index
+                joiners.append(j)
+            else:
+                others.append(d)
+        # Members that stay: the ones at a progress point get their next event.
+        for j in points:
+            if j not in left:
+                heappush(mem, (self._next_event(j, done_at_join[j] + end_iter - join_k[j] + 1), j))
+        prefill, kept = self._joiners_cost(joiners, rep)
+        rep.seg = rep.seg.next(k, left=len(done) + len(left), left_kv=left_kv, joined=len(joiners),
+                               joined_prompt=prefill)
+        if kept:
+            rep.seg = rep.seg._replace(context_tokens=rep.seg.context_tokens + kept)
+        if rep.seg.batch_size:
+            self._start_segment(rep, t, joiners)
+        else:
+            rep.version += 1  # idle
+        if others:
+            self._dispatch(others, t)
 
     def _schedule(self, rep: _Replica) -> None:
         """(Re)compute ``rep``'s next event: the end of its first member's last iteration (an earlier

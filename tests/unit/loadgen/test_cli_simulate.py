@@ -6,6 +6,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import click
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -104,3 +105,39 @@ def test_simulate_runs_without_ray():
     summary_end = proc.stdout.rindex("}")
     assert json.loads(proc.stdout[:summary_end + 1])["policies"]["ssjf"]["num_completed"] == 20
     assert json.loads(proc.stdout[summary_end + 1:]) == []
+
+
+def test_srpt_reports_its_preemptions_resume_cost_and_re_predictor():
+    result = run("--trace", "poisson", "--seed", "1", "--batching", "continuous", "--max-batch", "2",
+                 "--replicas", "2", "--load", "0.95", "--num-requests", "300", "--policies", "ssjf,srpt",
+                 "--repredictor", "noisy:0.7", "--repredict-every-tokens", "16", "--preempt-margin", "1.5",
+                 "--max-preemptions", "3", "--srpt-aging-threshold-s", "1000", "--json")
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.output)
+    srpt = s["policies"]["srpt"]
+    assert srpt["num_completed"] == 300 and srpt["num_preemptions"] > 0
+    assert 0 < srpt["num_preempted_requests"] <= srpt["num_preemptions"] and srpt["max_preemptions_of_a_request"] <= 3
+    assert srpt["resume_tokens"] > 0 and srpt["resume_s"] > 0 and srpt["repredictor"] == "noisy:0.7"
+    assert 0.5 < srpt["repredictor_tau_by_k"]["64"] < 0.9
+    assert s["scheduler"]["repredict_every_tokens"] == 16 and s["aging"]["srpt_threshold_s"] == 1000
+    assert "num_preemptions" not in s["policies"]["ssjf"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--policies", "srpt", "--batching", "static"], "static batch frees no slot"),
+    (["--policies", "srpt", "--preempt-margin", "0.5"], "preempt_margin must be >= 1"),
+    (["--policies", "srpt", "--repredictor", "psychic"], "unknown re-predictor"),
+    (["--policies", "srpt", "--srpt-aging-threshold-s", "soon"], "expected seconds >= 0 or 'auto'"),
+])
+def test_bad_srpt_arguments_are_usage_errors(args, message):
+    result = CliRunner().invoke(main, ["simulate", "--trace", "poisson", "--rate", "1", "--num-requests", "10", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_a_live_cluster_refuses_srpt_until_it_can_preempt():
+    from loadgen.options import parse_policies
+
+    assert parse_policies("fcfs,srpt")[1].value == "srpt"
+    with pytest.raises(click.BadParameter, match="does not do yet"):
+        parse_policies("fcfs,srpt", live=True)

@@ -69,3 +69,13 @@ def test_seeded_and_validated():
         remaining_predictions(out, 0, "oracle", seed=0)
     with pytest.raises(ValueError, match="strictly increasing"):
         TauTable((0.0, 0.0), (0.5, 0.6))
+
+
+def test_reads_the_remaining_length_predictors_own_tau_table(tmp_path):
+    # the shape proxy_model.remaining.tau_table writes: JSON keys are strings, one table per predictor
+    doc = {"points": [16, 64, 256], "tau": {"remaining": {"16": 0.55, "64": 0.6, "256": 0.7},
+                                            "prompt_only_minus_k": {"16": 0.4, "64": 0.4, "256": 0.4}}}
+    path = tmp_path / "remaining_tau.json"
+    path.write_text(json.dumps(doc))
+    table = TauTable.load(path)
+    assert table.ks == (16.0, 64.0, 256.0) and table.taus == (0.55, 0.6, 0.7) and table.at(0) == 0.55
