@@ -4,6 +4,9 @@ The config is validated here (``deployments.config.AppConfig``), before any repl
 deployments: ``ingress`` (HTTP), ``proxy`` (length predictions) and ``llm`` (engines, with the
 pinning request router). The central router actor is not a deployment: the first ingress or LLM
 replica to start creates it (a detached named actor); :func:`shutdown_router` removes it.
+
+With ``router.mode: serve-default`` (the baseline) there is no router actor and no proxy pool: the
+``llm`` deployment keeps Serve's default request router, with ``max_ongoing_requests`` at its slots.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from ray.serve.config import BackpressureConfig, RequestRouterConfig
 
-from deployments.config import AppConfig
+from deployments.config import AppConfig, RoutingMode
 from deployments.ingress import Ingress
 from deployments.llm import LLMServer
 from deployments.proxy_pool import ProxyPool
@@ -36,14 +39,18 @@ def build_app(config: dict | None = None):
     """The Serve application for ``config`` (a dict shaped like ``AppConfig``; see docs/serving.md)."""
     cfg = resolve_config(config)
     d = cfg.to_dict()
+    central = cfg.routing_mode is RoutingMode.CENTRAL
+    # serve-default: Serve's own request router (power of two choices on queue length), as a user
+    # who picks Serve without our router gets it.
+    routing = {} if not central else {"request_router_config": RequestRouterConfig(
+        request_router_class=PinnedRequestRouter,
+        request_router_kwargs={"pin_grace_s": cfg.ingress.pin_grace_s},
+    )}
     llm = LLMServer.options(
         num_replicas=cfg.llm.num_replicas,
-        max_ongoing_requests=cfg.llm.serve_max_ongoing_requests,
+        max_ongoing_requests=cfg.llm_max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.llm.num_cpus, "num_gpus": cfg.llm.num_gpus},
-        request_router_config=RequestRouterConfig(
-            request_router_class=PinnedRequestRouter,
-            request_router_kwargs={"pin_grace_s": cfg.ingress.pin_grace_s},
-        ),
+        **routing,
         # check_health runs the engine's checks and the stall watchdog (llm.stall_timeout_s); Serve
         # replaces a replica after 3 failures in a row. The check itself is cheap: the long timeout
         # allows for an event loop slowed by a CPU-bound engine (and model loading) on a busy box; a
@@ -54,7 +61,8 @@ def build_app(config: dict | None = None):
         # time: a bound on the calls its handle may queue (beyond it: BackPressureError, a 503).
         max_queued_requests=cfg.ingress.max_in_flight,
     ).bind(d)
-    proxy = ProxyPool.options(
+    # The baseline predicts nothing: it neither deploys nor waits for the proxy pool.
+    proxy = None if not central else ProxyPool.options(
         num_replicas=cfg.proxy.num_replicas,
         max_ongoing_requests=max(64, 4 * cfg.proxy.max_batch_size),
         ray_actor_options={"num_cpus": cfg.proxy.num_cpus, "num_gpus": cfg.proxy.num_gpus},

@@ -41,6 +41,24 @@ class PredictorKind(enum.Enum):
         return parse_enum(cls, name, "predictor")
 
 
+class RoutingMode(enum.Enum):
+    """Who decides when and where each request runs.
+
+    ``central``: the router actor (``router.policy``: FCFS, SSJF, ...) queues every request and
+    dispatches it to a replica; the call is pinned there. ``serve-default``: no router actor and no
+    proxy pool: the ingress calls the LLM deployment through Ray Serve's own request router (power of
+    two choices on the replicas' queue lengths), and each replica runs what reaches it in arrival
+    order. The baseline that ``ssjf-cluster bench --policies serve-default,...`` compares against
+    (docs/routing.md, "Baseline: Ray Serve's default routing")."""
+
+    CENTRAL = "central"
+    SERVE_DEFAULT = "serve-default"
+
+    @classmethod
+    def parse(cls, name) -> RoutingMode:
+        return parse_enum(cls, name, "router.mode")
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
@@ -67,6 +85,7 @@ RouterKnobs = scheduler_knobs("RouterKnobs", module=__name__, exclude=("batching
 class RouterSettings(RouterKnobs):
     """The central router actor: the scheduling core's knobs (:data:`RouterKnobs`) plus the actor's own."""
 
+    mode: str = field(default="central", metadata={"help": "central: the router actor orders (router.policy) and places every request; serve-default: no router actor and no proxy pool, Ray Serve's default request router (power of two on queue length) places each call and every replica runs its calls in arrival order, up to llm.max_ongoing_requests at once (default: its slots); the other router knobs are then unused. The baseline of ssjf-cluster bench (docs/routing.md)."})
     retry_after_s: float = field(default=1.0, metadata={"help": "Retry-After (seconds) sent with a 429 (queue full) or a 503 (no replica)."})
     replica_timeout_s: float = field(default=15.0, metadata={"help": "A replica silent for this long (no heartbeat) is dropped and its queue moves elsewhere."})
     lease_s: float = field(default=30.0, metadata={"help": "A dispatched request that its replica has not reported running within this long is freed (its ingress died)."})
@@ -77,6 +96,7 @@ class RouterSettings(RouterKnobs):
     resources: dict[str, float] | None = field(default=None, metadata={"help": "Custom resources the router actor asks for, to place it (e.g. {router_node: 0.01}: the head of ray_cluster.yaml)."})
 
     def __post_init__(self):
+        RoutingMode.parse(self.mode)
         policy = Policy.parse(self.policy)
         _check(policy is not Policy.ORACLE,
                "policy 'oracle' needs the true lengths: it exists only in the simulator; choose fcfs, ssjf or ssjf-aging")
@@ -145,7 +165,7 @@ class LLMSettings:
     time_scale: float = field(default=1.0, metadata={"help": "replay: multiplies every emulated iteration time (0.01 runs 100x faster)."})
     num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per LLM replica."})
     num_gpus: float = field(default=0.0, metadata={"help": "GPUs per LLM replica (deepspeed TP: tensor_parallel)."})
-    max_ongoing_requests: int | None = field(default=None, metadata={"help": "Serve's cap of calls in flight per replica; default 4 x slots + 8 (the router, not Serve, admits work)."})
+    max_ongoing_requests: int | None = field(default=None, metadata={"help": "Serve's cap of calls in flight per replica. router.mode central: above the slots, default 4 x slots + 8 (the router, not Serve, admits work). serve-default: at least the slots, default the slots (calls past them wait in Serve's queue, in arrival order)."})
     heartbeat_s: float = field(default=1.0, metadata={"help": "How often a replica (re-)registers with the router actor."})
     stall_timeout_s: float = field(default=45.0, metadata={"help": "Engine watchdog: a replica that runs requests and gets no output from its engine for this long is stalled: it stops heartbeating (the router drops it after router.replica_timeout_s) and fails Serve's health check (Serve replaces it). Keep it below ingress.first_token_timeout_s, so a request stuck on a hung engine trips it before the ingress gives up on that request."})
     health_check_period_s: float = field(default=5.0, metadata={"help": "Serve's health check period of the LLM replicas (engine health and the stall watchdog); Serve replaces a replica after 3 failed checks in a row."})
@@ -181,8 +201,10 @@ class LLMSettings:
         for name in ("heartbeat_s", "stall_timeout_s", "health_check_period_s"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value > 0, f"llm.{name} must be > 0, got {value!r}")
-        _check(self.max_ongoing_requests is None or self.max_ongoing_requests > self.max_batch,
-               f"llm.max_ongoing_requests must exceed max_batch ({self.max_batch}), got {self.max_ongoing_requests}")
+        # Its bound against the slots depends on router.mode: AppConfig checks it.
+        _check(self.max_ongoing_requests is None or (isinstance(self.max_ongoing_requests, int)
+                                                     and self.max_ongoing_requests >= 1),
+               f"llm.max_ongoing_requests must be an integer >= 1 or None, got {self.max_ongoing_requests!r}")
         if kind is EngineKind.DEEPSPEED:
             _check(batching is not BatchingMode.CONTINUOUS,
                    "llm.engine 'deepspeed' supports batching none or static (transformers' continuous batching "
@@ -198,6 +220,7 @@ class LLMSettings:
 
     @property
     def serve_max_ongoing_requests(self) -> int:
+        """Serve's cap under the central router (:attr:`AppConfig.llm_max_ongoing_requests` for any mode)."""
         return self.max_ongoing_requests or 4 * self.max_batch + 8
 
     def accepts(self, model: str) -> bool:
@@ -277,6 +300,30 @@ class AppConfig:
     def __post_init__(self):
         _check(isinstance(self.name, str) and self.name.replace("-", "").replace("_", "").isalnum(),
                f"name must be letters, digits, '-' or '_', got {self.name!r}")
+        cap, slots = self.llm.max_ongoing_requests, self.llm.max_batch
+        if self.routing_mode is RoutingMode.CENTRAL:
+            # A pinned call to a full replica backs off (up to 0.5 s) in Serve: the router actor admits
+            # work, so Serve's cap must never be what holds a dispatched call back.
+            _check(cap is None or cap > slots,
+                   f"llm.max_ongoing_requests must exceed max_batch ({slots}), got {cap}")
+        else:
+            _check(cap is None or cap >= slots,
+                   f"llm.max_ongoing_requests must be at least max_batch ({slots}) with router.mode serve-default "
+                   f"(fewer leaves slots idle), got {cap}")
+
+    @property
+    def routing_mode(self) -> RoutingMode:
+        return RoutingMode.parse(self.router.mode)
+
+    @property
+    def llm_max_ongoing_requests(self) -> int:
+        """Serve's ``max_ongoing_requests`` of the LLM deployment. Central: above the slots (the router
+        admits work). serve-default: the slots, as a Serve user would set it for an engine with that
+        many (Serve's own default is 5 whatever the engine): Serve then sends a replica no more than
+        it can run, and the rest wait in Serve's queue, handed out oldest first as slots free."""
+        if self.routing_mode is RoutingMode.SERVE_DEFAULT:
+            return self.llm.max_ongoing_requests or self.llm.max_batch
+        return self.llm.serve_max_ongoing_requests
 
     @classmethod
     def from_dict(cls, data: dict | None) -> AppConfig:

@@ -8,6 +8,10 @@
 5. Call that replica (the LLM deployment's request router pins the call there) and stream.
    A replica that dies or bounces the call before output is produced: ask the router again.
 
+``router.mode: serve-default`` (the baseline) skips steps 3 and 4: no prediction, no router; the
+call goes through Serve's default request router, which queues it (oldest first) until a replica
+has a free place. Its queue wait is then the wait for the replica's ``Started``.
+
 No ``from __future__ import annotations`` here: FastAPI must resolve the endpoint annotations.
 """
 
@@ -26,7 +30,7 @@ from starlette.requests import ClientDisconnect
 
 from deployments.admission import AdmissionGate, InFlightLimit
 from deployments.auth import ApiKeyAuth, refuse_serve_hints
-from deployments.config import AppConfig, EngineKind
+from deployments.config import AppConfig, EngineKind, RoutingMode
 from deployments.deadlines import Deadline, RunDeadlines, timeout_error
 from deployments.engines.base import Delta, FinishReason, GenerationRequest, Misrouted, Started
 from deployments.metrics import IngressMetrics, MetricsPublisher, get_metrics_store
@@ -125,6 +129,28 @@ def _internal_error(error: Exception) -> APIError:
                     type="server_error", code="internal_error")
 
 
+class _ServeLLMStatus:
+    """serve-default's view of the LLM replicas: how many Serve's controller reports running
+    (``serve.status()``, a blocking controller call, run in a thread), read at most once per
+    ``max_age_s`` so that frequent probes do not load the controller."""
+
+    def __init__(self, max_age_s: float = 1.0, timeout_s: float = 2.0):
+        self.max_age_s = max_age_s
+        self.timeout_s = timeout_s
+        self._value: int | None = None
+        self._at = -math.inf
+
+    async def running_replicas(self) -> int:
+        if self._value is not None and time.monotonic() - self._at < self.max_age_s:
+            return self._value
+        context = serve.get_replica_context()
+        status = await asyncio.wait_for(asyncio.to_thread(serve.status), timeout=self.timeout_s)
+        llm = status.applications[context.app_name].deployments["llm"]
+        self._value = int(llm.replica_states.get("RUNNING", 0))
+        self._at = time.monotonic()
+        return self._value
+
+
 @dataclasses.dataclass(frozen=True)
 class Restart:
     """A non-streaming request starts over on another replica (its replica died): drop its output so far."""
@@ -141,7 +167,11 @@ class _Run:
         self.restart_after_output = restart_after_output
         self.finished = False
         self.replica_id: str | None = None
+        # No router (serve-default): Serve's request router queues the call itself, and the replica's
+        # Started is the dispatch (the ingress is the only enqueuer in central mode).
+        self.central = ingress.enqueuer is not None
         self.dispatched_at: float | None = None
+        self.called_at: float | None = None  # the call left the ingress
         self.started_at: float | None = None
         self.router_s = 0.0  # time inside router calls (queue wait included): the benchmark reads it
         self.num_retries = 0
@@ -218,16 +248,19 @@ class _Run:
         gen = None
         try:
             while True:
-                dispatched = await self._wait(self._dispatch(requeue=attempt > 0), None)
-                gen = self._call(dispatched)
-                self.deadlines.dispatched()
+                if self.central:
+                    dispatched = await self._wait(self._dispatch(requeue=attempt > 0), None)
+                    gen = self._call(dispatched)
+                    self.deadlines.dispatched()
+                else:
+                    gen = self._call_serve(attempt)
                 produced = False
                 try:
                     await self._first_chunk(gen)
                     if not started:
                         started = True
                         self.started_at = time.time()
-                        yield Started(dispatched.replica_id)
+                        yield Started(self.replica_id)
                     while True:
                         try:
                             delta: Delta = await self._wait(gen.__anext__(), True)
@@ -256,12 +289,13 @@ class _Run:
             if not self.finished:
                 if gen is not None:
                     gen.cancel()
-                self.ingress.reporter.report(Report.cancel(self.meta.request_id))
+                if self.central:
+                    self.ingress.reporter.report(Report.cancel(self.meta.request_id))
 
     def _call(self, dispatched: Dispatched):
         """Start the stream on the dispatched replica (the LLM deployment's request router pins it there)."""
         self.replica_id = dispatched.replica_id
-        self.dispatched_at = time.time()
+        self.dispatched_at = self.called_at = time.time()
         # The run names its dispatch: the replica's reports and heartbeats carry the attempt.
         changes = {"attempt": dispatched.attempt}
         if dispatched.batch_id is not None:
@@ -269,12 +303,24 @@ class _Run:
         request = dataclasses.replace(self.request, **changes)
         return self.ingress.llm.generate.remote(request, target_replica_id=dispatched.replica_id)
 
+    def _call_serve(self, attempt: int):
+        """serve-default: start the stream wherever Serve's default request router sends it."""
+        self.replica_id = None
+        self.called_at = time.time()
+        return self.ingress.llm.generate.remote(dataclasses.replace(self.request, attempt=attempt))
+
     async def _first_chunk(self, gen) -> None:
-        """Wait for the replica's first chunk (its Started); :class:`_Retry` if it is late or bounced."""
+        """Wait for the replica's first chunk (its Started); :class:`_Retry` if it is late or bounced.
+        serve-default: the call waits in Serve's queue until then, bounded by the request deadline
+        only (a queue is no fault); the first-token clock starts at the Started."""
         try:
-            first = await self._wait(gen.__anext__(), False)
+            first = await self._wait(gen.__anext__(), False if self.central else None)
         except StopAsyncIteration:
             raise _Retry("stream_ended_early") from None
+        if not self.central and isinstance(first, Started):
+            self.replica_id = first.replica_id
+            self.dispatched_at = time.time()
+            self.deadlines.dispatched()
         if isinstance(first, Misrouted):
             # Serve has not listed the pinned replica for ingress.pin_grace_s: it is gone (a lost
             # node) or not yet visible here. Either way the router should stop choosing it until
@@ -286,7 +332,7 @@ class _Run:
         """Record a failed try (``attempt`` counts it); raises the client's error when no retry is allowed."""
         ing = self.ingress
         cfg = ing.cfg.ingress
-        if retry.drop_replica:
+        if retry.drop_replica and self.central and self.replica_id is not None:
             ing.reporter.report(Report.remove_replica(self.replica_id))
         ing.metrics.retries.labels(retry.reason).inc()
         if produced and not self.restart_after_output:
@@ -314,15 +360,23 @@ class Ingress:
         self.renderer = await asyncio.to_thread(PromptRenderer.from_config, self.cfg)
         self.preparer = RequestPreparer(self.cfg, self.renderer)
         r = self.cfg.router
-        self.router = RouterClient(
-            self.cfg.router_actor_name, r.namespace, self.cfg.scheduler_config().to_dict(), max_restarts=r.max_restarts,
-            actor_kwargs=dict(retry_after_s=r.retry_after_s, replica_timeout_s=r.replica_timeout_s,
-                              lease_s=r.lease_s, orphan_timeout_s=r.orphan_timeout_s),
-            resources=r.resources,
-        )
-        await self.router.handle.ping.remote()  # create it now, so replicas find it at once
-        self.enqueuer = BatchedEnqueuer(self.router)
-        self.reporter = Reporter(self.router)
+        self.central = self.cfg.routing_mode is RoutingMode.CENTRAL
+        # serve-default: no router actor is created (nor its client, enqueuer, reporter).
+        self.router: RouterClient | None = None
+        self.enqueuer: BatchedEnqueuer | None = None
+        self.reporter: Reporter | None = None
+        if self.central:
+            self.router = RouterClient(
+                self.cfg.router_actor_name, r.namespace, self.cfg.scheduler_config().to_dict(),
+                max_restarts=r.max_restarts,
+                actor_kwargs=dict(retry_after_s=r.retry_after_s, replica_timeout_s=r.replica_timeout_s,
+                                  lease_s=r.lease_s, orphan_timeout_s=r.orphan_timeout_s),
+                resources=r.resources,
+            )
+            await self.router.handle.ping.remote()  # create it now, so replicas find it at once
+            self.enqueuer = BatchedEnqueuer(self.router)
+            self.reporter = Reporter(self.router)
+        self._llm_status = _ServeLLMStatus()
         self.fallback = heuristic_predictor()
         self.metrics = IngressMetrics()
         ADMISSION.configure(self.cfg.ingress.max_in_flight, self.cfg.router.retry_after_s, on_reject=self._rejected)
@@ -358,6 +412,8 @@ class Ingress:
 
     @app.get("/healthz")
     async def healthz(self):
+        if not self.central:
+            return await self._serve_healthz()
         try:
             snap = await asyncio.wait_for(self.router.handle.snapshot.remote(), timeout=2.0)
         except Exception as e:
@@ -377,8 +433,9 @@ class Ingress:
                 self.metrics.requests.labels("metrics", str(e.status)).inc()
                 return error_response(e)
         try:
-            snap = await asyncio.wait_for(self.router.handle.snapshot.remote(), timeout=1.0)
-            self.metrics.observe_router(snap)
+            if self.central:  # serve-default has no router, and no router gauges
+                snap = await asyncio.wait_for(self.router.handle.snapshot.remote(), timeout=1.0)
+                self.metrics.observe_router(snap)
         except Exception:
             pass  # the counters matter more than the router's gauges
         # Every ingress replica's counters summed (deployments/metrics.py): Serve spreads scrapes over
@@ -389,6 +446,15 @@ class Ingress:
                                            code="metrics_unavailable"))
         body, content_type = self.metrics.render(total)
         return Response(content=body, media_type=content_type)
+
+    async def _serve_healthz(self):
+        """serve-default: the LLM replicas Serve's controller reports running (there is no router to ask)."""
+        try:
+            num_replicas = await self._llm_status.running_replicas()
+        except Exception as e:
+            logger.warning("healthz: Serve's controller did not answer: %r", e)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return {"status": "ok", "mode": RoutingMode.SERVE_DEFAULT.value, "num_replicas": num_replicas}
 
     def _rejected(self, path: str) -> None:
         """Count a request refused at admission (ingress.max_in_flight) under its endpoint."""
@@ -465,7 +531,8 @@ class Ingress:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             return error_response(e)
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        predicted = await self._predict(parsed.conversation, parsed.model)
+        # serve-default orders nothing by length: no prediction (0 stands in; no router reads it).
+        predicted = await self._predict(parsed.conversation, parsed.model) if self.central else 0.0
         meta = RequestMeta(rid, parsed.model, prompt.num_tokens, predicted, max_tokens, t0)
         request = GenerationRequest(
             request_id=rid, prompt=prompt.text, max_tokens=max_tokens, num_prompt_tokens=prompt.num_tokens,
@@ -480,11 +547,14 @@ class Ingress:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             return error_response(e)
         self.metrics.queue_wait.observe(run.dispatched_at - t0)
-        self.metrics.predicted.observe(predicted)
-        headers = {"x-ssjf-request-id": rid, "x-replica-id": run.replica_id or "", "x-predicted-tokens": f"{predicted:.1f}",
-                   # Where the time to start went: router calls, then routing the pinned call to its start.
+        headers = {"x-ssjf-request-id": rid, "x-replica-id": run.replica_id or "",
+                   # Where the time to start went: router calls, then routing the call to its start
+                   # (serve-default: Serve's queue and routing, no router calls).
                    "x-ssjf-router-ms": f"{run.router_s * 1e3:.3f}",
-                   "x-ssjf-start-ms": f"{(run.started_at - run.dispatched_at) * 1e3:.3f}"}
+                   "x-ssjf-start-ms": f"{(run.started_at - run.called_at) * 1e3:.3f}"}
+        if self.central:
+            self.metrics.predicted.observe(predicted)
+            headers["x-predicted-tokens"] = f"{predicted:.1f}"
         if parsed.stream:
             return StreamingResponse(self._sse(parsed, rid, prompt.num_tokens, run, events, t0, endpoint),
                                      media_type="text/event-stream", headers=headers)

@@ -6,6 +6,10 @@ heartbeats (which also re-registers it after a router restart). Every call is pi
 run. When a request ends the replica reports it (actual tokens) so the router frees the slot and
 dispatches the next job; a cancelled call (the client left) frees its slot the same way.
 
+With ``router.mode: serve-default`` there is no router: the replica neither registers, heartbeats
+nor reports; Serve's own request router sends it calls (at most ``max_ongoing_requests``, its slots
+by default) and its engine runs them in arrival order.
+
 Every run carries the router's dispatch ``attempt``: the replica keys its runs by (request id,
 attempt), names the attempt in each report (so a late report of an abandoned attempt cannot free
 the slot of the request's next one) and lists its runs in every heartbeat, so a router that
@@ -22,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from ray import serve
 
-from deployments.config import AppConfig
+from deployments.config import AppConfig, RoutingMode
 from deployments.engines import GenerationRequest, Misrouted, Started, build_engine
 from deployments.engines.base import StallWatchdog
 from router.actor import Reporter, RouterClient
@@ -42,19 +47,25 @@ class LLMServer:
         self.engine = build_engine(cfg.llm)
         await self.engine.start()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.router = RouterClient(
-            cfg.router_actor_name, cfg.router.namespace, cfg.scheduler_config().to_dict(),
-            max_restarts=cfg.router.max_restarts,
-            actor_kwargs=dict(retry_after_s=cfg.router.retry_after_s, replica_timeout_s=cfg.router.replica_timeout_s,
-                              lease_s=cfg.router.lease_s, orphan_timeout_s=cfg.router.orphan_timeout_s),
-            resources=cfg.router.resources,
-        )
-        self.reporter = Reporter(self.router)
         self.running: dict[tuple[str, int], GenerationRequest] = {}  # (request_id, attempt) -> its request
         self.watchdog = StallWatchdog(cfg.llm.stall_timeout_s)
         self._stall_logged = False
-        await self._register()
-        self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        # serve-default: no router to create, tell or heartbeat (a stalled engine still fails
+        # check_health, and Serve replaces the replica).
+        self.router: RouterClient | None = None
+        self.reporter: Reporter | None = None
+        self._heartbeat: asyncio.Task | None = None
+        if cfg.routing_mode is RoutingMode.CENTRAL:
+            self.router = RouterClient(
+                cfg.router_actor_name, cfg.router.namespace, cfg.scheduler_config().to_dict(),
+                max_restarts=cfg.router.max_restarts,
+                actor_kwargs=dict(retry_after_s=cfg.router.retry_after_s, replica_timeout_s=cfg.router.replica_timeout_s,
+                                  lease_s=cfg.router.lease_s, orphan_timeout_s=cfg.router.orphan_timeout_s),
+                resources=cfg.router.resources,
+            )
+            self.reporter = Reporter(self.router)
+            await self._register()
+            self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         logger.info("LLM replica %s up: engine %s, %d slots", self.replica_id, self.engine.kind, self.engine.num_slots)
 
     def running_runs(self) -> list[Running]:
@@ -111,7 +122,8 @@ class LLMServer:
                 if delta.finish_reason is not None:
                     # Report before the last chunk leaves: the next job starts while it travels.
                     report = None
-                    self.reporter.report(Report.complete(rid, num_tokens, attempt=attempt))
+                    if self.reporter is not None:
+                        self.reporter.report(Report.complete(rid, num_tokens, attempt=attempt))
                 yield delta
         except Exception:
             report = Report.fail(rid, attempt=attempt)
@@ -120,18 +132,29 @@ class LLMServer:
             self.watchdog.end()
             if self.running.get(key) is request:
                 del self.running[key]
-            if report is not None:
+            if report is not None and self.reporter is not None:
                 self.reporter.report(report)
 
     def check_health(self) -> None:
         self.engine.check_health()
         self.watchdog.check()
 
+    def state(self, target_replica_id: str | None = None) -> dict:
+        """What this replica runs now, for fault drills and tests: its id, process id and runs (the
+        router's view is derived from heartbeats; this is the replica's own). Called through a Serve
+        handle, pinned like ``generate`` by ``target_replica_id``; a call that reached another replica
+        says so (``misrouted``) rather than answer for the wrong one."""
+        if target_replica_id is not None and target_replica_id != self.replica_id:
+            return {"replica_id": self.replica_id, "misrouted": True}
+        return {"replica_id": self.replica_id, "pid": os.getpid(), "num_running": len(self.running),
+                "runs": self.running_runs(), "stalled_for": self.watchdog.stalled_for()}
+
     async def __del__(self):
         # A graceful stop (downscale, redeploy): hand the queue to the other replicas now.
         try:
-            self._heartbeat.cancel()
-            self.router.handle.remove_replica.remote(self.replica_id)
+            if self.router is not None:
+                self._heartbeat.cancel()
+                self.router.handle.remove_replica.remote(self.replica_id)
             await self.engine.stop()
         except Exception:
             pass

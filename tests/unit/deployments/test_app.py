@@ -23,3 +23,19 @@ def test_queues_are_bounded_and_the_llm_health_check_follows_the_config():
     backpressure = ingress._deployment_config.backpressure_config
     assert (backpressure.status_code, backpressure.retry_after_s) == (429, 3.0)
     assert llm._deployment_config.health_check_period_s == 2.5
+
+
+def test_serve_default_mode_keeps_serves_own_request_router_and_drops_the_proxy_pool():
+    """The baseline is what a Serve user gets: the default request router (power of two on queue length)
+    and at most the engine's slots in flight per replica, so the rest queue in Serve in arrival order."""
+    llm_cfg = {"engine": "replay", "batching": "continuous", "max_batch": 3}
+    central = _deployments(build_app({"llm": llm_cfg}))
+    baseline = _deployments(build_app({"llm": llm_cfg, "router": {"mode": "serve-default"}}))
+    assert central["llm"]._deployment_config.request_router_config.request_router_class.endswith("PinnedRequestRouter")
+    assert baseline["llm"]._deployment_config.request_router_config.request_router_class.endswith(
+        "PowerOfTwoChoicesRequestRouter")
+    assert central["llm"].max_ongoing_requests == 4 * 3 + 8 and baseline["llm"].max_ongoing_requests == 3
+    assert "proxy" in central and "proxy" not in baseline
+    # A Serve user may let more calls in than slots (the engine then queues them in arrival order).
+    wider = _deployments(build_app({"llm": {**llm_cfg, "max_ongoing_requests": 8}, "router": {"mode": "serve-default"}}))
+    assert wider["llm"].max_ongoing_requests == 8

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.config import AppConfig, LLMSettings, describe
+from deployments.config import AppConfig, LLMSettings, RoutingMode, describe
 from deployments.predictors import MarkerPredictor, heuristic_predictor, load_predictor
 from router.config import BatchingMode
 
@@ -35,6 +35,9 @@ def test_defaults_build_a_scheduler_config():
     ({"llm": {"engine": "deepspeed", "batching": "continuous"}}, ["deepspeed", "continuous"]),
     ({"llm": {"engine": "hf", "served_models": ["*"]}}, ["'*'", "replay"]),
     ({"llm": {"max_batch": 4, "max_ongoing_requests": 4}}, ["max_ongoing_requests", "4"]),
+    ({"router": {"mode": "serve-default"}, "llm": {"max_batch": 4, "max_ongoing_requests": 3}},
+     ["max_ongoing_requests", "3", "serve-default"]),
+    ({"router": {"mode": "pow2"}}, ["'pow2'", "central, serve-default"]),
     ({"proxy": {"predictor": "oracle"}}, ["'oracle'", "heuristic"]),
     ({"proxy": {"timeout_s": 0}}, ["proxy.timeout_s", "0"]),
     ({"ingress": {"max_retries": -1}}, ["max_retries", "-1"]),
@@ -45,6 +48,18 @@ def test_bad_values_fail_with_the_value_in_the_message(data, words):
         AppConfig.from_dict(data)
     for w in words:
         assert w in str(e.value)
+
+
+def test_routing_mode_sets_serves_cap_of_calls_per_replica():
+    central = AppConfig.from_dict({"llm": {"max_batch": 4}})
+    assert central.routing_mode is RoutingMode.CENTRAL and central.llm_max_ongoing_requests == 4 * 4 + 8
+    baseline = AppConfig.from_dict({"router": {"mode": "serve-default"}, "llm": {"max_batch": 4}})
+    assert baseline.routing_mode is RoutingMode.SERVE_DEFAULT and baseline.llm_max_ongoing_requests == 4
+    one = AppConfig.from_dict({"router": {"mode": "serve-default"}, "llm": {"batching": "none", "max_batch": 8}})
+    assert one.llm_max_ongoing_requests == 1  # batching none: one slot
+    # As many as the slots is a full replica in serve-default, where Serve admits the work.
+    equal = AppConfig.from_dict({"router": {"mode": "serve-default"}, "llm": {"max_batch": 4, "max_ongoing_requests": 4}})
+    assert equal.llm_max_ongoing_requests == 4
 
 
 def test_batching_none_means_one_slot():

@@ -226,3 +226,86 @@ def test_a_request_queued_past_its_deadline_is_a_504_and_its_place_is_cancelled(
         asyncio.run(_collect(run))
     assert exc.value.status == 504 and exc.value.code == "request_timeout"
     assert router.events == [Report.cancel("r1")]
+
+
+# ---- router.mode serve-default: no router, Serve's own request router ------------------------------
+class ServeQueue:
+    """``llm.generate.remote(request)`` with no target, as the ingress calls it in serve-default: Serve's
+    default request router picks the replica. Each call in turn: ``"died"`` (the replica died before
+    the call ran), or a replica id that starts it once ``admit`` is set (until then it waits in Serve's queue)."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests = []
+        self.cancelled = 0
+        self.admit = asyncio.Event()
+
+    def remote(self, request, **kwargs):
+        assert not kwargs, kwargs  # nothing pins the call
+        self.requests.append(request)
+        return _ServeCall(self, self.script[len(self.requests) - 1])
+
+
+class _ServeCall:
+    def __init__(self, queue: ServeQueue, outcome: str):
+        self.queue = queue
+        self.outcome = outcome
+        self.chunks = None
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        import ray.exceptions
+
+        if self.chunks is None:
+            if self.outcome == "died":
+                raise ray.exceptions.RayActorError()
+            await self.queue.admit.wait()
+            self.chunks = iter([Started(self.outcome), Delta("hi", 2), Delta("!", 1, FinishReason.STOP)])
+        try:
+            return next(self.chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def cancel(self):
+        self.queue.cancelled += 1
+
+
+def _serve_ingress(queue: ServeQueue, first_chunk_timeout_s=5.0, first_token_timeout_s=5.0):
+    ingress = _ingress(ScriptedRouter(["unused"]), ScriptedReplicas(gone=()), first_token_timeout_s=first_token_timeout_s)
+    ingress.cfg.ingress.first_chunk_timeout_s = first_chunk_timeout_s
+    ingress.enqueuer = ingress.reporter = ingress.router = None  # serve-default: none of them exist
+    ingress.llm = SimpleNamespace(generate=queue)
+    return ingress
+
+
+def test_serve_default_retries_a_dead_replica_through_serve_and_tells_no_router():
+    queue = ServeQueue(["died", "b"])
+    queue.admit.set()
+    run = _Run(_serve_ingress(queue), META, REQUEST, restart_after_output=False)
+    events = asyncio.run(_collect(run))
+    assert events == [Started("b"), Delta("hi", 2), Delta("!", 1, FinishReason.STOP)]
+    assert [r.attempt for r in queue.requests] == [0, 1] and run.replica_id == "b"
+    assert run.num_retries == 1 and run.router_s == 0.0
+
+
+def test_serve_default_waits_in_serves_queue_past_the_first_chunk_deadline():
+    """In serve-default the wait for Started is the queue (Serve holds the call until a replica has a
+    free place): a long queue is no lost call, so the first-chunk and first-token deadlines do not
+    end it; the first-token clock starts at Started."""
+    queue = ServeQueue(["a"])
+    run = _Run(_serve_ingress(queue, first_chunk_timeout_s=0.02, first_token_timeout_s=0.02), META, REQUEST,
+               restart_after_output=False)
+
+    async def main():
+        task = asyncio.ensure_future(_collect(run))
+        await asyncio.sleep(0.2)  # ten times both deadlines
+        assert not task.done()
+        queue.admit.set()
+        return await task
+
+    events = asyncio.run(main())
+    assert events[0] == Started("a") and events[-1].finish_reason is FinishReason.STOP
+    assert len(queue.requests) == 1 and queue.cancelled == 0 and run.num_retries == 0
+    assert run.dispatched_at - run.called_at > 0.15  # the queue wait (0.2 s) ends at Started
