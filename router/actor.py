@@ -424,6 +424,7 @@ class RouterService:
         snap["counters"] = dict(self.counters)
         snap["num_waiters"] = len(self._waiters)
         snap["num_clients"] = len(self._client_seen)
+        snap["client_ids"] = list(self._client_seen)  # the batching clients (ingress replicas) it knows
         snap["started_at"] = self.started_at
         snap["config"] = self.scheduler.config.to_dict()
         if dispatch_log:
@@ -724,7 +725,12 @@ class BatchedEnqueuer:
             reply = asyncio.ensure_future(call.remote(meta))
             await asyncio.wait((reply, verdict), return_when=asyncio.FIRST_COMPLETED)
             if reply.done():
-                return reply.result()
+                answer = reply.result()
+                if isinstance(answer, Dispatched):
+                    # Answered here, not through the outbox: a copy of this run's answer that a later
+                    # resubmit puts there is a duplicate, not an unwanted dispatch to cancel.
+                    self._remember_delivered(meta.request_id, answer.attempt)
+                return answer
             return verdict.result()  # raises RouterUnresponsive
         except Exception as e:
             if RouterClient.is_router_failure(e):
@@ -831,10 +837,14 @@ class BatchedEnqueuer:
                 continue
             fut.set_result(answer)
             if dispatched:
-                delivered[(rid, answer.attempt)] = None
-                if len(delivered) > self._remember:
-                    del delivered[next(iter(delivered))]
+                self._remember_delivered(rid, answer.attempt)
         return unwanted
+
+    def _remember_delivered(self, request_id: str, attempt: int) -> None:
+        delivered = self._delivered
+        delivered[(request_id, attempt)] = None
+        if len(delivered) > self._remember:
+            del delivered[next(iter(delivered))]
 
 
 class Reporter:

@@ -481,6 +481,30 @@ async def test_a_duplicate_dispatch_answer_is_delivered_once_and_never_cancels_t
     assert svc.snapshot()["num_running"] == 4
 
 
+async def test_a_duplicate_of_a_run_answered_by_a_direct_enqueue_never_cancels_it():
+    """A request answered by a direct ``enqueue`` call, then resubmitted while it runs (the fault
+    matrix found it on a live cluster): the outbox's copy of its Dispatched is no unwanted dispatch."""
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    client = FakeClient(svc)
+    enq = BatchedEnqueuer(client, poll_timeout_s=0.01)
+    first = await enq.enqueue(create_meta("a", 5, 1))  # alone: a direct call
+    waiting = [asyncio.create_task(enq.enqueue(create_meta("b", 5, 2)))]  # direct too; waits for the slot
+    await settle()
+    waiting.append(asyncio.create_task(enq.enqueue(create_meta("c", 5, 3))))  # batched: the client polls
+    await until(lambda: "poll" in client.fake.calls, "a poll")
+    svc.submit(enq.client_id, [create_meta("a", 5, 1)])  # "a" again while it runs: its answer again
+    await until(lambda: not svc._outboxes.get(enq.client_id), "the copy polled")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert "report" not in client.fake.calls  # not taken for a dispatch nobody wanted
+    assert svc.scheduler.requests["a"].attempt == first.attempt
+    assert svc.snapshot()["counters"]["cancelled"] == 0
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
 async def test_a_dispatch_nobody_waits_for_is_cancelled_by_its_attempt():
     svc = create_service()
     svc.heartbeat("r1", 1)
