@@ -8,6 +8,11 @@ every policy), and shut down. With ``--sweep-load`` every load of the sweep runs
 cluster before it is torn down; the goodput of a policy is the largest swept load at which the SLO
 holds (and held at every smaller load).
 
+``serve-default`` in ``--policies`` is the baseline a user would pick instead: the same replicas
+with no router actor (``router.mode: serve-default``: Ray Serve's default request router, each
+replica running its calls in arrival order). It is the baseline of the ratios whenever it is listed
+(``--baseline`` chooses another); the baseline runs first.
+
 ``--load`` (a fraction of capacity) needs a known capacity: for the ``replay`` engine it is the
 saturation throughput that ``loadgen.simulator.measure_saturation`` computes for this workload's
 lengths on the config's replicas, batching and engine profile (scaled by ``llm.time_scale``). For
@@ -28,7 +33,7 @@ import click
 import httpx
 
 from cluster.lifecycle import ClusterNotReady, serve_cluster
-from deployments.config import AppConfig
+from deployments.config import AppConfig, RoutingMode
 from loadgen.client import ClientConfig, default_model
 from loadgen.cmd_report import RATIO_KEYS, emit_comparison, format_summary, plot_runs
 from loadgen.cmd_run import RunSettings, build_workload_or_fail, default_out_dir, execute_run
@@ -37,9 +42,13 @@ from loadgen.predictors_sim import predict_table
 from loadgen.results import read_records
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
 from loadgen.summary import compare, fmt, gain, ratio, ratios_to_baseline, summarize
+from router.config import Balancer, SchedulerConfig
 from router.cost_model import EngineProfile
+from router.policies import Policy
 
 DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging"
+# Not a policy of the router: the app with no router at all (router.mode serve-default).
+SERVE_DEFAULT = RoutingMode.SERVE_DEFAULT.value
 SLO_METRICS = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "p90_ttft_s", "p99_ttft_s")
 
 
@@ -68,11 +77,36 @@ def read_app_config(path: str) -> dict:
 
 def config_for_policy(config: dict, policy: str) -> dict:
     """A copy of ``config`` whose router runs ``policy``, under an app name of its own (so a router
-    actor left by another policy's app can never be reused)."""
+    actor left by another policy's app can never be reused). ``serve-default``: no router
+    (``router.mode: serve-default``; its policy field, unused, says FCFS: arrival order)."""
     out = copy.deepcopy(config)
-    out.setdefault("router", {})["policy"] = policy
+    router = out.setdefault("router", {})
+    if policy == SERVE_DEFAULT:
+        router.update(mode=SERVE_DEFAULT, policy=Policy.FCFS.value)
+    else:
+        router.update(mode=RoutingMode.CENTRAL.value, policy=policy)
     out["name"] = f"{config.get('name', 'ssjf')}-{policy}"
     return out
+
+
+def parse_bench_policies(value: str, baseline: str | None) -> list[str]:
+    """``--policies`` (router policies, and ``serve-default``) with the baseline first: ``baseline``
+    if given, else ``serve-default`` when listed, else the first listed."""
+    names = [p.strip() for p in value.split(",") if p.strip()]
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise click.BadParameter(f"policy {name!r} is listed twice", param_hint="--policies")
+        seen.add(name)
+    out = [SERVE_DEFAULT if name == SERVE_DEFAULT else parse_policies(name, live=True)[0].value for name in names]
+    if not out:
+        raise click.BadParameter("give at least one policy", param_hint="--policies")
+    if baseline is None:
+        baseline = SERVE_DEFAULT if SERVE_DEFAULT in out else out[0]
+    if baseline not in out:
+        raise click.BadParameter(f"the baseline {baseline!r} is not in --policies ({', '.join(out)})",
+                                 param_hint="--baseline")
+    return [baseline] + [p for p in out if p != baseline]
 
 
 def validate_config(config: dict) -> AppConfig:
@@ -106,6 +140,22 @@ def replay_profile(app):
                                ("overhead_s", "per_seq_s", "weights_floor_s", "per_token_s", "per_context_token_s")})
 
 
+def simulated_scheduler(app: AppConfig) -> SchedulerConfig:
+    """The scheduling core's model of how ``app`` routes, for ``loadgen.simulator``. Central: the
+    router's own config. serve-default, FCFS with Serve's queue: where a replica takes no more calls
+    than its slots (``max_ongoing_requests`` = slots, the default) the calls wait in one queue that
+    hands them out oldest first as slots free (late binding); above the slots, each call goes at once
+    to the less loaded of two random replicas and waits there in arrival order (power of two, no work
+    stealing). Where the model differs from Serve (docs/routing.md): Serve finds a free slot by
+    probing two replicas with backoff (up to 0.5 s) rather than at once, and compares queue lengths,
+    not predicted work."""
+    sched = app.scheduler_config()
+    if app.routing_mode is RoutingMode.CENTRAL:
+        return sched
+    balancer = Balancer.LATE_BINDING if app.llm_max_ongoing_requests <= sched.max_batch else Balancer.POWER_OF_TWO
+    return replace(sched, policy=Policy.FCFS, balancer=balancer, work_stealing=False, max_queued=None)
+
+
 def replay_capacity(app, table, seed: int) -> dict:
     """Saturation throughput of a replay cluster for this workload's lengths (see module docstring)."""
     # FCFS saturation does not depend on predictions; the oracle's are cheapest.
@@ -128,17 +178,19 @@ def simulator_predictor(app) -> str | None:
     return None  # "marker" reads test prompts; "learned" without its artifact fails in the cluster too
 
 
-def simulate_same(app, table, policies: list[str], seed: int) -> dict | None:
+def simulate_same(apps: dict[str, AppConfig], table, seed: int) -> dict | None:
     """What ``loadgen simulate`` predicts for this very workload, cluster shape, engine profile and
-    predictor, per policy: the yardstick for the live gain. None when the predictor has no match."""
+    predictor, per policy (``apps``: the app each policy runs, in order; :func:`simulated_scheduler`
+    models each): the yardstick for the live gain. None when the predictor has no match."""
+    app = next(iter(apps.values()))
     spec = simulator_predictor(app)
     if spec is None:
         return None
     work = SimWorkload.from_table(table, predict_table(spec, table, seed))
     engine = replay_profile(app)
     summaries = {}
-    for policy in policies:
-        res = simulate(work, replace(app.scheduler_config(), policy=policy), engine, app.llm.num_replicas)
+    for policy, policy_app in apps.items():
+        res = simulate(work, simulated_scheduler(policy_app), engine, app.llm.num_replicas)
         summaries[policy] = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
                                       first_token_at=res.first_token_at, output_tokens=work.output_tokens)
     return {"predictor": spec, "policies": summaries}
@@ -181,7 +233,11 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The cluster: build_app's config dict as YAML/JSON, or a Serve config (first application's args).")
 @click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
-              help="Comma list of fcfs, ssjf, ssjf-aging; the first is the baseline of the ratios.")
+              help="Comma list of fcfs, ssjf, ssjf-aging and serve-default (no router: Ray Serve's default "
+                   "routing, the baseline a user would pick instead).")
+@click.option("--baseline", default=None,
+              help="The policy every other is compared with (ratios of mean and p99 JCT, and of goodput); it "
+                   "runs first [default: serve-default if listed, else the first of --policies].")
 @workload_options(with_temperature=True)
 @click.option("--sweep-load", default=None, metavar="START:STOP:STEP",
               help="Run every load of the sweep per policy and report goodput (needs --slo-jct-s).")
@@ -211,12 +267,12 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="Comparison PNG [default: OUT/compare.png].")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Live progress bar on stderr [default: when stderr is a terminal].")
-def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, stream, concurrency, timeout_s, warmup,
+def bench(config_path, policies, baseline, sweep_load, slo_jct_s, slo_metric, model, stream, concurrency, timeout_s, warmup,
           ready_timeout_s, with_simulation, ray_address, num_cpus, out_dir, plot_path, as_json, progress,
           **workload_kwargs):
     """Start the cluster of --config once per policy, run the identical workload, compare FCFS vs SSJF."""
     opts = WorkloadOptions.from_kwargs(workload_kwargs)
-    policy_names = [p.value for p in parse_policies(policies, live=True)]
+    policy_names = parse_bench_policies(policies, baseline)
     loads = parse_sweep(sweep_load)
     if loads is not None and slo_jct_s is None:
         raise click.UsageError("--sweep-load needs --slo-jct-s (the SLO that defines goodput)")
@@ -225,9 +281,11 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, strea
     base_config = read_app_config(config_path)
     try:
         apps = {p: validate_config(config_for_policy(base_config, p)) for p in policy_names}
+        # The cluster as the central router runs it: its capacity and facts do not depend on which
+        # policies are listed (the same --load is the same rate in every bench).
+        app = validate_config(config_for_policy(base_config, Policy.FCFS.value))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--config") from None
-    app = apps[policy_names[0]]
     engine = app.llm.engine if app is not None else (base_config.get("llm") or {}).get("engine", "hf")
     is_replay = engine == "replay"
     if (opts.load is not None or loads is not None) and not is_replay:
@@ -251,6 +309,11 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, strea
                            progress=sys.stderr.isatty() if progress is None else progress)
     client_config = ClientConfig(url="http://placeholder", stream=stream, timeout_s=timeout_s, max_concurrency=concurrency)
     facts = cluster_facts(base_config, app, config_path, capacity)
+    if SERVE_DEFAULT in apps:
+        serve_model = simulated_scheduler(apps[SERVE_DEFAULT])
+        facts["serve_default"] = {
+            "llm_max_ongoing_requests": apps[SERVE_DEFAULT].llm_max_ongoing_requests,
+            "simulated_as": f"{serve_model.policy.value}, {serve_model.balancer.value}, no work stealing"}
     results: dict[str, list[tuple[float | None, Path, dict]]] = {}
     # Ray prints some messages of its own (raylet errors) on stdout: keep stdout for the result.
     with contextlib.redirect_stdout(sys.stderr):
@@ -259,7 +322,7 @@ def bench(config_path, policies, sweep_load, slo_jct_s, slo_metric, model, strea
                      ready_timeout_s=ready_timeout_s)
     simulated = None
     if with_simulation and is_replay and app is not None:
-        simulated = {load: simulate_same(app, table, policy_names, opts.seed) for load, _, table in workloads}
+        simulated = {load: simulate_same(apps, table, opts.seed) for load, _, table in workloads}
     report_bench(results, loads, facts, workloads, out, plot_path, as_json, slo_metric, slo_jct_s, simulated,
                  target_load=opts.load)
 
@@ -381,6 +444,19 @@ def slowdown_warning(live: dict[str, dict], sim: dict[str, dict], time_scale: fl
             "gains are not those of the emulated engine; raise llm.time_scale or lower the load")
 
 
+def serve_default_warning(facts: dict) -> str | None:
+    """A warning when serve-default ran on a replay engine sped up by ``llm.time_scale`` < 1 with its
+    calls queued in Serve: Serve's request router finds a freed slot only at its next probe (backoff
+    from 25 ms doubling to 0.5 s while every replica is full), wall time that the scale does not shrink,
+    so it weighs more than it would beside the emulated engine at its own speed."""
+    sd, scale = facts.get("serve_default"), facts.get("time_scale")
+    if not sd or scale is None or scale >= 1 or "late-binding" not in sd.get("simulated_as", ""):
+        return None
+    return (f"serve-default ran at llm.time_scale={scale:g}: Serve's routing backoff while every replica is full "
+            f"(25 ms doubling to 0.5 s, RAY_SERVE_ROUTER_RETRY_*) is not scaled, so it weighs about {1 / scale:.0f}x "
+            "more here than beside the emulated engine at full speed; compare at llm.time_scale 1 for the real cost")
+
+
 def goodput(points: list[tuple[float, dict]], metric: str, slo_s: float) -> float | None:
     """The largest load at which the SLO held, with every request completed, at it and every smaller load."""
     best = None
@@ -409,6 +485,33 @@ BENCH_RATIO_KEYS = ("mean_jct_s", "p50_jct_s", "p90_jct_s", "p99_jct_s", "mean_t
                     "mean_jct_long_s", "p99_jct_long_s")
 
 
+# The headline against the baseline: each policy's mean and p99 JCT (per load in a sweep) and goodput.
+HEADLINE_KEYS = ("mean_jct_s", "p99_jct_s")
+
+
+def vs_baseline(summaries: dict[str, dict], good: dict | None = None, baseline: str | None = None) -> dict:
+    """``{policy: {"mean_jct_s": ratio, "p99_jct_s": ratio[, "goodput": ratio]}}`` for every policy but
+    the baseline (default: the first): its value over the baseline's (None where undefined, e.g. a
+    baseline with no goodput). ``good``: :func:`sweep_goodput`'s answer."""
+    baseline = next(iter(summaries)) if baseline is None else baseline
+    out = ratios_to_baseline(summaries, HEADLINE_KEYS, baseline)
+    if good is not None:
+        for p in out:
+            out[p]["goodput"] = ratio(good[p]["rate_rps"], good[baseline]["rate_rps"])
+    return out
+
+
+def _headline(rows: dict, baseline: str) -> list[str]:
+    """Printed lines of :func:`vs_baseline`'s answer."""
+    lines = [f"vs {baseline} (policy / {baseline}; JCT below 1 and goodput above 1 are better):"]
+    for p, r in rows.items():
+        parts = [f"mean JCT {fmt(r.get('mean_jct_s'), '{:.3f}')}", f"p99 JCT {fmt(r.get('p99_jct_s'), '{:.3f}')}"]
+        if "goodput" in r:
+            parts.append(f"goodput {fmt(r['goodput'], '{:.3f}')}")
+        lines.append(f"  {p}: " + ", ".join(parts))
+    return lines
+
+
 def _finish(summary: dict, warnings: list[str], out: Path) -> None:
     """Warnings to stderr and into the summary, which is written to OUT/bench.json."""
     for warning in warnings:
@@ -429,10 +532,11 @@ def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json,
     summary = {
         "workload": spec.to_dict(), "rate_rps": rate, "target_load": target_load,
         "saturation_rps": facts.get("saturation_rps"), "cluster": facts, "policies": summaries,
+        "baseline": baseline, "vs_baseline": vs_baseline(summaries),
         f"ratios_vs_{baseline}": compare(summaries, baseline, keys=BENCH_RATIO_KEYS),
         "results_dirs": {p: str(runs[0][1]) for p, runs in results.items()},
     }
-    warnings = fallback_warnings(summaries)
+    warnings = fallback_warnings(summaries) + [w for w in [serve_default_warning(facts)] if w]
     if sim is not None:
         summary["simulated"] = {**sim, "live_vs_simulated": live_vs_simulated(summaries, sim["policies"])}
         warning = slowdown_warning(summaries, sim["policies"], facts.get("time_scale"))
@@ -443,6 +547,8 @@ def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json,
         click.echo(json.dumps({**summary, "plot": str(png)}, indent=2, default=str))
         return
     emit_comparison(tables, summaries, ratios_to_baseline(summaries, RATIO_KEYS), False, png)
+    if len(summaries) > 1:
+        click.echo("\n" + "\n".join(_headline(summary["vs_baseline"], baseline)))
     if sim is not None:
         click.echo(f"\nsimulated, same workload (predictor {sim['predictor']}), mean JCT gain over {baseline}:")
         for policy, row in summary["simulated"]["live_vs_simulated"].items():
@@ -458,7 +564,8 @@ def _at_load(results, load) -> dict[str, dict]:
 
 
 def sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated: dict) -> dict:
-    """Per policy: the live goodput (load and rate) and, where every load was simulated, the simulated one."""
+    """Per policy: the live goodput (load and rate) and, where every load was simulated, the simulated one.
+    The first policy is the baseline: the others' goodput rate over its (``ratio_vs_baseline``)."""
     good = {}
     for p, runs in results.items():
         g = goodput([(load, s) for load, _, s in runs], slo_metric, slo_jct_s)
@@ -466,6 +573,9 @@ def sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated: 
         if simulated and all(simulated.get(load) for load in loads):
             good[p]["load_simulated"] = goodput([(load, simulated[load]["policies"][p]) for load in loads],
                                                 slo_metric, slo_jct_s)
+    baseline = next(iter(good), None)
+    for p in list(good)[1:]:
+        good[p]["ratio_vs_baseline"] = ratio(good[p]["rate_rps"], good[baseline]["rate_rps"])
     return good
 
 
@@ -479,9 +589,19 @@ def report_sweep(results, loads, facts, spec, spec_rates, out: Path, as_json, sl
     sweep = {p: [{"load": load, "rate_rps": spec_rates[load], "results_dir": str(d), **s} for load, d, s in runs]
              for p, runs in results.items()}
     good = sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated)
+    baseline = next(iter(results))
+    # Mean and p99 per load, goodput over the sweep: each policy against the baseline.
+    versus = {p: {key: {} for key in HEADLINE_KEYS} for p in list(results)[1:]}
+    for load in loads:
+        for p, r in vs_baseline(_at_load(results, load)).items():
+            for key in HEADLINE_KEYS:
+                versus[p][key][f"{load:g}"] = r[key]
+    for p in versus:
+        versus[p]["goodput"] = good[p]["ratio_vs_baseline"]
     summary = {"workload": spec.to_dict(), "cluster": facts, "saturation_rps": facts.get("saturation_rps"),
-               "slo": {"metric": slo_metric, "max_s": slo_jct_s}, "goodput": good, "sweep": sweep}
-    warnings = []
+               "slo": {"metric": slo_metric, "max_s": slo_jct_s}, "baseline": baseline, "goodput": good,
+               "vs_baseline": versus, "sweep": sweep}
+    warnings = [w for w in [serve_default_warning(facts)] if w]
     for load in loads:
         sim = simulated.get(load)
         per = _at_load(results, load)
@@ -501,5 +621,7 @@ def report_sweep(results, loads, facts, spec, spec_rates, out: Path, as_json, sl
         line = "none" if g["load"] is None else f"load {g['load']:g} = {g['rate_rps']:.3f} req/s"
         if "load_simulated" in g:
             line += f" (simulated: {'none' if g['load_simulated'] is None else format(g['load_simulated'], 'g')})"
+        if "ratio_vs_baseline" in g:
+            line += f"; {fmt(g['ratio_vs_baseline'], '{:.3f}')} x {baseline}'s"
         click.echo(f"  {p}: {line}")
     click.echo(f"results: {out}")

@@ -6,7 +6,7 @@
     python -m cluster.cli local down STATE_FILE
     python -m cluster.cli derive SRC DST [--proxy ARTIFACT] [--set router.aging_threshold_s=30 ...]
                                  [--tls-certfile CERT --tls-keyfile KEY]
-    python -m cluster.cli bench --config CLUSTER.yaml [--policies fcfs,ssjf,ssjf-aging] ...
+    python -m cluster.cli bench --config CLUSTER.yaml [--policies serve-default,fcfs,ssjf,ssjf-aging] ...
 
 ``check`` exits 1 when a Serve config cannot be placed on the cluster, 2 on a usage error.
 """

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cluster.bench import config_for_policy, goodput, parse_sweep, read_app_config
+from cluster.bench import config_for_policy, goodput, parse_bench_policies, parse_sweep, read_app_config
 from cluster.cli import main
 
 REPLAY = {"name": "demo", "llm": {"engine": "replay", "num_replicas": 2, "batching": "none", "time_scale": 0.5},
@@ -17,7 +17,40 @@ REPLAY = {"name": "demo", "llm": {"engine": "replay", "num_replicas": 2, "batchi
 def test_config_for_policy_sets_the_router_policy_and_a_name_of_its_own():
     cfg = config_for_policy(REPLAY, "ssjf-aging")
     assert cfg["router"]["policy"] == "ssjf-aging" and cfg["name"] == "demo-ssjf-aging"
+    assert cfg["router"]["mode"] == "central"
     assert "router" not in REPLAY  # the input is left alone
+
+
+def test_serve_default_is_the_app_with_no_router_and_its_baseline_by_default():
+    from deployments.config import AppConfig, RoutingMode
+
+    cfg = config_for_policy({**REPLAY, "router": {"mode": "serve-default"}}, "ssjf")
+    assert cfg["router"]["mode"] == "central"  # a listed policy always runs on the router
+    base = config_for_policy(REPLAY, "serve-default")
+    assert base["router"] == {"mode": "serve-default", "policy": "fcfs"} and base["name"] == "demo-serve-default"
+    app = AppConfig.from_dict(base)
+    assert app.routing_mode is RoutingMode.SERVE_DEFAULT and app.llm_max_ongoing_requests == 1  # batching none
+    assert parse_bench_policies("fcfs,ssjf,serve-default", None) == ["serve-default", "fcfs", "ssjf"]
+    assert parse_bench_policies("fcfs,ssjf", None) == ["fcfs", "ssjf"]  # as before: the first
+    assert parse_bench_policies("serve-default,fcfs,ssjf", "fcfs") == ["fcfs", "serve-default", "ssjf"]
+
+
+def test_serve_default_is_simulated_as_fcfs_on_serves_queue():
+    """Replicas that take no more calls than their slots leave the queue to Serve, one queue handed out
+    oldest first (late binding); a wider cap sends every call at once to one of two random replicas."""
+    from cluster.bench import simulated_scheduler
+    from deployments.config import AppConfig
+    from router.config import Balancer
+    from router.policies import Policy
+
+    central = AppConfig.from_dict(config_for_policy(REPLAY, "ssjf"))
+    assert simulated_scheduler(central) == central.scheduler_config()
+    slots = simulated_scheduler(AppConfig.from_dict(config_for_policy(REPLAY, "serve-default")))
+    assert (slots.policy, slots.balancer, slots.work_stealing, slots.max_queued) == (
+        Policy.FCFS, Balancer.LATE_BINDING, False, None)
+    wide = {**REPLAY, "llm": {**REPLAY["llm"], "max_ongoing_requests": 4}}
+    wider = simulated_scheduler(AppConfig.from_dict(config_for_policy(wide, "serve-default")))
+    assert (wider.policy, wider.balancer, wider.work_stealing) == (Policy.FCFS, Balancer.POWER_OF_TWO, False)
 
 
 def test_read_app_config_accepts_a_serve_config_or_the_dict(tmp_path):
@@ -75,6 +108,8 @@ def config_file(tmp_path):
     (("--policies", "fcfs,oracle"), "exists only in `loadgen simulate`"),
     (("--policies", "fcfs,lifo"), "unknown policy 'lifo'"),
     (("--policies", "fcfs,fcfs"), "listed twice"),
+    (("--policies", "serve-default,serve-default"), "listed twice"),
+    (("--policies", "fcfs,ssjf", "--baseline", "serve-default"), "not in --policies"),
     (("--sweep-load", "0.3:1.0"), "START:STOP:STEP"),
     (("--sweep-load", "0.9:0.3:0.1"), "START <= STOP"),
     (("--sweep-load", "0.3:1.0:0.1"), "needs --slo-jct-s"),
@@ -102,6 +137,8 @@ def test_bench_rejects_a_bad_config_and_load_without_capacity(config_file):
 def test_simulate_same_and_live_vs_simulated():
     pytest.importorskip("deployments.config")
     pytest.importorskip("proxy_model.predictor")
+    from dataclasses import replace
+
     from cluster.bench import live_vs_simulated, simulate_same
     from deployments.config import AppConfig
     from loadgen.workload import WorkloadSpec, build_workload
@@ -109,7 +146,7 @@ def test_simulate_same_and_live_vs_simulated():
     app = AppConfig.from_dict({"llm": {"engine": "replay", "num_replicas": 1, "batching": "none", "time_scale": 0.01},
                                "proxy": {"predictor": "constant", "constant_tokens": 100}})
     table = build_workload(WorkloadSpec(dataset="arena", trace="poisson", rate=50.0, num_requests=40, seed=2))
-    sim = simulate_same(app, table, ["fcfs", "ssjf"], seed=2)
+    sim = simulate_same({"fcfs": replace(app, router=replace(app.router, policy="fcfs")), "ssjf": app}, table, seed=2)
     assert sim["predictor"] == "constant:100"
     # A constant prediction gives SSJF nothing to sort by: it runs in FCFS order.
     assert sim["policies"]["ssjf"]["mean_jct_s"] == pytest.approx(sim["policies"]["fcfs"]["mean_jct_s"])
@@ -209,3 +246,45 @@ def test_report_bench_compares_policies_and_sweeps_goodput(tmp_path, capsys):
     good = json.loads((tmp_path / "bench.json").read_text())["goodput"]
     assert good["fcfs"]["load"] == 0.5 and good["ssjf"]["load"] == 0.9  # FCFS's p90 broke the 5 s SLO at 0.9
     assert "  ssjf: load 0.9 = 2.000 req/s" in out and "load 0.9 (2.000 req/s):" in out
+
+
+def test_every_policy_is_reported_as_ratios_to_the_serve_default_baseline(tmp_path, capsys):
+    """Mean and p99 JCT as ratios to the baseline in one comparison; per load and goodput in a sweep."""
+    import json
+
+    from cluster.bench import report_bench
+    from loadgen.workload import WorkloadSpec
+
+    spec = WorkloadSpec(dataset="arena", trace="poisson", rate=2.0, num_requests=3)
+    facts = {"engine": "replay", "time_scale": 1.0}
+    base, ssjf = _run_dir(tmp_path, "sd", [4.0, 4.0, 4.0]), _run_dir(tmp_path, "ssjf", [1.0, 2.0, 3.0])
+    report_bench({"serve-default": [(None, *base)], "ssjf": [(None, *ssjf)]}, None, facts, [(None, spec, None)],
+                 tmp_path, None, False, "p90_jct_s", None, None)
+    out, _ = capsys.readouterr()
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["baseline"] == "serve-default"
+    row = bench["vs_baseline"]["ssjf"]
+    assert row["mean_jct_s"] == pytest.approx(0.5) and row["p99_jct_s"] == pytest.approx(2.98 / 4.0)
+    assert bench["ratios_vs_serve-default"]["ssjf"]["mean_jct_s_ratio"] == pytest.approx(0.5)
+    assert "vs serve-default" in out and "ssjf: mean JCT 0.500, p99 JCT 0.745" in out
+
+    sweep = {"serve-default": [(0.5, *base), (0.9, *_run_dir(tmp_path, "sd9", [9.0, 9.0, 9.0]))],
+             "ssjf": [(0.5, *ssjf), (0.9, *_run_dir(tmp_path, "ssjf9", [2.0, 3.0, 4.0]))]}
+    rates = WorkloadSpec(dataset="arena", trace="poisson", rate=3.6, num_requests=3)
+    report_bench(sweep, [0.5, 0.9], facts, [(0.5, spec, None), (0.9, rates, None)], tmp_path, None, False,
+                 "p90_jct_s", 5.0, None)
+    out, _ = capsys.readouterr()
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["goodput"]["ssjf"]["ratio_vs_baseline"] == pytest.approx(3.6 / 2.0)  # load 0.9 vs 0.5
+    versus = bench["vs_baseline"]["ssjf"]
+    assert versus["goodput"] == pytest.approx(1.8) and versus["mean_jct_s"]["0.9"] == pytest.approx(3.0 / 9.0)
+    assert "1.800 x serve-default's" in out
+
+
+def test_serve_default_warning_at_a_sped_up_time_scale():
+    from cluster.bench import serve_default_warning
+
+    queued_in_serve = {"llm_max_ongoing_requests": 1, "simulated_as": "fcfs, late-binding, no work stealing"}
+    assert "50x" in serve_default_warning({"time_scale": 0.02, "serve_default": queued_in_serve})
+    assert serve_default_warning({"time_scale": 1.0, "serve_default": queued_in_serve}) is None
+    assert serve_default_warning({"time_scale": 0.02}) is None  # no serve-default in this bench
