@@ -70,9 +70,13 @@ def build_app(config: dict | None = None):
     return Ingress.options(
         num_replicas=cfg.ingress.num_replicas,
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
-        # The queue at each HTTP proxy when every ingress replica is at max_ongoing_requests: bounded,
-        # answered 429 with Retry-After by Serve itself beyond it (ingress.max_in_flight has the chain).
-        max_queued_requests=cfg.ingress.max_in_flight,
+        # The queue at each HTTP proxy: bounded, answered 429 with Retry-After by Serve itself beyond it
+        # (a plain-text body). Serve counts a request as queued until it is assigned to a replica, so
+        # a burst of simultaneous arrivals counts whole even while every replica has room: below what
+        # the replicas take at once, a burst got Serve's 429 instead of the ingress's OpenAI-style one
+        # (the fault matrix, tests/integration/test_fault_matrix.py). Serve's 429 is for replicas
+        # that are all full (ingress.max_in_flight has the chain).
+        max_queued_requests=cfg.ingress.num_replicas * cfg.ingress.max_ongoing_requests,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=cfg.router.retry_after_s),
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
     ).bind(d, proxy, llm)

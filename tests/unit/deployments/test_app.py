@@ -16,9 +16,13 @@ def _deployments(app) -> dict:
 
 def test_queues_are_bounded_and_the_llm_health_check_follows_the_config():
     d = _deployments(build_app({"llm": {"engine": "replay", "health_check_period_s": 2.5},
-                                "ingress": {"max_in_flight": 77}, "router": {"retry_after_s": 3.0}}))
+                                "ingress": {"max_in_flight": 77, "num_replicas": 2, "max_ongoing_requests": 300},
+                                "router": {"retry_after_s": 3.0}}))
     ingress, llm = d["ingress"], d["llm"]
-    assert ingress.max_queued_requests == 77 and llm.max_queued_requests == 77
+    assert llm.max_queued_requests == 77
+    # Serve counts a request queued until it is assigned: its bound is what the ingress replicas take at
+    # once, so a burst they have room for reaches the ingress (whose own 429 is OpenAI-shaped).
+    assert ingress.max_queued_requests == 2 * 300
     # Past the proxy's queue Serve itself answers 429 with Retry-After, like the ingress's own refusals.
     backpressure = ingress._deployment_config.backpressure_config
     assert (backpressure.status_code, backpressure.retry_after_s) == (429, 3.0)
