@@ -49,7 +49,7 @@ from router.messages import (
     ReportKind,
     Running,
 )
-from router.request import Assignment, RequestMeta, RequestStatus
+from router.request import Assignment, Preemption, RequestMeta, RequestStatus
 from router.scheduler import QueueFullError, Scheduler
 
 logger = logging.getLogger(__name__)
@@ -60,14 +60,17 @@ class RouterService:
 
     Accounting (``counters``; it holds after every call, so once idle with nothing queued or running):
 
-    - runs: ``dispatched + adopted == completed + cancelled + failed + requeued + num_running``. A run
-      begins when a waiter is answered :class:`Dispatched` or a heartbeat reports a run the router
-      does not know (``adopted``); it ends once, as ``completed``, ``cancelled`` (its caller left),
-      ``failed`` (the replica said so, its lease expired (also ``leases_expired``), its replica was
-      removed under it, or its answer went unpolled) or ``requeued`` (its caller saw it never run).
-    - the queue: ``enqueued == dispatched + withdrawn + num_queued``; ``withdrawn`` counts queued
-      requests that left before a run (cancelled, their client gone, answered NoReplica, or
-      dispatched to nobody: the waiter had gone).
+    - runs: ``dispatched + adopted == completed + cancelled + failed + requeued + preempted +
+      num_running``. A run begins when a waiter is answered :class:`Dispatched` or a heartbeat
+      reports a run the router does not know (``adopted``); it ends once, as ``completed``,
+      ``cancelled`` (its caller left), ``failed`` (the replica said so, its lease expired (also
+      ``leases_expired``), its replica was removed under it, or its answer went unpolled),
+      ``requeued`` (its caller saw it never run) or ``preempted`` (``srpt``: :meth:`progress`
+      stopped it; the request waits again).
+    - the queue: ``enqueued + preempted == dispatched + withdrawn + num_queued``; ``withdrawn``
+      counts queued requests that left before a run (cancelled, their client gone, answered
+      NoReplica, dispatched to nobody: the waiter had gone, or a preempted one whose run completed
+      after all: ``preempt_races``).
     - ``stale_reports``: reports naming an attempt the request no longer runs under (a late or
       duplicate report): ignored, so they never count an end twice. ``rejected``: QueueFull and
       NoReplica answers.
@@ -101,7 +104,8 @@ class RouterService:
         self.dispatch_log: deque[DispatchRecord] = deque(maxlen=history)
         self.counters = {"enqueued": 0, "dispatched": 0, "adopted": 0, "completed": 0, "cancelled": 0,
                          "failed": 0, "requeued": 0, "withdrawn": 0, "rejected": 0, "stale_reports": 0,
-                         "replicas_removed": 0, "leases_expired": 0}
+                         "replicas_removed": 0, "leases_expired": 0, "preempted": 0, "preempt_races": 0,
+                         "progress_reports": 0}
 
     # ---- requests ----------------------------------------------------------------------------
     async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> EnqueueAnswer:
@@ -246,6 +250,32 @@ class RouterService:
     def fail(self, request_id: str, attempt: int | None = None) -> None:
         self._end(request_id, ReportKind.FAIL, attempt)
 
+    def progress(self, request_id: str, attempt: int, tokens_done: int, predicted_remaining: float) -> bool:
+        """``srpt``: the run (``request_id``, ``attempt``) has generated ``tokens_done`` tokens and is
+        re-predicted to need ``predicted_remaining`` more (``Scheduler.progress``). True: it is preempted
+        (its replica stops it and reports nothing more for it; the ingress asks again with ``enqueue``,
+        which joins the request's new place in the queue) and the slot went to the candidate. Other
+        policies, a stale attempt, or a request not running here: False, nothing changes."""
+        self.counters["progress_reports"] += 1
+        decisions = self.scheduler.progress(request_id, tokens_done, predicted_remaining, attempt)
+        if not decisions:
+            return False
+        preempted = False
+        assignments = []
+        for d in decisions:
+            if not isinstance(d, Preemption):
+                assignments.append(d)
+                continue
+            preempted = preempted or (d.request_id == request_id and d.attempt == attempt)
+            self.counters["preempted"] += 1
+            self._remember_end(d.request_id, d.attempt)  # a heartbeat still listing it must not adopt it
+            # Its ingress asks again once the replica's stream says so; a dispatch that comes first
+            # waits in this future, which that call then joins (``_to_join``: a running state answers
+            # at once). An ingress that never asks leaves the run to lease expiry, as any lost answer.
+            self._waiters[d.request_id] = asyncio.get_running_loop().create_future()
+        self._apply(assignments)
+        return preempted
+
     def _end(self, request_id: str, kind: ReportKind, attempt: int | None = None,
              num_output_tokens: int | None = None, remember: bool = True) -> bool:
         """End ``request_id`` (a report of ``kind``, or the router's own decision) and count it once.
@@ -259,10 +289,16 @@ class RouterService:
         running = state is not None and state.status is RequestStatus.RUNNING
         if remember and (attempt is not None or running):
             self._remember_end(request_id, state.attempt if attempt is None else attempt)
-        if state is None or (kind is ReportKind.COMPLETE and not running):
+        # srpt: the replica completed the run that a preemption stopped (it never heard the answer of
+        # its progress call): the request is done and leaves the queue it was waiting in again.
+        raced = (kind is ReportKind.COMPLETE and not running and attempt is not None and state is not None
+                 and state.num_preemptions > 0)
+        if state is None or (kind is ReportKind.COMPLETE and not running and not raced):
             if attempt is not None or state is not None:  # a late, duplicate or confused report
                 self.counters["stale_reports"] += 1
             return False
+        if raced:
+            self.counters["preempt_races"] += 1
         if running:
             self.counters[_RUN_ENDS[kind]] += 1
         else:
@@ -503,6 +539,9 @@ class RouterActor:
     async def heartbeat(self, replica_id: str, num_slots: int, running: list[Running] | None = None) -> None:
         self._ensure_sweeper()
         self.service.heartbeat(replica_id, num_slots, running)
+
+    async def progress(self, request_id: str, attempt: int, tokens_done: int, predicted_remaining: float) -> bool:
+        return self.service.progress(request_id, attempt, tokens_done, predicted_remaining)
 
     async def remove_replica(self, replica_id: str) -> None:
         self.service.remove_replica(replica_id)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from router.actor import RouterService
 from router.config import SchedulerConfig
 from router.messages import Cancelled, Dispatched, NoReplica, QueueFull, Report, Running
+from router.request import RequestStatus
 from tests.factories import FakeClock, create_meta
 
 REPLICAS = {"A": 1, "B": 2}
@@ -21,15 +22,17 @@ LEASE_S = 30.0
 
 def check_balanced(svc: RouterService) -> None:
     c, snap = svc.counters, svc.snapshot()
-    runs = c["completed"] + c["cancelled"] + c["failed"] + c["requeued"] + snap["num_running"]
+    runs = c["completed"] + c["cancelled"] + c["failed"] + c["requeued"] + c["preempted"] + snap["num_running"]
     assert c["dispatched"] + c["adopted"] == runs, (c, snap["num_running"])
-    assert c["enqueued"] == c["dispatched"] + c["withdrawn"] + snap["num_queued"], (c, snap["num_queued"])
+    # A preempted request waits again without a new enqueue.
+    assert c["enqueued"] + c["preempted"] == c["dispatched"] + c["withdrawn"] + snap["num_queued"], (c, snap["num_queued"])
 
 
 class World:
     """The ingress (one batching client and direct calls) and the replicas, as the router sees them."""
 
-    def __init__(self):
+    def __init__(self, policy: str = "ssjf"):
+        self.policy = policy
         self.clock = FakeClock(1000.0)
         self.svc = self._router()
         self.client = "ing-0"
@@ -46,8 +49,12 @@ class World:
         self.lost: set[tuple[str, int]] = set()
 
     def _router(self) -> RouterService:
-        return RouterService(SchedulerConfig(policy="ssjf", batching="continuous", max_batch=2, max_queued=12),
-                             clock=self.clock, lease_s=LEASE_S, replica_timeout_s=15.0)
+        # srpt: preempt whenever a waiting request is shorter at all (the fake clock starts far past
+        # the arrivals, so the starvation guard is set out of reach).
+        srpt = dict(preempt_margin=1.0, max_preemptions=2, preempt_min_remaining_tokens=0,
+                    srpt_aging_threshold_s=1e9) if self.policy == "srpt" else {}
+        return RouterService(SchedulerConfig(policy=self.policy, batching="continuous", max_batch=2, max_queued=12,
+                                             **srpt), clock=self.clock, lease_s=LEASE_S, replica_timeout_s=15.0)
 
     def report(self, *reports: Report) -> None:
         self.reports.extend(reports)
@@ -149,7 +156,7 @@ class World:
         unpolled = {(p.request_id, p.answer.attempt) for box in self.svc._outboxes.values() for p in box
                     if isinstance(p.answer, Dispatched)}
         for rid, state in requests.items():
-            if state.attempt is not None:
+            if state.status is RequestStatus.RUNNING:  # (a preempted request waits keeping its attempt)
                 assert ((rid, state.attempt) in self.runs[state.replica_id]
                         or (rid, state.attempt) in unpolled), (rid, state, self.runs)
 
@@ -163,6 +170,19 @@ class World:
                 self.ask(rid, direct=not self.direct and not self.batched)
         elif op == "poll":
             pass
+        elif op in ("progress", "progress_lost") and runs:
+            # A replica reports a run's progress (srpt; other policies ignore it). Preempted: the
+            # replica stops the run and reports nothing more for it, and the ingress streaming it asks
+            # again. progress_lost: the replica never got the answer and completed the run at once.
+            rep, rid, att = runs[a % len(runs)]
+            if self.svc.progress(rid, att, 1 + a, float(b * 5)):
+                if op == "progress_lost":
+                    self.end_run(rep, rid, att, "complete")
+                else:
+                    self.runs[rep].discard((rid, att))
+                    if self.current.get(rid) == att:
+                        del self.current[rid]
+                        self.ask(rid, direct=not self.direct and not self.batched)
         elif op in ("complete", "fail", "cancel") and runs:
             self.end_run(*runs[a % len(runs)], op)
         elif op == "timeout" and self.current:
@@ -257,14 +277,14 @@ class World:
         raise AssertionError(f"the router never went idle: {self.svc.snapshot()}")
 
 
-OPS = ["new", "new", "new", "poll", "complete", "complete", "fail", "cancel", "timeout", "leave", "resubmit",
+OPS = ["new", "new", "new", "poll", "progress", "progress", "progress_lost", "complete", "complete", "fail", "cancel", "timeout", "leave", "resubmit",
        "duplicate", "remove", "heartbeat", "heartbeat", "late_heartbeat", "advance", "ingress_dies",
        "router_restarts", "audit", "audit"]
 STEPS = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 40), st.integers(0, 100)), max_size=80)
 
 
-async def run_world(steps) -> World:
-    world = World()
+async def run_world(steps, policy: str = "ssjf") -> World:
+    world = World(policy)
     for rep in REPLICAS:
         world.heartbeat(rep)
     for op, a, b in steps:
@@ -292,6 +312,30 @@ def test_seeded_random_walks_end_idle_and_reach_the_paths_they_test():
     for _ in range(300):
         steps = [(rng.choice(OPS), rng.randint(0, 40), rng.randint(0, 100)) for _ in range(rng.randint(1, 30))]
         world = asyncio.run(run_world(steps))
+        for k in totals:
+            totals[k] += world.svc.counters[k]
+    assert all(totals.values()), totals
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STEPS)
+def test_random_operations_with_preemption_end_idle_with_balanced_counters(steps):
+    """srpt: progress reports preempt runs (their ingress asks again and joins the request's new place),
+    and a completion that raced its preemption finishes the request; the same invariants hold."""
+    world = asyncio.run(run_world(steps, "srpt"))
+    snap = world.svc.snapshot()
+    assert (snap["num_queued"], snap["num_running"], snap["num_waiters"]) == (0, 0, 0)
+    check_balanced(world.svc)
+
+
+def test_seeded_random_walks_with_preemption_reach_preemptions_and_races():
+    import random
+
+    rng = random.Random(11)
+    totals = dict.fromkeys(["preempted", "preempt_races", "adopted", "requeued", "withdrawn"], 0)
+    for _ in range(300):
+        steps = [(rng.choice(OPS), rng.randint(0, 40), rng.randint(0, 100)) for _ in range(rng.randint(1, 30))]
+        world = asyncio.run(run_world(steps, "srpt"))
         for k in totals:
             totals[k] += world.svc.counters[k]
     assert all(totals.values()), totals
