@@ -96,19 +96,24 @@ class RequestQueue(ABC):
 
 
 class HeapQueue(RequestQueue):
-    """A heap on a static key, with lazy deletion so ``remove`` (cancel, steal) is O(1)."""
+    """A heap on a static key, with lazy deletion so ``remove`` (cancel, steal) is O(1).
+
+    A request removed and queued again (a client that resubmits after the router dropped it) meets
+    its own dead entry, with the same key and id: a push count after the key keeps the two apart, so
+    the heap never compares a request with the None of a dead entry."""
 
     def __init__(self, key: Callable[[RequestMeta], tuple]):
         self._key = key
         self._heap: list[list] = []
         self._entries: dict[str, list] = {}
         self._work = 0.0
+        self._pushes = itertools.count()
 
     def push(self, state: RequestState) -> None:
         rid = state.meta.request_id
         if rid in self._entries:
             raise ValueError(f"request {rid!r} is already queued")
-        entry = [self._key(state.meta), rid, state]
+        entry = [(self._key(state.meta), next(self._pushes)), rid, state]
         self._entries[rid] = entry
         heapq.heappush(self._heap, entry)
         self._work += state.meta.expected_tokens

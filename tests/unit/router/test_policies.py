@@ -191,6 +191,19 @@ def test_cancel_a_queued_request_it_never_runs():
     assert sched.cancel("b") == []  # idempotent
 
 
+@pytest.mark.parametrize("policy", ["fcfs", "ssjf"])
+def test_a_request_cancelled_and_queued_again_meets_its_dead_entry_without_error(policy):
+    """A client the router dropped submits its request again (same id, same arrival): the heap still
+    holds the dead entry of its first stay, with the same key; it must never compare the two."""
+    sched = create_scheduler(policy=policy)
+    sched.enqueue(create_meta("y", 5, 1))
+    sched.enqueue(create_meta("x", 5, 2))
+    sched.cancel("x")
+    sched.enqueue(create_meta("x", 5, 2))
+    assert [a.request_id for a in sched.add_replica("r1")] == ["y"]
+    assert [a.request_id for a in sched.complete("y")] == ["x"]
+
+
 def test_cancel_a_running_request_frees_its_slot_for_the_next():
     clock = FakeClock()
     sched = sched_for("ssjf", clock)
