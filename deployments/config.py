@@ -169,6 +169,8 @@ class LLMSettings:
     heartbeat_s: float = field(default=1.0, metadata={"help": "How often a replica (re-)registers with the router actor."})
     stall_timeout_s: float = field(default=45.0, metadata={"help": "Engine watchdog: a replica that runs requests and gets no output from its engine for this long is stalled: it stops heartbeating (the router drops it after router.replica_timeout_s) and fails Serve's health check (Serve replaces it). Keep it below ingress.first_token_timeout_s, so a request stuck on a hung engine trips it before the ingress gives up on that request."})
     health_check_period_s: float = field(default=5.0, metadata={"help": "Serve's health check period of the LLM replicas (engine health and the stall watchdog); Serve replaces a replica after 3 failed checks in a row."})
+    remaining_predictor: str | None = field(default=None, metadata={"help": "router.policy srpt, hf/deepspeed: a trained remaining-length artifact (proxy_model.remaining, proxy-model train-remaining) that re-predicts a running request's remaining length at each progress point from its prompt and reply so far. None: the prompt-only prediction minus the tokens generated so far. Replay engines use the EMULATED re-predictions a benchmark sends (replay_remaining_predictions, the simulator's calibrated noise), else the same fallback."})
+    progress_timeout_s: float = field(default=1.0, metadata={"help": "router.policy srpt: how long a replica waits for the router's answer to a progress report (preempt or not) while the run streams on; past it the run goes on unpreempted (a preemption the router made meanwhile is undone by the run's completion)."})
     replay_faults: bool = field(default=False, metadata={"help": "replay, tests and fault drills only: honour [[replay:stall:K]] (the request stops after K tokens and holds its slot) and [[replay:fail:K]] (the engine raises after K tokens) in the prompt."})
 
     def __post_init__(self):
@@ -198,7 +200,7 @@ class LLMSettings:
                and (self.max_batch_tokens is None or self.max_batch_tokens >= 1),
                f"llm.kv_pages >= 1 (or None), cb_page_size >= 4 and max_batch_tokens >= 1 (or None) needed, got "
                f"{self.kv_pages}, {self.cb_page_size}, {self.max_batch_tokens}")
-        for name in ("heartbeat_s", "stall_timeout_s", "health_check_period_s"):
+        for name in ("heartbeat_s", "stall_timeout_s", "health_check_period_s", "progress_timeout_s"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value > 0, f"llm.{name} must be > 0, got {value!r}")
         # Its bound against the slots depends on router.mode: AppConfig checks it.

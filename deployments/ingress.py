@@ -7,6 +7,10 @@
    it, with the replica id (queue full: 429 with Retry-After; router restarting: retry).
 5. Call that replica (the LLM deployment's request router pins the call there) and stream.
    A replica that dies or bounces the call before output is produced: ask the router again.
+   ``srpt``: a replica whose run the router preempted ends the stream with ``Preempted``; the
+   request waits for its next dispatch (step 4 again: the enqueue joins its place in the queue,
+   bounded by the request deadline only, like queueing) and resumes there from the tokens it has,
+   so the client sees one stream (text continued, usage counting every token once).
 
 ``router.mode: serve-default`` (the baseline) skips steps 3 and 4: no prediction, no router; the
 call goes through Serve's default request router, which queues it (oldest first) until a replica
@@ -32,7 +36,7 @@ from deployments.admission import AdmissionGate, InFlightLimit
 from deployments.auth import ApiKeyAuth, refuse_serve_hints
 from deployments.config import AppConfig, EngineKind, RoutingMode
 from deployments.deadlines import Deadline, RunDeadlines, timeout_error
-from deployments.engines.base import Delta, FinishReason, GenerationRequest, Misrouted, Started
+from deployments.engines.base import Delta, FinishReason, GenerationRequest, Misrouted, Preempted, Started
 from deployments.metrics import IngressMetrics, MetricsPublisher, get_metrics_store
 from deployments.predictors import heuristic_predictor
 from deployments.prepare import Prepared, RequestPreparer
@@ -52,6 +56,7 @@ from deployments.protocol import (
 from proxy_model.predictor import text_for
 from router.actor import BatchedEnqueuer, Reporter, RouterClient
 from router.messages import Cancelled, Dispatched, NoReplica, QueueFull, Report
+from router.policies import Policy
 from router.request import RequestMeta
 
 logger = logging.getLogger("ray.serve")
@@ -175,6 +180,10 @@ class _Run:
         self.started_at: float | None = None
         self.router_s = 0.0  # time inside router calls (queue wait included): the benchmark reads it
         self.num_retries = 0
+        # srpt: output streamed so far, what a resumed dispatch goes on from after a preemption.
+        self.num_preemptions = 0
+        self.out_tokens = 0
+        self.out_text: list[str] = []
         self.deadlines = RunDeadlines.from_settings(ingress.cfg.ingress, meta.arrival_at, time.time(), time.monotonic)
 
     async def _wait(self, awaitable, started: bool | None):
@@ -244,17 +253,19 @@ class _Run:
         :class:`APIError` (or a retry); whatever ends the run, its call is cancelled (the replica's
         slot frees) and the router told (our cancel names no attempt: it applies in any state)."""
         attempt = 0
+        requeue = False  # the last dispatch never ran: the router forgets that run first
         started = False
         gen = None
         try:
             while True:
                 if self.central:
-                    dispatched = await self._wait(self._dispatch(requeue=attempt > 0), None)
+                    dispatched = await self._wait(self._dispatch(requeue=requeue), None)
                     gen = self._call(dispatched)
                     self.deadlines.dispatched()
                 else:
                     gen = self._call_serve(attempt)
                 produced = False
+                preempted: Preempted | None = None
                 try:
                     await self._first_chunk(gen)
                     if not started:
@@ -266,15 +277,21 @@ class _Run:
                             delta: Delta = await self._wait(gen.__anext__(), True)
                         except StopAsyncIteration:
                             break
+                        if isinstance(delta, Preempted):
+                            preempted = delta
+                            break
                         self.deadlines.output()
                         produced = produced or delta.num_tokens > 0
+                        self.out_tokens += delta.num_tokens
+                        self.out_text.append(delta.text)
                         if delta.finish_reason is not None:
                             # Set before the yield: the consumer may close us right after it.
                             self.finished = True
                             yield delta
                             return
                         yield delta
-                    raise _Retry("stream_ended_early")
+                    if preempted is None:
+                        raise _Retry("stream_ended_early")
                 except Exception as e:
                     retry = _as_retry(e)
                     if retry is None:
@@ -282,15 +299,42 @@ class _Run:
                     gen.cancel()
                     gen = None
                     attempt += 1
+                    requeue = True
                     self._count_retry(retry, produced, attempt)
                     if produced:
+                        self._restart()
                         yield Restart()
+                    continue
+                # Preempted (srpt): the replica stopped the run and reported nothing for it; the router
+                # has the request queued again. Wait for its next dispatch (only the request deadline
+                # runs meanwhile, as for any queued request) and resume there.
+                gen = None
+                requeue = False
+                self._resume(preempted)
         finally:
             if not self.finished:
                 if gen is not None:
                     gen.cancel()
                 if self.central:
                     self.ingress.reporter.report(Report.cancel(self.meta.request_id))
+
+    def _resume(self, preempted: Preempted) -> None:
+        """The next dispatch goes on from the output streamed so far (the replica's count and token
+        ids; the text the client got)."""
+        self.num_preemptions += 1
+        self.ingress.metrics.preemptions.inc()
+        if preempted.tokens_done != self.out_tokens:  # never expected: both count the deltas streamed
+            logger.warning("request %s preempted after %d tokens by its replica's count, %d streamed",
+                           self.meta.request_id, preempted.tokens_done, self.out_tokens)
+        self.request = dataclasses.replace(self.request, resume_tokens=preempted.tokens_done,
+                                           resume_text="".join(self.out_text),
+                                           resume_token_ids=preempted.resume_token_ids)
+
+    def _restart(self) -> None:
+        """A non-streaming request starts over: from no output at all (the collector drops its output)."""
+        self.out_tokens = 0
+        self.out_text = []
+        self.request = dataclasses.replace(self.request, resume_tokens=0, resume_text="", resume_token_ids=None)
 
     def _call(self, dispatched: Dispatched):
         """Start the stream on the dispatched replica (the LLM deployment's request router pins it there)."""
@@ -384,6 +428,9 @@ class Ingress:
                                           source=self._replica_id())
         self.publisher.start()
         self.engine = self.cfg.llm.engine_kind
+        # srpt with a remaining-length model on the replicas: it reads the request's proxy text.
+        self.send_proxy_text = (self.central and self.cfg.llm.remaining_predictor is not None
+                                and self.cfg.scheduler_config().policy is Policy.SRPT)
 
     # ---- endpoints ---------------------------------------------------------------------------
     # The bodies' schemas are documented for OpenAPI clients and fuzzers; the handlers parse the raw
@@ -537,7 +584,9 @@ class Ingress:
         request = GenerationRequest(
             request_id=rid, prompt=prompt.text, max_tokens=max_tokens, num_prompt_tokens=prompt.num_tokens,
             prompt_token_ids=tuple(prompt.token_ids) if prompt.token_ids else None, temperature=parsed.temperature,
-            top_p=parsed.top_p, seed=parsed.seed, replay_output_tokens=parsed.replay_output_tokens, meta=meta)
+            top_p=parsed.top_p, seed=parsed.seed, replay_output_tokens=parsed.replay_output_tokens, meta=meta,
+            replay_remaining_predictions=parsed.replay_remaining_predictions,
+            proxy_text=text_for(self.fallback, parsed.conversation) if self.send_proxy_text else None)
         run = _Run(self, meta, request, restart_after_output=not parsed.stream)
         events = run.events()
         try:

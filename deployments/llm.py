@@ -15,6 +15,15 @@ attempt), names the attempt in each report (so a late report of an abandoned att
 the slot of the request's next one) and lists its runs in every heartbeat, so a router that
 restarted or dropped this replica adopts them.
 
+Preemption (``router.policy: srpt``): every ``router.repredict_every_tokens`` generated tokens a run
+re-predicts its remaining length (:mod:`deployments.repredict`) and reports it to the router
+(``RouterActor.progress``) while it streams on; a True answer (within ``llm.progress_timeout_s``,
+else the run goes on) stops the run at its next delta: its engine sequence is closed and the stream
+ends with :class:`~deployments.engines.base.Preempted` (tokens streamed, the ids to resume from),
+and nothing is reported for that attempt (the router counted it preempted). The ingress resumes the
+request on its next dispatch (``GenerationRequest.resume_*``). An engine that cannot preempt
+(``Engine.supports_preemption``) reports no progress: srpt then orders the queue without preempting.
+
 Watchdog: a hung engine raises nothing, so the replica watches its output
 (:class:`~deployments.engines.base.StallWatchdog`). While it has work and no output came for
 ``llm.stall_timeout_s`` it stops heartbeating (the router drops it after
@@ -32,15 +41,23 @@ from ray import serve
 
 from deployments.config import AppConfig, RoutingMode
 from deployments.engines import GenerationRequest, Misrouted, Started, build_engine
-from deployments.engines.base import StallWatchdog
+from deployments.engines.base import Preempted, StallWatchdog
+from deployments.repredict import ProgressPoints, Repredictor
 from router.actor import Reporter, RouterClient
 from router.messages import Report, Running
+from router.policies import Policy
 
 logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(name="llm")
 class LLMServer:
+    # srpt (_init_preemption): progress points every this many tokens (0: none), the re-predictor and
+    # what the reports did; class defaults, so a replica without a router (serve-default) has them too.
+    every = 0
+    repredictor: Repredictor | None = None
+    progress_counts: dict | None = None
+
     async def __init__(self, config: dict):
         cfg = AppConfig.from_dict(config)
         self.settings = cfg.llm
@@ -55,6 +72,7 @@ class LLMServer:
         self.router: RouterClient | None = None
         self.reporter: Reporter | None = None
         self._heartbeat: asyncio.Task | None = None
+        self.progress_counts = {"reports": 0, "preempted": 0, "timeouts": 0, "errors": 0}
         if cfg.routing_mode is RoutingMode.CENTRAL:
             self.router = RouterClient(
                 cfg.router_actor_name, cfg.router.namespace, cfg.scheduler_config().to_dict(),
@@ -64,9 +82,24 @@ class LLMServer:
                 resources=cfg.router.resources,
             )
             self.reporter = Reporter(self.router)
+            await self._init_preemption(cfg)
             await self._register()
             self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         logger.info("LLM replica %s up: engine %s, %d slots", self.replica_id, self.engine.kind, self.engine.num_slots)
+
+    async def _init_preemption(self, cfg: AppConfig) -> None:
+        """srpt: progress reports every router.repredict_every_tokens tokens (none where the engine
+        cannot stop a sequence, or K is 0)."""
+        sched = cfg.scheduler_config()
+        if sched.policy is not Policy.SRPT or not sched.repredict_every_tokens:
+            return
+        if not self.engine.supports_preemption:
+            logger.warning("router.policy srpt: the %s engine cannot preempt a running sequence; this replica "
+                           "reports no progress, so srpt orders its queue without preempting", self.engine.kind)
+            return
+        self.every = sched.repredict_every_tokens
+        self.repredictor = await asyncio.to_thread(Repredictor.load, self.every, self.settings.remaining_predictor,
+                                                   getattr(self.engine, "tokenizer", None))
 
     def running_runs(self) -> list[Running]:
         """What the heartbeat lists: the runs the router dispatched (a call without a meta came from
@@ -109,14 +142,20 @@ class LLMServer:
         key = (rid, attempt)
         self.running[key] = request
         self.watchdog.begin()
-        num_tokens = 0
+        num_tokens = request.resume_tokens  # the reply's tokens, a resumed run's earlier ones included
         # Unless it finishes or fails: the caller went away (or hit a stop string, or a deadline).
         report = Report.cancel(rid, attempt=attempt)
+        points = (ProgressPoints(self.every, num_tokens)
+                  if self.repredictor is not None and request.meta is not None else None)
+        keep_text = points is not None and self.repredictor.model is not None
+        text = request.resume_text if keep_text else ""
+        asked: asyncio.Task | None = None  # the progress report in flight: is this run preempted?
+        deltas = self.engine.generate(request)
         try:
             # Started says the call reached this replica, not that the engine made progress: the
             # ingress's first-token deadline runs from the dispatch, whatever comes before a token.
             yield Started(self.replica_id)
-            async for delta in self.engine.generate(request):
+            async for delta in deltas:
                 self.watchdog.progress()
                 num_tokens += delta.num_tokens
                 if delta.finish_reason is not None:
@@ -125,15 +164,57 @@ class LLMServer:
                     if self.reporter is not None:
                         self.reporter.report(Report.complete(rid, num_tokens, attempt=attempt))
                 yield delta
+                if points is None or delta.finish_reason is not None:
+                    continue
+                if keep_text:
+                    text += delta.text
+                if asked is not None and asked.done():
+                    preempt, asked = asked.result(), None
+                    if preempt:
+                        # Everything streamed so far stays streamed; the router already counted this
+                        # run preempted and dispatched the request that takes its slot.
+                        ids = self.engine.resume_token_ids(request)
+                        report = None
+                        await deltas.aclose()
+                        self.progress_counts["preempted"] += 1
+                        yield Preempted(num_tokens, ids)
+                        return
+                if asked is None and points.due(num_tokens):
+                    ids = self.engine.resume_token_ids(request) if keep_text else None
+                    asked = asyncio.get_running_loop().create_task(self._progress(request, num_tokens, text, ids))
         except Exception:
             report = Report.fail(rid, attempt=attempt)
             raise
         finally:
+            if asked is not None:
+                asked.cancel()
+            await deltas.aclose()
             self.watchdog.end()
             if self.running.get(key) is request:
                 del self.running[key]
             if report is not None and self.reporter is not None:
                 self.reporter.report(report)
+
+    async def _progress(self, request: GenerationRequest, tokens_done: int, text: str,
+                        token_ids: tuple[int, ...] | None) -> bool:
+        """Report the run's progress with its re-predicted remaining length: whether the router
+        preempts it. A late or failed answer: not preempted (the run goes on)."""
+        counts = self.progress_counts
+        counts["reports"] += 1
+        try:
+            remaining = await self.repredictor.remaining(request, tokens_done, text, token_ids)
+            call = self.router.handle.progress.remote(request.request_id, request.attempt, tokens_done, remaining)
+            return bool(await asyncio.wait_for(call, timeout=self.settings.progress_timeout_s))
+        except asyncio.TimeoutError:
+            counts["timeouts"] += 1
+            logger.warning("router answered no progress report of %s within %.1f s (llm.progress_timeout_s): "
+                           "the run goes on", request.request_id, self.settings.progress_timeout_s)
+        except Exception as e:
+            counts["errors"] += 1
+            logger.warning("progress report of %s failed: %r", request.request_id, e)
+            if RouterClient.is_router_failure(e):
+                self.router.reset()
+        return False
 
     def check_health(self) -> None:
         self.engine.check_health()
@@ -147,7 +228,9 @@ class LLMServer:
         if target_replica_id is not None and target_replica_id != self.replica_id:
             return {"replica_id": self.replica_id, "misrouted": True}
         return {"replica_id": self.replica_id, "pid": os.getpid(), "num_running": len(self.running),
-                "runs": self.running_runs(), "stalled_for": self.watchdog.stalled_for()}
+                "runs": self.running_runs(), "stalled_for": self.watchdog.stalled_for(),
+                "progress": dict(self.progress_counts or {}),
+                "repredictions": dict(self.repredictor.counts) if self.repredictor is not None else {}}
 
     async def __del__(self):
         # A graceful stop (downscale, redeploy): hand the queue to the other replicas now.

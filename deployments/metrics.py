@@ -111,6 +111,8 @@ class IngressMetrics:
         self.requests = Counter("ssjf_requests", "Requests answered, by endpoint and HTTP status (499: client left).",
                                 ["endpoint", "status"], registry=r)
         self.retries = Counter("ssjf_retries", "Re-dispatches and router re-enqueues, by reason.", ["reason"], registry=r)
+        self.preemptions = Counter("ssjf_preemptions", "srpt: streams whose run was preempted and resumed on a later "
+                                   "dispatch (the client's stream goes on).", registry=r)
         self.proxy_fallbacks = Counter("ssjf_proxy_fallbacks", "Predictions that are not the proxy model's own, by "
                                        "reason: timeout (past proxy.timeout_s) or error at the ingress, which then "
                                        "asks the heuristic; or the pool's own fallback: busy, timeout, error, "

@@ -122,10 +122,11 @@ class RequestPreparer:
             raise APIError(404, f"the model {parsed.model!r} does not exist; served: {self.cfg.llm.served_models}",
                            type="not_found_error", param="model", code="model_not_found")
         engine = self.cfg.llm.engine_kind
-        if parsed.replay_output_tokens is not None and engine is not EngineKind.REPLAY:
-            # Benchmark-only: silently ignoring it would let a benchmark believe it set the lengths.
-            raise bad_request(f"'replay_output_tokens' is read by the replay engine only; this cluster runs "
-                              f"the {engine.value!r} engine", param="replay_output_tokens", code="unsupported")
+        for key in ("replay_output_tokens", "replay_remaining_predictions"):
+            if getattr(parsed, key) is not None and engine is not EngineKind.REPLAY:
+                # Benchmark-only: silently ignoring it would let a benchmark believe it set the lengths.
+                raise bad_request(f"{key!r} is read by the replay engine only; this cluster runs "
+                                  f"the {engine.value!r} engine", param=key, code="unsupported")
         return parsed
 
     def fit(self, parsed: ParsedRequest, prompt: RenderedPrompt) -> Prepared:

@@ -24,6 +24,9 @@ MAX_STOP = 4  # as OpenAI
 MAX_STOP_CHARS = 256
 MAX_MODEL_CHARS = 256
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's int64; every engine's seed (torch's) takes it
+# replay_remaining_predictions: one per progress point (max_tokens / router.repredict_every_tokens).
+MAX_REPLAY_PREDICTIONS = 16384
+MAX_REPLAY_PREDICTION = 1e9  # tokens
 
 
 class APIError(Exception):
@@ -69,6 +72,8 @@ class ParsedRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     replay_output_tokens: int | None = None  # benchmark-only: read by the replay engine alone
+    # Benchmark-only, replay engine alone: the EMULATED remaining length at each progress point (srpt).
+    replay_remaining_predictions: tuple[float, ...] | None = None
 
     @property
     def conversation(self) -> str | tuple[ChatMessage, ...]:
@@ -178,6 +183,23 @@ def _number(body: dict, key: str, *, default: float, low: float, high: float) ->
     return float(value)
 
 
+def _numbers(body: dict, key: str, *, max_items: int, high: float) -> tuple[float, ...] | None:
+    """A list of finite numbers in [0, ``high``] (None when absent)."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > max_items:
+        raise bad_request(f"{key!r} must be a list of at most {max_items} numbers", param=key, code="invalid_type")
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)):
+            raise bad_request(f"{key!r} must hold numbers only, got {_type_name(x)}", param=key, code="invalid_type")
+        if not 0 <= x <= high:
+            shown = short_int(x) if isinstance(x, int) else x
+            raise bad_request(f"{key!r} values must be between 0 and {high:g}, got {shown}", param=key,
+                              code="invalid_value")
+    return tuple(float(x) for x in value)
+
+
 def _bool(body: dict, key: str, default: bool = False) -> bool:
     value = body.get(key)
     if value is None:
@@ -245,6 +267,8 @@ def _common(body: dict, kind: str) -> dict:
         stop=_stop(body),
         seed=_int(body, "seed", minimum=SEED_MIN, maximum=SEED_MAX),
         replay_output_tokens=_int(body, "replay_output_tokens", minimum=0),
+        replay_remaining_predictions=_numbers(body, "replay_remaining_predictions", max_items=MAX_REPLAY_PREDICTIONS,
+                                              high=MAX_REPLAY_PREDICTION),
     )
 
 
@@ -342,6 +366,11 @@ _COMMON_PROPERTIES = {
     "max_tokens": {"type": ["integer", "null"], "minimum": 1},
     "replay_output_tokens": {"type": ["integer", "null"], "minimum": 0,
                              "description": "Benchmark-only, replay engine only: the output length to emit."},
+    "replay_remaining_predictions": {
+        "type": ["array", "null"], "maxItems": MAX_REPLAY_PREDICTIONS,
+        "items": {"type": "number", "minimum": 0, "maximum": MAX_REPLAY_PREDICTION},
+        "description": "Benchmark-only, replay engine only (router.policy srpt): the EMULATED re-predicted remaining "
+                       "output length at progress points K, 2K, ... (K = router.repredict_every_tokens)."},
 }
 COMPLETION_BODY_SCHEMA = {
     "type": "object", "required": ["model", "prompt"],

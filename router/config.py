@@ -32,7 +32,7 @@ class SchedulerConfig:
     """The scheduling core's knobs: the one declaration (with help) of what the router's config
     section and ``loadgen simulate``'s options set (see :func:`scheduler_knobs`)."""
 
-    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging, srpt (preemptive: shortest predicted remaining first, simulator only for now) or oracle (true lengths: a labelled baseline, simulator only)."})
+    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging, srpt (preemptive: shortest predicted remaining first; a running request is stopped at a progress point and resumed later, docs/serving.md, Preemption) or oracle (true lengths: a labelled baseline, simulator only)."})
     balancer: Balancer | str = field(default=Balancer.LEAST_WORK, metadata={"help": "Which replica's queue a new request joins: round-robin, least-work, power-of-two or late-binding."})
     batching: BatchingMode | str = field(default=BatchingMode.NONE, metadata={"help": "none: one request at a time; static: a batch runs until its longest member ends; continuous: slots refill every iteration."})
     max_batch: int = field(default=1, metadata={"help": "Slots per replica for static/continuous batching (none: 1)."})

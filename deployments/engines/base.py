@@ -4,7 +4,8 @@ between the ingress and a replica (both ends are processes of their own):
 - :class:`GenerationRequest` goes from the ingress to the replica (the call's argument) and on to
   its engine;
 - the replica's stream answers :class:`Misrouted` (the call was meant for another replica), or
-  :class:`Started` then :class:`Delta` s, the last with a :class:`FinishReason`.
+  :class:`Started` then :class:`Delta` s, the last with a :class:`FinishReason`, or (``srpt``, the
+  router preempted the run) ending with :class:`Preempted` instead.
 """
 
 from __future__ import annotations
@@ -24,7 +25,18 @@ from router.request import RequestMeta
 class GenerationRequest:
     """One request to generate, built by the ingress and run by the replica's engine.
     ``replay_output_tokens`` is read by the replay engine only. ``meta`` and ``attempt`` are what the
-    router dispatched (the replica names the attempt in its reports and heartbeats)."""
+    router dispatched (the replica names the attempt in its reports and heartbeats).
+
+    Resuming after a preemption (``srpt``): ``resume_tokens`` output tokens were already generated
+    and streamed as ``resume_text``; ``resume_token_ids`` are their ids where the engine re-prefills
+    them (hf; None for the replay engine, which needs the count only). The engine continues the reply
+    from there: it generates at most ``max_tokens - resume_tokens`` more, counts and decodes them
+    after the ones before (the text continues ``resume_text``, never repeating it), and reports the
+    new tokens only. ``replay_remaining_predictions`` (benchmark-only, replay engine): the EMULATED
+    re-predicted remaining length at the progress points ``K, 2K, ...`` (``router.repredict_every_tokens``),
+    computed by the load generator with the simulator's calibrated noise (deployments/repredict.py).
+    ``proxy_text``: the proxy model's text of the request, sent only where the replicas run a trained
+    remaining-length predictor (``llm.remaining_predictor``)."""
 
     request_id: str
     prompt: str
@@ -38,10 +50,21 @@ class GenerationRequest:
     batch_id: int | None = None
     attempt: int = 0
     meta: RequestMeta | None = None
+    resume_tokens: int = 0
+    resume_text: str = ""
+    resume_token_ids: tuple[int, ...] | None = None
+    replay_remaining_predictions: tuple[float, ...] | None = None
+    proxy_text: str | None = None
 
     def __post_init__(self):
         if self.max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
+        if not 0 <= self.resume_tokens < self.max_tokens:
+            raise ValueError(f"resume_tokens must be >= 0 and below max_tokens ({self.max_tokens}), "
+                             f"got {self.resume_tokens}")
+        if self.resume_token_ids is not None and len(self.resume_token_ids) != self.resume_tokens:
+            raise ValueError(f"resume_token_ids holds {len(self.resume_token_ids)} ids for "
+                             f"resume_tokens={self.resume_tokens}")
 
 
 class FinishReason(enum.Enum):
@@ -68,6 +91,19 @@ class Started:
 
 
 @message
+class Preempted:
+    """The replica stopped the run at the router's word (``srpt``): ``tokens_done`` output tokens of
+    the request were streamed, all of them before this message; nothing else comes for this attempt
+    and the replica reports nothing for it (the router counted it preempted). The ingress waits for
+    the request's next dispatch and resumes it there (:class:`GenerationRequest`'s ``resume_*``) with
+    ``resume_token_ids`` (the generated ids, for an engine that re-prefills them; None: the count
+    is enough)."""
+
+    tokens_done: int
+    resume_token_ids: tuple[int, ...] | None = None
+
+
+@message
 class Misrouted:
     """The call reached ``replica_id``, not the replica it was pinned to: it was not run."""
 
@@ -79,6 +115,10 @@ class Engine(ABC):
 
     kind: str = "?"
     num_slots: int = 1
+    # srpt: the engine can stop a running sequence at the replica's word (closing its generate) and
+    # resume it later from GenerationRequest.resume_* (deployments.config.supports_preemption says
+    # the same per engine and batching mode, for config checks without importing the engine).
+    supports_preemption: bool = False
 
     async def start(self) -> None:
         """Load weights and start background work. Called once before ``generate``."""
@@ -87,6 +127,11 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield deltas until the request finishes; the last delta carries ``finish_reason``."""
+
+    def resume_token_ids(self, request: GenerationRequest) -> tuple[int, ...] | None:
+        """The output token ids of ``request`` streamed so far, to resume it after a preemption (call it
+        before closing its ``generate``); None: the engine resumes from the count alone."""
+        return None
 
     async def stop(self) -> None:
         """Release resources (threads, caches)."""
@@ -152,18 +197,26 @@ class DeltaStream:
     up into one :class:`Delta`, so a slow consumer costs fewer messages, not more.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, decode, max_tokens: int):
+    def __init__(self, loop: asyncio.AbstractEventLoop, decode, max_tokens: int,
+                 resume_ids: tuple[int, ...] = (), resume_text: str = ""):
+        """``resume_ids``/``resume_text``: a resumed request's output so far (its ids, and the text the
+        client got from them): new tokens count and decode after them, so the text goes on where it
+        stopped (a character split between runs comes out whole once its last byte arrives)."""
         self._loop = loop
         self._decode = decode  # list[int] -> str
         self._max_tokens = max_tokens
         self._queue: asyncio.Queue = asyncio.Queue()
-        self.token_ids: list[int] = []
-        self._emitted = ""
-        self._sent_tokens = 0
+        self.token_ids: list[int] = list(resume_ids)
+        self._emitted = resume_text
+        self._sent_tokens = len(self.token_ids)
 
     # -- producer side (any thread) --
     def push(self, token_ids: list[int], finished: bool = False, error: str | None = None) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, (list(token_ids), finished, error))
+
+    def sent_ids(self) -> tuple[int, ...]:
+        """The token ids handed out in deltas so far (a resumed request's earlier ones included)."""
+        return tuple(self.token_ids[:self._sent_tokens])
 
     # -- consumer side (event loop) --
     async def deltas(self, eos_ids: set[int]) -> AsyncIterator[Delta]:

@@ -6,6 +6,14 @@
 - ``continuous``: transformers' continuous batching manager (paged KV cache, a background
   generation thread); requests join and leave at every step, cancellation frees their pages.
 
+Preemption (``srpt``, none and continuous): the replica closes the request's ``generate``, which
+stops it like a cancel (continuous: ``ContinuousBatchingManager.cancel_request``, which frees its KV
+pages: transformers 5.25 has no public call that sets a request aside keeping its pages, only its
+own offloading under memory pressure); :meth:`HFEngine.resume_token_ids` gives the ids streamed so
+far. A resumed request is admitted again with prompt + those ids as its prompt, so their KV cache is
+recomputed by a prefill, and generates at most ``max_tokens - resume_tokens`` more; its text is
+decoded after the earlier tokens (``DeltaStream``), so the stream goes on where it stopped.
+
 Per-request ``temperature``/``top_p`` are honoured in ``none`` and ``static``; ``continuous``
 decodes greedily (the manager applies one generation config to all requests).
 
@@ -36,7 +44,7 @@ logger = logging.getLogger(__name__)
 class _Seq:
     """One request inside a ``generate`` batch (none/static modes)."""
 
-    __slots__ = ("req", "prompt_ids", "stream", "cancelled", "finished", "arrived_at", "num_out")
+    __slots__ = ("req", "prompt_ids", "stream", "cancelled", "finished", "arrived_at", "num_out", "budget")
 
     def __init__(self, req: GenerationRequest, prompt_ids: list[int], stream: DeltaStream, arrived_at: float):
         self.req = req
@@ -46,6 +54,7 @@ class _Seq:
         self.finished = False
         self.arrived_at = arrived_at
         self.num_out = 0
+        self.budget = req.max_tokens - req.resume_tokens  # new tokens it may still generate
 
 
 def resolve_device(device: str) -> str:
@@ -97,6 +106,7 @@ class HFEngine(Engine):
     """transformers generation behind the :class:`Engine` interface."""
 
     kind = "hf"
+    supports_preemption = True  # none and continuous (srpt refuses static batching)
 
     gpu_dtype = "bfloat16"  # what dtype "auto" means on CUDA
 
@@ -119,6 +129,7 @@ class HFEngine(Engine):
         self._running: list[_Seq] = []  # the batch on the worker thread (none/static)
         self._batcher: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
+        self._streams: dict[tuple[str, int], DeltaStream] = {}  # (request id, attempt) -> its stream
 
     # ---- loading -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -182,9 +193,29 @@ class HFEngine(Engine):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
-        if req.prompt_token_ids is not None:
-            return list(req.prompt_token_ids)
-        return self.tokenizer(req.prompt)["input_ids"]
+        """What the model reads: the prompt, and a resumed request's tokens so far after it."""
+        ids = list(req.prompt_token_ids) if req.prompt_token_ids is not None else self.tokenizer(req.prompt)["input_ids"]
+        if req.resume_tokens:
+            if req.resume_token_ids is None:
+                raise ValueError(f"request {req.request_id!r} resumes after {req.resume_tokens} tokens without their "
+                                 "ids (resume_token_ids): the hf engine re-prefills them")
+            ids += list(req.resume_token_ids)
+        return ids
+
+    def _stream(self, request: GenerationRequest) -> DeltaStream:
+        stream = DeltaStream(asyncio.get_running_loop(), self._decode, request.max_tokens,
+                             request.resume_token_ids or (), request.resume_text)
+        self._streams[(request.request_id, request.attempt)] = stream
+        return stream
+
+    def _forget(self, request: GenerationRequest, stream: DeltaStream) -> None:
+        key = (request.request_id, request.attempt)
+        if self._streams.get(key) is stream:
+            del self._streams[key]
+
+    def resume_token_ids(self, request: GenerationRequest) -> tuple[int, ...] | None:
+        stream = self._streams.get((request.request_id, request.attempt))
+        return None if stream is None else stream.sent_ids()
 
     # ---- generation --------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
@@ -192,8 +223,9 @@ class HFEngine(Engine):
             async for d in self._generate_continuous(request):
                 yield d
             return
-        stream = DeltaStream(asyncio.get_running_loop(), self._decode, request.max_tokens)
-        seq = _Seq(request, self.prompt_ids(request), stream, time.monotonic())
+        prompt_ids = self.prompt_ids(request)
+        stream = self._stream(request)
+        seq = _Seq(request, prompt_ids, stream, time.monotonic())
         self._waiting.append(seq)
         self._wake.set()
         try:
@@ -203,11 +235,11 @@ class HFEngine(Engine):
             seq.cancelled = True  # stops its row (or its whole generate when alone)
             if seq in self._waiting:
                 self._waiting.remove(seq)
+            self._forget(request, stream)
 
     async def _generate_continuous(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         manager = self._manager
-        loop = asyncio.get_running_loop()
-        stream = DeltaStream(loop, self._decode, request.max_tokens)
+        stream = self._stream(request)
         cb_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"  # a retry may land on the same replica
         seen = 0
 
@@ -222,7 +254,7 @@ class HFEngine(Engine):
         finished = False
         try:
             added = await asyncio.to_thread(manager.add_request, self.prompt_ids(request), request_id=cb_id,
-                                            max_new_tokens=request.max_tokens, streaming=True)
+                                            max_new_tokens=request.max_tokens - request.resume_tokens, streaming=True)
             if added is None:
                 raise RuntimeError("the continuous batching manager refused the request (stopping or failed)")
             async for d in stream.deltas(self.eos_ids):
@@ -234,6 +266,7 @@ class HFEngine(Engine):
             # A cancelled request gets no final output, so its handler would never be dropped.
             with manager.output_router._lock:
                 manager.output_router.result_handlers.pop(cb_id, None)
+            self._forget(request, stream)
 
     async def _batch_loop(self) -> None:
         """none/static: start a batch whenever the engine is idle and requests wait."""
@@ -281,7 +314,7 @@ class HFEngine(Engine):
         if seed is not None:
             torch.manual_seed(seed)
         kwargs = dict(
-            max_new_tokens=max(s.req.max_tokens for s in batch), pad_token_id=self.pad_id,
+            max_new_tokens=max(s.budget for s in batch), pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids) or None, streamer=_RowStreamer(batch, self.eos_ids),
             stopping_criteria=StoppingCriteriaList([_RowsDone(batch)]), do_sample=sampling,
         )
@@ -333,7 +366,7 @@ class _RowStreamer:
             if s.finished or s.cancelled:
                 continue
             s.num_out += 1
-            s.finished = t in self.eos_ids or s.num_out >= s.req.max_tokens
+            s.finished = t in self.eos_ids or s.num_out >= s.budget
             s.stream.push([t], finished=s.finished)
 
     def end(self) -> None:

@@ -13,6 +13,13 @@ Fault drills (``llm.replay_faults``, off by default): a prompt holding ``[[repla
 getting tokens after K (it keeps its slot, as a request stuck in a hung engine does); one holding
 ``[[replay:fail:K]]`` fails after K tokens (the engine raises for that request). Tests of the
 ingress deadlines and error paths use them.
+
+Preemption (``srpt``): closing a request's ``generate`` stops it at the next iteration boundary, as a
+cancel does; the replica then ends its stream with ``Preempted``. A resumed request
+(``GenerationRequest.resume_tokens`` = N) goes on from its token N: its words continue the same
+sequence, it emits the rest of its length, and it joins prefilling its prompt plus the N tokens
+(their KV cache was dropped with the run), which is the resume cost of the cost model, as in the
+simulator (``loadgen.simulator``, no ``--resume-keeps-kv``). No separate resume knob.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ def parse_faults(prompt: str) -> dict[str, int]:
 
 class _Seq:
     __slots__ = ("req", "target", "emitted", "iterations", "queue", "cancelled", "done", "arrived_at", "reason",
-                 "stall_after", "fail_after")
+                 "stall_after", "fail_after", "prefill")
 
     def __init__(self, req: GenerationRequest, arrived_at: float, faults: dict[str, int] | None = None):
         self.req = req
@@ -58,7 +65,9 @@ class _Seq:
             self.target, self.reason = req.max_tokens, FinishReason.LENGTH
         else:
             self.target, self.reason = wanted, FinishReason.STOP
-        self.emitted = 0
+        self.emitted = req.resume_tokens  # a resumed request goes on from there
+        # What it prefills as it joins: its prompt, and a resumed one's tokens so far too.
+        self.prefill = req.num_prompt_tokens + req.resume_tokens
         self.iterations = 0  # iterations it has run in the batch (static: padding included)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
@@ -73,6 +82,7 @@ class ReplayEngine(Engine):
     """An iteration loop over the running sequences, timed by an engine profile (emulated)."""
 
     kind = "replay"
+    supports_preemption = True  # (none and continuous batching: srpt refuses static)
 
     def __init__(self, profile, batching: BatchingMode | str = BatchingMode.CONTINUOUS, max_batch: int = 4,
                  time_scale: float = 1.0, static_batch_wait_s: float = 0.01, clock=time.monotonic, sleep=asyncio.sleep,
@@ -109,7 +119,7 @@ class ReplayEngine(Engine):
         self._waiting.append(seq)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
-        received = 0
+        received = request.resume_tokens  # the words go on where the preempted run stopped
         try:
             while True:
                 items = [await seq.queue.get()]
@@ -174,8 +184,8 @@ class ReplayEngine(Engine):
                 joined = self._admit()
                 if left or joined:
                     self._segment = self._segment.next(
-                        self._k, left=len(left), left_kv=sum(s.req.num_prompt_tokens + s.iterations for s in left),
-                        joined=len(joined), joined_prompt=sum(s.req.num_prompt_tokens for s in joined))
+                        self._k, left=len(left), left_kv=sum(s.prefill + s.iterations for s in left),
+                        joined=len(joined), joined_prompt=sum(s.prefill for s in joined))
                     self._k = 0
                 if not self._running:
                     continue

@@ -2,13 +2,22 @@
 actor replaced by a recorder: every report names the run's attempt, heartbeats list the runs the
 router dispatched, and a stalled engine stops the heartbeats and fails the health check."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 
-from deployments.engines.base import Delta, EngineStalled, GenerationRequest, StallWatchdog, Started
+from deployments.engines.base import (
+    Delta,
+    EngineStalled,
+    GenerationRequest,
+    Preempted,
+    StallWatchdog,
+    Started,
+)
 from deployments.engines.replay import InjectedFault, ReplayEngine
 from deployments.llm import LLMServer
+from deployments.repredict import Repredictor
 from router.messages import Report, Running
 from tests.factories import create_meta
 
@@ -133,3 +142,64 @@ async def test_a_replica_idle_for_long_is_healthy():
     server.check_health()
     await server._register()
     assert len(server.router.heartbeats) == 1
+
+
+class Router(Recorder):
+    """A router that answers progress reports from a script (True: preempt)."""
+
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = list(answers)
+        self.progress = []
+        self.handle.progress = SimpleNamespace(remote=self._progress)
+
+    async def _progress(self, request_id, attempt, tokens_done, remaining):
+        self.progress.append((request_id, attempt, tokens_done, remaining))
+        return self.answers.pop(0) if self.answers else False
+
+
+def srpt_replica(answers, every=2):
+    server = replica()
+    server.settings = SimpleNamespace(heartbeat_s=1.0, progress_timeout_s=5.0)
+    server.router = server.reporter = Router(answers)
+    server.every = every
+    server.repredictor = Repredictor(every)
+    server.progress_counts = {"reports": 0, "preempted": 0, "timeouts": 0, "errors": 0}
+    return server
+
+
+async def test_srpt_a_preempted_run_ends_with_preempted_reports_nothing_and_resumes_elsewhere():
+    """Every K tokens the replica reports the emulated re-prediction of that point; told to preempt,
+    it stops the run at its next delta: the stream ends with Preempted(tokens streamed), no report
+    names that attempt. Resumed (next attempt), the reply goes on to its full length, counted once."""
+    server = srpt_replica([False, True])
+    meta = create_meta("long", 10.0, 0.0, max_tokens=16)
+    long = GenerationRequest("long", "p", 16, replay_output_tokens=10, attempt=7, meta=meta,
+                             replay_remaining_predictions=(8.0, 6.0, 4.0, 2.0))
+    chunks = [c async for c in server.generate(long)]
+    assert chunks[0] == Started("rep-1") and isinstance(chunks[-1], Preempted)
+    deltas = chunks[1:-1]
+    streamed = sum(d.num_tokens for d in deltas)
+    assert chunks[-1] == Preempted(streamed, None) and 4 <= streamed < 10
+    # the points K = 2 and 4, each with its emulated value; preempted after the second answer
+    assert server.router.progress == [("long", 7, 2, 8.0), ("long", 7, 4, 6.0)]
+    assert server.router.reports == [] and server.running == {} and server.watchdog.active == 0
+
+    resumed = dataclasses.replace(long, attempt=8, resume_tokens=streamed, resume_text="".join(d.text for d in deltas))
+    rest = [c async for c in server.generate(resumed)]
+    assert sum(c.num_tokens for c in rest[1:]) == 10 - streamed and rest[-1].finish_reason is not None
+    assert server.router.reports == [Report.complete("long", 10, attempt=8)]  # the whole reply's length
+    # progress points count over the whole reply: the resumed run reports from the next one on
+    assert [p[2] for p in server.router.progress[2:]] == [2 * (streamed // 2 + 1 + i) for i in range(len(
+        server.router.progress) - 2)]
+    assert server.progress_counts["preempted"] == 1
+
+
+async def test_srpt_a_run_never_preempted_reports_its_points_and_completes():
+    server = srpt_replica([], every=3)
+    r = GenerationRequest("r", "p", 16, replay_output_tokens=7, attempt=1, meta=create_meta("r", 10.0, 0.0, max_tokens=16))
+    chunks = [c async for c in server.generate(r)]
+    assert sum(c.num_tokens for c in chunks[1:]) == 7
+    # no emulated values sent: the prompt-only prediction (10) minus the tokens done
+    assert server.router.progress == [("r", 1, 3, 7.0), ("r", 1, 6, 4.0)]
+    assert server.router.reports == [Report.complete("r", 7, attempt=1)]
