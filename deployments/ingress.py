@@ -323,6 +323,7 @@ class _Run:
         ids; the text the client got)."""
         self.num_preemptions += 1
         self.ingress.metrics.preemptions.inc()
+        self.ingress.metrics.preempted_tokens.inc(preempted.tokens_done)
         if preempted.tokens_done != self.out_tokens:  # never expected: both count the deltas streamed
             logger.warning("request %s preempted after %d tokens by its replica's count, %d streamed",
                            self.meta.request_id, preempted.tokens_done, self.out_tokens)
@@ -418,7 +419,9 @@ class Ingress:
                 resources=r.resources,
             )
             await self.router.handle.ping.remote()  # create it now, so replicas find it at once
-            self.enqueuer = BatchedEnqueuer(self.router)
+            # Submit again what waits after a pause of this replica well short of the router's lease,
+            # so a router that dropped us as a client (router.lease_s) never leaves a request waiting.
+            self.enqueuer = BatchedEnqueuer(self.router, resubmit_after_s=min(5.0, r.lease_s / 2))
             self.reporter = Reporter(self.router)
         self._llm_status = _ServeLLMStatus()
         self.fallback = heuristic_predictor()

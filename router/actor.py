@@ -699,10 +699,16 @@ class BatchedEnqueuer:
     A ping unanswered within ``call_timeout_s`` (the router hangs without dying, e.g. SIGSTOP) fails
     every outstanding ``enqueue`` with :class:`RouterUnresponsive`, which callers retry like an actor
     failure; after the client's ``hung_kill_s`` without an answer it kills the actor (Ray restarts it).
+
+    A pause of this client (its process stopped or starved): the router drops a client that has not
+    polled for ``router.lease_s``, withdrawing what it waited for and failing its unpolled answers,
+    and tells it nothing. So after a gap of ``resubmit_after_s`` between two answered polls (keep it
+    below the router's lease), every request still waiting is submitted again: a request the router
+    still holds joins itself (one answer per run), one it dropped is queued again in its own place.
     """
 
     def __init__(self, client: RouterClient, poll_timeout_s: float = 1.0, *, call_timeout_s: float = 5.0,
-                 ping_interval_s: float = 1.0, remember: int = 4096):
+                 ping_interval_s: float = 1.0, remember: int = 4096, resubmit_after_s: float = 5.0):
         import uuid
 
         self.client = client
@@ -720,6 +726,8 @@ class BatchedEnqueuer:
         self._watchdog: asyncio.Task | None = None
         self._delivered: dict[tuple[str, int], None] = {}  # Dispatched (request, attempt) answered, newest last
         self._remember = remember
+        self.resubmit_after_s = resubmit_after_s
+        self._metas: dict[str, RequestMeta] = {}  # what each batched enqueue waits for, to submit it again
 
     def _ensure_started(self) -> None:
         if not self._tasks or any(t.done() for t in self._tasks):
@@ -739,6 +747,7 @@ class BatchedEnqueuer:
         self._ensure_started()
         fut = asyncio.get_running_loop().create_future()
         self._futures[meta.request_id] = fut
+        self._metas[meta.request_id] = meta
         self._ensure_watchdog()
         self._outgoing.append((meta, requeue))
         self._send_wake.set()
@@ -748,6 +757,8 @@ class BatchedEnqueuer:
         finally:
             if self._futures.get(meta.request_id) is fut:
                 del self._futures[meta.request_id]
+            if meta.request_id not in self._futures:
+                self._metas.pop(meta.request_id, None)
 
     async def _enqueue_direct(self, meta: RequestMeta, requeue: bool) -> EnqueueAnswer:
         """Nothing else in flight: one direct call has the lowest latency. It races the watchdog's
@@ -836,10 +847,12 @@ class BatchedEnqueuer:
                 self._fail([m.request_id for m in metas], e)
 
     async def _poll_loop(self) -> None:
+        last_answer = self.client.clock()
         while True:
             if not self._futures:
                 self._poll_wake.clear()
                 await self._poll_wake.wait()
+                last_answer = self.client.clock()  # an idle client owes the router no polls
                 continue
             try:
                 answers = await self.client.handle.poll.remote(self.client_id, self.poll_timeout_s)
@@ -859,6 +872,21 @@ class BatchedEnqueuer:
                     self.client.handle.report.remote(unwanted)
                 except Exception:
                     pass
+            now = self.client.clock()
+            if now - last_answer > self.resubmit_after_s:
+                self._resubmit(now - last_answer)
+            last_answer = now
+
+    def _resubmit(self, gap_s: float) -> None:
+        """After a gap in our polls: submit every request still waiting again (see the class docstring).
+        Never as a requeue: a run that failed has ended by now, or ends when the first submit arrives."""
+        waiting = [m for rid, m in self._metas.items() if rid in self._futures and not self._futures[rid].done()]
+        if not waiting:
+            return
+        logger.warning("no poll answered for %.1f s (this process paused?): submitting %d waiting request(s) "
+                       "again, in case the router dropped this client (router.lease_s)", gap_s, len(waiting))
+        self._outgoing.extend((m, False) for m in waiting)
+        self._send_wake.set()
 
     def _deliver(self, answers: list[Polled]) -> list[Report]:
         """Hand each answer to its waiting ``enqueue``; the cancels of dispatches nobody waits for."""

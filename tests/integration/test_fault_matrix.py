@@ -740,30 +740,76 @@ def test_router_killed_mid_burst(app):
     next_request_succeeds(app)
 
 
-# ---- an ingress replica killed (an app of its own: two ingress replicas) -------------------------
-def test_ingress_replica_killed_mid_burst(deploy):
+# ---- an ingress replica hung or killed (an app of its own: two ingress replicas) -----------------
+@pytest.fixture(scope="module")
+def ingress_app(deploy_module):
+    return deploy_module(matrix_config("matrix-ingress", router={"lease_s": 4.0}, ingress={"num_replicas": 2}))
+
+
+async def _busier_ingress(app) -> dict:
+    """The ingress replica that holds more requests now (Serve's own count), with its pid."""
+    import ray
+
+    ingresses = await asyncio.to_thread(serve_actors, app.name, "ingress")
+    for a in ingresses:
+        actor = ray.get_actor(a["name"], namespace="serve")
+        a["ongoing"] = await asyncio.to_thread(ray.get, actor.get_num_ongoing_requests.remote(), timeout=10)
+    return max(ingresses, key=lambda a: a["ongoing"])
+
+
+def _burst_at_the_router(app, before: dict, reqs: list[Req]):
+    """Every request has reached the router (so an ingress replica holds it), and some wait there."""
+    return lambda: ((s := app.snapshot()) and s["num_queued"] >= 4
+                    and delta(s, before, "enqueued") + delta(s, before, "rejected") >= len(reqs))
+
+
+def test_ingress_replica_hung_past_the_router_lease(ingress_app):
+    """An ingress replica stopped (SIGSTOP) for longer than router.lease_s: the router drops it as a
+    client (what it waited for is withdrawn, its unpolled answers fail). When it resumes, its requests
+    must not wait forever for answers that will never come: it enqueues them again."""
+    app = ingress_app
+    before = settle(app)
+    reqs = burst(18)
+    stopped = {}
+
+    async def hang_an_ingress(b: Burst):
+        await until(_burst_at_the_router(app, before, reqs), 30, "the burst at the router")
+        victim = await _busier_ingress(app)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        stopped.update(victim)
+        try:
+            await until(lambda: app.snapshot()["num_clients"] <= 1, 30, "the router to drop the stopped ingress")
+        finally:
+            os.kill(victim["pid"], signal.SIGCONT)
+
+    try:
+        results, _, row = case(app, "ingress replica hung past router.lease_s", reqs, hang_an_ingress)
+    finally:
+        if stopped and alive(stopped["pid"]):
+            os.kill(stopped["pid"], signal.SIGCONT)
+    # Its running requests may have seen their own pause as a deadline (504); nothing else fails.
+    assert {r.code for r in results if r.outcome in ("error", "sse_error")} <= {"token_timeout", "queue_full"}, row
+    after = settle(app)
+    # The router had dropped the stopped client with requests waiting (withdrawn); they were submitted
+    # again on its return (router.actor.BatchedEnqueuer) and answered: none is left hanging.
+    assert delta(after, before, "withdrawn") >= 1, after["counters"]
+    next_request_succeeds(app)
+
+
+def test_ingress_replica_killed_mid_burst(ingress_app):
     """Serve's HTTP proxy answers the requests the dead ingress replica held: a plain 500 (Serve's,
     not ours: no OpenAI body), or a stream cut off without its last chunk (the client's HTTP library
     raises): reported to the caller, never a stream that ends as if complete. The other replica's
     requests complete, and the router frees what the dead one held (its batching client's lease,
     router.lease_s)."""
-    import ray
-
-    app = deploy(matrix_config("matrix-ingress", router={"lease_s": 4.0}, ingress={"num_replicas": 2}))
+    app = ingress_app
     before = settle(app)
     held = {}
     reqs = burst(18)
 
     async def kill_the_busier_ingress(b: Burst):
-        # Every request has reached the router (so it is held by an ingress replica), and some wait.
-        await until(lambda: (s := app.snapshot()) and s["num_queued"] >= 4
-                    and delta(s, before, "enqueued") + delta(s, before, "rejected") >= len(reqs), 30,
-                    "the burst at the router")
-        ingresses = await asyncio.to_thread(serve_actors, app.name, "ingress")
-        for a in ingresses:  # Serve's own count of the requests each replica holds
-            actor = ray.get_actor(a["name"], namespace="serve")
-            a["ongoing"] = await asyncio.to_thread(ray.get, actor.get_num_ongoing_requests.remote(), timeout=10)
-        victim = max(ingresses, key=lambda a: a["ongoing"])
+        await until(_burst_at_the_router(app, before, reqs), 30, "the burst at the router")
+        victim = await _busier_ingress(app)
         await asyncio.to_thread(kill_actor, victim["name"])
         held.update(victim)
 

@@ -505,6 +505,31 @@ async def test_a_duplicate_of_a_run_answered_by_a_direct_enqueue_never_cancels_i
     await asyncio.gather(*waiting, return_exceptions=True)
 
 
+async def test_a_client_paused_past_the_lease_submits_what_waits_again():
+    """The router dropped a client that did not poll for its lease (the ingress was stopped) and told it
+    nothing: after the gap the client submits its waiting requests again, and they are answered."""
+    clock = FakeClock(100.0)
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    client = FakeClient(svc, clock=clock)
+    enq = BatchedEnqueuer(client, poll_timeout_s=0.01, resubmit_after_s=5.0)
+    first = await enq.enqueue(create_meta("a", 5, 1))  # direct; holds the only slot
+    blocker = asyncio.create_task(enq.enqueue(create_meta("b", 5, 2)))  # direct; waits
+    await settle()
+    waiting = asyncio.create_task(enq.enqueue(create_meta("c", 5, 3)))  # batched
+    await until(lambda: "c" in svc.scheduler.requests, "c submitted")
+    svc._drop_client(enq.client_id)  # what the sweep does to a client silent for router.lease_s
+    assert "c" not in svc.scheduler.requests and not waiting.done()
+    clock.now += 30  # the pause, as this client's clock saw it between two answered polls
+    await until(lambda: "c" in svc.scheduler.requests, "c submitted again")
+    svc.complete("a", attempt=first.attempt)
+    second = await blocker
+    svc.complete("b", attempt=second.attempt)
+    assert await asyncio.wait_for(waiting, 30) == on("r1")
+    counters = svc.snapshot()["counters"]
+    assert (counters["enqueued"], counters["withdrawn"], counters["dispatched"]) == (4, 1, 3)
+
+
 async def test_a_dispatch_nobody_waits_for_is_cancelled_by_its_attempt():
     svc = create_service()
     svc.heartbeat("r1", 1)
