@@ -13,6 +13,13 @@ with no router actor (``router.mode: serve-default``: Ray Serve's default reques
 replica running its calls in arrival order). It is the baseline of the ratios whenever it is listed
 (``--baseline`` chooses another); the baseline runs first.
 
+``srpt`` (preemptive) runs live too. On replay replicas every request carries its EMULATED
+re-predicted remaining length at each progress point (``--repredictor``, default ``measured``: the
+simulator's re-predictor with the measured remaining-length Kendall tau, seeded by the router's seed),
+so the live router gets exactly the re-predictions that ``loadgen simulate`` gives the same workload,
+and the simulated expectation uses the same ones. The report gives the preemptions and the tokens
+they sent back to prefill, live (the ingress's counters) and simulated.
+
 ``--load`` (a fraction of capacity) needs a known capacity: for the ``replay`` engine it is the
 saturation throughput that ``loadgen.simulator.measure_saturation`` computes for this workload's
 lengths on the config's replicas, batching and engine profile (scaled by ``llm.time_scale``). For
@@ -39,6 +46,8 @@ from loadgen.cmd_report import RATIO_KEYS, emit_comparison, format_summary, plot
 from loadgen.cmd_run import RunSettings, build_workload_or_fail, default_out_dir, execute_run
 from loadgen.options import WorkloadOptions, parse_policies, workload_options
 from loadgen.predictors_sim import predict_table
+from loadgen.repredict_sim import KINDS as REPREDICTOR_KINDS
+from loadgen.repredict_sim import RepredictorSpec
 from loadgen.results import read_records
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
 from loadgen.summary import compare, fmt, gain, ratio, ratios_to_baseline, summarize
@@ -178,10 +187,12 @@ def simulator_predictor(app) -> str | None:
     return None  # "marker" reads test prompts; "learned" without its artifact fails in the cluster too
 
 
-def simulate_same(apps: dict[str, AppConfig], table, seed: int) -> dict | None:
+def simulate_same(apps: dict[str, AppConfig], table, seed: int, repredictor: str = "measured") -> dict | None:
     """What ``loadgen simulate`` predicts for this very workload, cluster shape, engine profile and
     predictor, per policy (``apps``: the app each policy runs, in order; :func:`simulated_scheduler`
-    models each): the yardstick for the live gain. None when the predictor has no match."""
+    models each): the yardstick for the live gain. ``srpt``: with ``repredictor``, the one the live
+    replay replicas got (:func:`srpt_settings`); its summary adds ``preemption`` (what preemption did
+    and cost). None when the predictor has no match."""
     app = next(iter(apps.values()))
     spec = simulator_predictor(app)
     if spec is None:
@@ -190,10 +201,28 @@ def simulate_same(apps: dict[str, AppConfig], table, seed: int) -> dict | None:
     engine = replay_profile(app)
     summaries = {}
     for policy, policy_app in apps.items():
-        res = simulate(work, simulated_scheduler(policy_app), engine, app.llm.num_replicas)
+        sched = simulated_scheduler(policy_app)
+        srpt = sched.policy is Policy.SRPT
+        spec_r = RepredictorSpec.parse(repredictor) if srpt else None
+        res = simulate(work, sched, engine, app.llm.num_replicas, repredictor=spec_r)
         summaries[policy] = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
                                       first_token_at=res.first_token_at, output_tokens=work.output_tokens)
+        if srpt:
+            from loadgen.cmd_simulate import preemption_summary
+
+            summaries[policy]["preemption"] = preemption_summary(res, work, spec_r)
     return {"predictor": spec, "policies": summaries}
+
+
+def srpt_settings(settings: RunSettings, app: AppConfig, repredictor: str) -> RunSettings:
+    """The run settings of an ``srpt`` run on replay replicas: every request carries its EMULATED
+    re-predictions (the simulator's ``repredictor`` at the router's progress points, seeded by the
+    router's seed, as :func:`simulate_same` simulates them). Other policies and engines: unchanged."""
+    sched = app.scheduler_config()
+    if sched.policy is not Policy.SRPT or not settings.replay_lengths or not sched.repredict_every_tokens:
+        return settings
+    return replace(settings, replay_repredictor=repredictor, repredict_every=sched.repredict_every_tokens,
+                   repredict_seed=sched.seed)
 
 
 def live_vs_simulated(live: dict[str, dict], sim: dict[str, dict], key: str = "mean_jct_s") -> dict:
@@ -233,8 +262,9 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The cluster: build_app's config dict as YAML/JSON, or a Serve config (first application's args).")
 @click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
-              help="Comma list of fcfs, ssjf, ssjf-aging and serve-default (no router: Ray Serve's default "
-                   "routing, the baseline a user would pick instead).")
+              help="Comma list of fcfs, ssjf, ssjf-aging, srpt (preemptive: a running request is stopped at a "
+                   "progress point for a much shorter one and resumed later) and serve-default (no router: Ray "
+                   "Serve's default routing, the baseline a user would pick instead).")
 @click.option("--baseline", default=None,
               help="The policy every other is compared with (ratios of mean and p99 JCT, and of goodput); it "
                    "runs first [default: serve-default if listed, else the first of --policies].")
@@ -255,6 +285,10 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="Unrecorded requests sent to each fresh cluster before measuring.")
 @click.option("--ready-timeout", "ready_timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds to wait for a started cluster's /healthz.")
+@click.option("--repredictor", default="measured", show_default=True,
+              help="srpt on replay replicas: the EMULATED re-predictor whose values every request carries (and the "
+                   f"simulation uses): {', '.join(REPREDICTOR_KINDS)} (loadgen simulate --repredictor); measured: the "
+                   "remaining-length predictor's measured Kendall tau per progress point, as calibrated noise.")
 @click.option("--simulate/--no-simulate", "with_simulation", default=True, show_default=True,
               help="Replay clusters: also simulate the same workload, profile and predictor, and report the live "
                    "gain as a fraction of the simulated one.")
@@ -268,10 +302,14 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Live progress bar on stderr [default: when stderr is a terminal].")
 def bench(config_path, policies, baseline, sweep_load, slo_jct_s, slo_metric, model, stream, concurrency, timeout_s, warmup,
-          ready_timeout_s, with_simulation, ray_address, num_cpus, out_dir, plot_path, as_json, progress,
+          ready_timeout_s, repredictor, with_simulation, ray_address, num_cpus, out_dir, plot_path, as_json, progress,
           **workload_kwargs):
     """Start the cluster of --config once per policy, run the identical workload, compare FCFS vs SSJF."""
     opts = WorkloadOptions.from_kwargs(workload_kwargs)
+    try:
+        RepredictorSpec.parse(repredictor)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--repredictor") from None
     policy_names = parse_bench_policies(policies, baseline)
     loads = parse_sweep(sweep_load)
     if loads is not None and slo_jct_s is None:
@@ -319,10 +357,10 @@ def bench(config_path, policies, baseline, sweep_load, slo_jct_s, slo_metric, mo
     with contextlib.redirect_stdout(sys.stderr):
         run_policies(policy_names, base_config, workloads, settings, client_config, facts, opts, out, results,
                      model=model, warmup=warmup, timeout_s=timeout_s, ray_address=ray_address, num_cpus=num_cpus,
-                     ready_timeout_s=ready_timeout_s)
+                     ready_timeout_s=ready_timeout_s, repredictor=repredictor)
     simulated = None
     if with_simulation and is_replay and app is not None:
-        simulated = {load: simulate_same(apps, table, opts.seed) for load, _, table in workloads}
+        simulated = {load: simulate_same(apps, table, opts.seed, repredictor) for load, _, table in workloads}
     report_bench(results, loads, facts, workloads, out, plot_path, as_json, slo_metric, slo_jct_s, simulated,
                  target_load=opts.load)
 
@@ -338,9 +376,10 @@ def _cluster(config: dict, **kwargs):
 
 
 def run_policies(policy_names, base_config, workloads, settings, client_config, facts, opts, out, results, *,
-                 model, warmup, timeout_s, ray_address, num_cpus, ready_timeout_s) -> None:
+                 model, warmup, timeout_s, ray_address, num_cpus, ready_timeout_s, repredictor="measured") -> None:
     for policy in policy_names:
         cfg = config_for_policy(base_config, policy)
+        run_settings = srpt_settings(settings, validate_config(cfg), repredictor)
         click.echo(f"[bench] {policy}: starting the cluster", err=True)
         with _cluster(cfg, ray_address=ray_address, num_cpus=num_cpus, ready_timeout_s=ready_timeout_s) as url:
             warm_up(url, model, warmup, timeout_s)
@@ -351,7 +390,7 @@ def run_policies(policy_names, base_config, workloads, settings, client_config, 
                 click.echo(f"[bench] {name}: {table.num_rows} requests at {pace}", err=True)
                 before = server_counters(url)
                 outcome = execute_run(
-                    replace(client_config, url=url), table, replace(settings, label=name), run_dir,
+                    replace(client_config, url=url), table, replace(run_settings, label=name), run_dir,
                     {"spec": spec.to_dict(), "options": opts.to_dict()},
                     extra_config={"command": "bench", "policy": policy, "load": load, "cluster": facts},
                 )
@@ -363,7 +402,8 @@ def run_policies(policy_names, base_config, workloads, settings, client_config, 
 # and after it, while the cluster is still up). A prediction that missed ``proxy.timeout_s``, or that
 # the proxy pool answered without its model (busy, failed, artifact not loaded), is counted there by
 # reason; the policy ordered that request without the proxy.
-SERVER_COUNTERS = {"proxy_fallbacks": "ssjf_proxy_fallbacks_total", "retries": "ssjf_retries_total"}
+SERVER_COUNTERS = {"proxy_fallbacks": "ssjf_proxy_fallbacks_total", "retries": "ssjf_retries_total",
+                   "preemptions": "ssjf_preemptions_total", "preempted_tokens": "ssjf_preempted_tokens_total"}
 
 
 def parse_counters(text: str) -> dict[str, float]:
@@ -521,6 +561,32 @@ def _finish(summary: dict, warnings: list[str], out: Path) -> None:
     (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
+def preemption_rows(summaries: dict[str, dict], sim: dict | None) -> dict:
+    """srpt runs: preemptions and the tokens they sent back to prefill, live (the ingress's counters)
+    and simulated (with the simulator's re-prefill time)."""
+    rows = {}
+    for policy, s in summaries.items():
+        simulated = ((sim or {}).get("policies", {}).get(policy) or {}).get("preemption")
+        if policy != Policy.SRPT.value and simulated is None:
+            continue
+        rows[policy] = {"live": {"num_preemptions": s.get("preemptions"), "preempted_tokens": s.get("preempted_tokens")},
+                        "simulated": simulated}
+    return rows
+
+
+def _preemption_lines(rows: dict) -> list[str]:
+    lines = []
+    for policy, row in rows.items():
+        live, simulated = row["live"], row["simulated"] or {}
+        line = (f"{policy}: {fmt(live['num_preemptions'], '{}')} preemptions live "
+                f"({fmt(live['preempted_tokens'], '{}')} generated tokens prefilled again on resume)")
+        if simulated:
+            line += (f"; simulated {simulated['num_preemptions']} ({simulated['resume_tokens']} tokens, "
+                     f"{simulated['resume_s']:.2f} s of re-prefill; re-predictor {simulated['repredictor']}, emulated)")
+        lines.append(line)
+    return lines
+
+
 def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json, sim: dict | None,
                       target_load: float | None) -> None:
     """One workload per policy: the loadgen compare table, the plot, and the live gain vs the simulated one."""
@@ -537,6 +603,9 @@ def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json,
         "results_dirs": {p: str(runs[0][1]) for p, runs in results.items()},
     }
     warnings = fallback_warnings(summaries) + [w for w in [serve_default_warning(facts)] if w]
+    preemption = preemption_rows(summaries, sim)
+    if preemption:
+        summary["preemption"] = preemption
     if sim is not None:
         summary["simulated"] = {**sim, "live_vs_simulated": live_vs_simulated(summaries, sim["policies"])}
         warning = slowdown_warning(summaries, sim["policies"], facts.get("time_scale"))
@@ -555,6 +624,8 @@ def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json,
             click.echo(f"  {policy}: live {fmt(row['mean_jct_s_gain_live'], '{:.1%}')}, simulated "
                        f"{fmt(row['mean_jct_s_gain_simulated'], '{:.1%}')}, live/simulated "
                        f"{fmt(row['live_over_simulated'], '{:.2f}')}")
+    if preemption:
+        click.echo("\npreemption (srpt):\n" + "\n".join("  " + line for line in _preemption_lines(preemption)))
     click.echo(f"results: {out}")
 
 

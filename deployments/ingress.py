@@ -323,6 +323,7 @@ class _Run:
         ids; the text the client got)."""
         self.num_preemptions += 1
         self.ingress.metrics.preemptions.inc()
+        self.ingress.metrics.preempted_tokens.inc(preempted.tokens_done)
         if preempted.tokens_done != self.out_tokens:  # never expected: both count the deltas streamed
             logger.warning("request %s preempted after %d tokens by its replica's count, %d streamed",
                            self.meta.request_id, preempted.tokens_done, self.out_tokens)

@@ -113,6 +113,9 @@ class IngressMetrics:
         self.retries = Counter("ssjf_retries", "Re-dispatches and router re-enqueues, by reason.", ["reason"], registry=r)
         self.preemptions = Counter("ssjf_preemptions", "srpt: streams whose run was preempted and resumed on a later "
                                    "dispatch (the client's stream goes on).", registry=r)
+        self.preempted_tokens = Counter("ssjf_preempted_tokens", "srpt: output tokens generated before a preemption "
+                                        "(their KV cache is rebuilt by a prefill where the request resumes).",
+                                        registry=r)
         self.proxy_fallbacks = Counter("ssjf_proxy_fallbacks", "Predictions that are not the proxy model's own, by "
                                        "reason: timeout (past proxy.timeout_s) or error at the ingress, which then "
                                        "asks the heuristic; or the pool's own fallback: busy, timeout, error, "

@@ -98,6 +98,7 @@ class PlannedRequest:
     temperature: float | None = None
     num_prompt_tokens: int | None = None
     expected_output_tokens: int | None = None
+    replay_remaining_predictions: tuple[float, ...] | None = None
 
     def body(self, endpoint: Endpoint, stream: bool, include_usage: bool = True) -> dict:
         body: dict = {"model": self.model, "stream": stream}
@@ -114,6 +115,9 @@ class PlannedRequest:
         if self.replay_output_tokens is not None:
             # Benchmark-only field: read by the replay engine alone (router and proxy never see it).
             body["replay_output_tokens"] = self.replay_output_tokens
+        if self.replay_remaining_predictions is not None:
+            # Benchmark-only, replay engine alone: the EMULATED re-predictions at its progress points (srpt).
+            body["replay_remaining_predictions"] = list(self.replay_remaining_predictions)
         return body
 
 
@@ -448,13 +452,16 @@ def default_model(models: Sequence[dict]) -> str | None:
 
 
 def plan_requests(workload, *, model: str | None, model_from_dataset: bool = False, replay_lengths: bool = False,
-                  max_tokens: int | None = None, temperature: float | None = None) -> list[PlannedRequest]:
+                  max_tokens: int | None = None, temperature: float | None = None,
+                  replay_remaining=None) -> list[PlannedRequest]:
     """Turn a workload table (``loadgen.workload.build_workload`` columns) into planned requests.
 
     ``model_from_dataset`` sends each row's ``model`` (the LLM that wrote the reference reply);
     ``replay_lengths`` sends the row's true ``output_tokens`` as ``replay_output_tokens``.
     ``max_tokens`` overrides the row's ``max_tokens`` column (None: the row's, if any);
     ``temperature`` is sent with every request (None: not sent, the server's default).
+    ``replay_remaining`` (``loadgen.repredict_sim.Checkpoints`` over the rows, with ``replay_lengths``):
+    each row's EMULATED re-predictions, sent as ``replay_remaining_predictions`` (srpt on replay replicas).
     """
     names = set(workload.column_names)
     missing = {"request_id", "arrival_s"} - names
@@ -470,7 +477,7 @@ def plan_requests(workload, *, model: str | None, model_from_dataset: bool = Fal
         raise ValueError("no model name: give a model or use model_from_dataset")
     rows = workload.to_pylist()
     planned = []
-    for row in rows:
+    for j, row in enumerate(rows):
         messages = tuple(dict(m) for m in (row.get("messages") or ()))
         prompt = row.get("prompt")
         if prompt is None:
@@ -488,5 +495,7 @@ def plan_requests(workload, *, model: str | None, model_from_dataset: bool = Fal
             num_prompt_tokens=row.get("num_prompt_tokens"),
             expected_output_tokens=int(truth) if truth is not None else None,
             temperature=temperature,
+            replay_remaining_predictions=(tuple(replay_remaining.of(j).tolist())
+                                          if replay_lengths and replay_remaining is not None else None),
         ))
     return planned

@@ -37,6 +37,13 @@ class RunSettings:
     model: str | None = None
     model_from_dataset: bool = False
     replay_lengths: bool | None = None  # None: on when /v1/models says the server replays
+    # srpt on replay replicas (with replay_lengths): send each request's EMULATED re-predicted remaining
+    # length at its progress points, the simulator's re-predictor (loadgen.repredict_sim spec string)
+    # every ``repredict_every`` tokens with the simulator's seed (the router's seed), so the live run
+    # gets exactly the re-predictions ``loadgen simulate`` gives the same workload. None: not sent.
+    replay_repredictor: str | None = None
+    repredict_every: int = 0
+    repredict_seed: int = 0
     max_tokens: int | None = None
     temperature: float | None = None  # None: not sent (the server's default)
     label: str | None = None
@@ -79,6 +86,9 @@ def execute_run(client_config: ClientConfig, workload: pa.Table, settings: RunSe
         "model": model,
         "model_from_dataset": settings.model_from_dataset,
         "replay_lengths": replay,
+        "replay_repredictor": ({"spec": settings.replay_repredictor, "every": settings.repredict_every,
+                                "seed": settings.repredict_seed, "emulated": True}
+                               if replay and settings.replay_repredictor else None),
         "max_tokens": settings.max_tokens,
         "temperature": settings.temperature,
         "server_models": models,
@@ -106,10 +116,21 @@ def _plan(client_config: ClientConfig, workload: pa.Table, settings: RunSettings
     try:
         planned = plan_requests(workload, model=model, model_from_dataset=settings.model_from_dataset,
                                 replay_lengths=replay, max_tokens=settings.max_tokens,
-                                temperature=settings.temperature)
+                                temperature=settings.temperature,
+                                replay_remaining=replay_repredictions(workload, settings) if replay else None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     return model, replay, planned
+
+
+def replay_repredictions(workload: pa.Table, settings: RunSettings):
+    """The EMULATED re-predictions to send (``RunSettings.replay_repredictor``), or None."""
+    if settings.replay_repredictor is None or settings.repredict_every < 1 or "output_tokens" not in workload.column_names:
+        return None
+    from loadgen.repredict_sim import RepredictorSpec, remaining_predictions
+
+    return remaining_predictions(workload.column("output_tokens").to_numpy(), settings.repredict_every,
+                                 RepredictorSpec.parse(settings.replay_repredictor), settings.repredict_seed)
 
 
 def _send_all(client_config: ClientConfig, planned: list, show_progress: bool) -> tuple[OpenLoopRun | None, bool]:

@@ -193,7 +193,7 @@ def scheduler_option(name: str, **overrides):
 
 def parse_policies(value: str, *, live: bool = False) -> list[Policy]:
     """``--policies``: a comma list of policy names, each once, in the order given. ``live``: for a
-    real cluster, where ``oracle`` (it needs the true lengths) and ``srpt`` (preemption) do not exist."""
+    real cluster, where ``oracle`` (it needs the true lengths) does not exist."""
     names = [p.strip() for p in value.split(",") if p.strip()]
     if not names:
         raise click.BadParameter("give at least one policy", param_hint="--policies")
@@ -206,10 +206,6 @@ def parse_policies(value: str, *, live: bool = False) -> list[Policy]:
         if live and policy is Policy.ORACLE:
             raise click.BadParameter("'oracle' needs the true lengths: it exists only in `loadgen simulate`",
                                      param_hint="--policies")
-        if live and policy is Policy.SRPT:
-            # The router actor and the engines do not apply preemptions yet (issue 14's later step).
-            raise click.BadParameter("'srpt' preempts running requests, which the serving cluster does not do yet: "
-                                     "it exists only in `loadgen simulate`", param_hint="--policies")
         if policy in policies:
             raise click.BadParameter(f"policy {name!r} is listed twice", param_hint="--policies")
         policies.append(policy)

@@ -180,8 +180,11 @@ def test_server_counters_over_one_run_come_from_the_ingress_metrics():
     metrics.proxy_fallbacks.labels("load_failed").inc(1)
     metrics.retries.labels("misrouted").inc(2)
     metrics.retries.labels("replica_died").inc()
+    metrics.preemptions.inc(2)  # srpt: two streams preempted, after 40 tokens in all
+    metrics.preempted_tokens.inc(40)
     after = parse_counters(metrics.render()[0].decode())
-    assert counter_deltas(before, after) == {"proxy_fallbacks": 5, "retries": 3}
+    assert counter_deltas(before, after) == {"proxy_fallbacks": 5, "retries": 3, "preemptions": 2,
+                                             "preempted_tokens": 40}
     assert counter_deltas(None, after) == {}  # unreadable: nothing claimed
     lines = fallback_warnings({"fcfs": {"proxy_fallbacks": 0, "num_requests": 9},
                                "ssjf": {"proxy_fallbacks": 5, "num_requests": 9}}, prefix="load 0.9: ")
@@ -288,3 +291,50 @@ def test_serve_default_warning_at_a_sped_up_time_scale():
     assert "50x" in serve_default_warning({"time_scale": 0.02, "serve_default": queued_in_serve})
     assert serve_default_warning({"time_scale": 1.0, "serve_default": queued_in_serve}) is None
     assert serve_default_warning({"time_scale": 0.02}) is None  # no serve-default in this bench
+
+
+def test_srpt_runs_live_with_the_simulators_re_predictions_sent_and_simulated():
+    """srpt on replay replicas: every request carries its EMULATED re-predictions, the very values the
+    simulator uses for the same workload (same re-predictor, progress points and seed), and the
+    simulated srpt run reports what preemption did."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from cluster.bench import simulate_same, srpt_settings
+    from deployments.config import AppConfig
+    from loadgen.client import Endpoint, plan_requests
+    from loadgen.cmd_run import RunSettings, replay_repredictions
+    from loadgen.repredict_sim import remaining_predictions
+    from loadgen.workload import WorkloadSpec, build_workload
+
+    app = AppConfig.from_dict({"llm": {"engine": "replay", "num_replicas": 1, "batching": "none", "time_scale": 0.01},
+                               "router": {"policy": "srpt", "repredict_every_tokens": 16, "seed": 3},
+                               "proxy": {"predictor": "constant", "constant_tokens": 100}})
+    table = build_workload(WorkloadSpec(dataset="arena", trace="poisson", rate=50.0, num_requests=40, seed=2))
+    base = RunSettings(model="m", replay_lengths=True)
+    settings = srpt_settings(base, app, "noisy:0.5")
+    assert (settings.replay_repredictor, settings.repredict_every, settings.repredict_seed) == ("noisy:0.5", 16, 3)
+    fcfs = replace(app, router=replace(app.router, policy="fcfs"))
+    assert srpt_settings(base, fcfs, "noisy:0.5") is base  # other policies send nothing
+    planned = plan_requests(table, model="m", replay_lengths=True, replay_remaining=replay_repredictions(table, settings))
+    want = remaining_predictions(table.column("output_tokens").to_numpy(), 16, "noisy:0.5", 3)
+    j = int(np.argmax(table.column("output_tokens").to_numpy()))  # the longest: several progress points
+    assert planned[j].replay_remaining_predictions == tuple(want.of(j).tolist()) and len(want.of(j)) >= 2
+    assert planned[j].body(Endpoint.CHAT, False)["replay_remaining_predictions"] == want.of(j).tolist()
+
+    sim = simulate_same({"fcfs": fcfs, "srpt": app}, table, seed=2, repredictor="noisy:0.5")
+    pre = sim["policies"]["srpt"]["preemption"]
+    assert pre["repredictor"] == "noisy:0.5" and pre["num_preemptions"] >= 0 and "preemption" not in sim["policies"]["fcfs"]
+
+
+def test_preemption_rows_put_live_counters_beside_the_simulation(tmp_path, capsys):
+    from cluster.bench import _preemption_lines, preemption_rows
+
+    summaries = {"fcfs": {"preemptions": 0}, "srpt": {"preemptions": 3, "preempted_tokens": 120}}
+    sim = {"policies": {"fcfs": {}, "srpt": {"preemption": {"num_preemptions": 4, "resume_tokens": 150, "resume_s": 0.5,
+                                                            "repredictor": "measured"}}}}
+    rows = preemption_rows(summaries, sim)
+    assert list(rows) == ["srpt"] and rows["srpt"]["live"] == {"num_preemptions": 3, "preempted_tokens": 120}
+    line, = _preemption_lines(rows)
+    assert line.startswith("srpt: 3 preemptions live (120 generated") and "simulated 4 (150 tokens, 0.50 s" in line

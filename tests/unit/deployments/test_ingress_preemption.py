@@ -81,6 +81,11 @@ class Metrics:
         self.preempted = 0
         self.retries = SimpleNamespace(labels=lambda reason: SimpleNamespace(inc=lambda: None))
         self.preemptions = SimpleNamespace(inc=self._inc)
+        self.tokens = 0
+        self.preempted_tokens = SimpleNamespace(inc=self._tokens)
+
+    def _tokens(self, n):
+        self.tokens += n
 
     def _inc(self):
         self.preempted += 1
@@ -114,7 +119,8 @@ def test_a_preempted_stream_resumes_on_the_next_dispatch_as_one_stream():
     assert replicas.requests[0] == dataclasses.replace(REQUEST, attempt=101)
     assert replicas.requests[1] == dataclasses.replace(REQUEST, attempt=102, resume_tokens=3,
                                                        resume_text=" one two", resume_token_ids=(7, 8, 9))
-    assert run.finished and run.num_preemptions == 1 and ing.metrics.preempted == 1 and run.num_retries == 0
+    assert run.finished and run.num_preemptions == 1 and run.num_retries == 0
+    assert (ing.metrics.preempted, ing.metrics.tokens) == (1, 3)
     assert router.events == [] and replicas.cancelled == []  # nothing to cancel: every run ended by itself
 
 

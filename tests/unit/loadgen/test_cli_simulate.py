@@ -135,9 +135,9 @@ def test_bad_srpt_arguments_are_usage_errors(args, message):
     assert message in result.output
 
 
-def test_a_live_cluster_refuses_srpt_until_it_can_preempt():
+def test_a_live_cluster_runs_srpt_and_refuses_the_oracle():
     from loadgen.options import parse_policies
 
-    assert parse_policies("fcfs,srpt")[1].value == "srpt"
-    with pytest.raises(click.BadParameter, match="does not do yet"):
-        parse_policies("fcfs,srpt", live=True)
+    assert [p.value for p in parse_policies("fcfs,srpt", live=True)] == ["fcfs", "srpt"]
+    with pytest.raises(click.BadParameter, match="true lengths"):
+        parse_policies("fcfs,oracle", live=True)
