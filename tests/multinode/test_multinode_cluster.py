@@ -2,13 +2,16 @@
 pool), two "gpu" nodes (one emulated LLM replica each), placed by custom resources. The app is
 deployed from cluster/serve_multinode_replay.yaml with `serve deploy`, as a cloud head does;
 placement is read back through the state API (cluster CLI); requests flow end to end over HTTP;
-then one LLM node is stopped and the cluster keeps serving from the other."""
+then one LLM node is lost (killed at once) while a burst is in flight, and the cluster keeps serving
+from the other: every request of the burst gets a whole answer or an OpenAI-style error, the router
+settles with its counters balanced, and the next requests succeed."""
 
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import yaml
 from cluster.lifecycle import free_port
 from cluster.local_multinode import NODE_NAME_LABEL
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(360)]
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "ssjf"
@@ -75,6 +78,71 @@ def complete(url: str, n: int, stream: bool = False, predict: int = 100, timeout
     return httpx.post(f"{url}/v1/completions", json=body, timeout=timeout)
 
 
+def one_request(url: str, i: int, n: int, stream: bool) -> tuple[str, str | None]:
+    """Send request ``i`` and classify its answer: ("ok", None) for a whole answer, ("error", code) for an
+    OpenAI-style error (in a stream: an error event followed by [DONE]), ("hung", None) for a client
+    timeout, ("bad", what) for anything else (a plain-text error, a stream that just stops)."""
+    body = {"model": "any-model", "prompt": f"[[predict:{n}]] burst {i}", "max_tokens": n,
+            "replay_output_tokens": n, "stream": stream}
+    try:
+        if not stream:
+            r = httpx.post(f"{url}/v1/completions", json=body, timeout=90)
+            payload = r.json() if r.headers.get("content-type", "").startswith("application/json") else None
+            if r.status_code == 200:
+                ok = payload["usage"]["completion_tokens"] == n and len(payload["choices"][0]["text"].split()) == n
+                return ("ok", None) if ok else ("bad", f"incomplete: {payload['usage']}")
+            err = (payload or {}).get("error") or {}
+            if {"message", "type", "param", "code"} <= set(err):
+                return "error", err["code"]
+            return "bad", f"{r.status_code} {r.text[:200]}"
+        events, text, error = [], "", None
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=90) as r:
+            if r.status_code != 200:
+                r.read()
+                err = r.json().get("error") or {}
+                return ("error", err.get("code")) if {"message", "type", "param", "code"} <= set(err) else \
+                    ("bad", f"{r.status_code} {r.text[:200]}")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if events[-1] != "[DONE]":
+                        event = json.loads(events[-1])
+                        if "error" in event:
+                            error = event["error"]
+                        elif event["choices"]:
+                            text += event["choices"][0].get("text") or ""
+        if events[-1:] != ["[DONE]"]:
+            return "bad", f"stream without [DONE] ({len(text.split())} of {n} tokens)"
+        if error is not None:
+            return "error", error.get("code")
+        return ("ok", None) if len(text.split()) == n else ("bad", f"{len(text.split())} of {n} tokens")
+    except httpx.TimeoutException:
+        return "hung", None
+
+
+def router_settled(cluster, replicas: int, timeout_s: float = 60) -> dict:
+    """The router's snapshot once nothing is queued, running or waiting and ``replicas`` are registered
+    (read in a subprocess: this process never joins the cluster); AssertionError after ``timeout_s``."""
+    script = f"""
+import json, time, ray
+ray.init(address={cluster.address!r}, logging_level="ERROR")
+router = ray.get_actor("ssjf-router-{APP}", namespace="ssjf")
+deadline = time.monotonic() + {timeout_s}
+while True:
+    snap = ray.get(router.snapshot.remote(), timeout=30)
+    done = (snap["num_queued"], snap["num_running"], snap["num_waiters"], len(snap["replicas"])) == (0, 0, 0, {replicas})
+    if done or time.monotonic() > deadline:
+        print(json.dumps({{"settled": done, **snap}}, default=str))
+        break
+    time.sleep(0.2)
+"""
+    res = run_cli("-c", script, timeout=timeout_s + 60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    snap = json.loads(res.stdout.strip().splitlines()[-1])
+    assert snap["settled"], f"the router did not settle: {snap}"
+    return snap
+
+
 def concurrently(url: str, lengths: list[int]) -> list[httpx.Response]:
     with ThreadPoolExecutor(len(lengths)) as pool:
         return list(pool.map(lambda n: complete(url, n), lengths))
@@ -120,6 +188,9 @@ def deployed(local_cluster, tmp_path_factory):
     app = config["applications"][0]
     # Slow enough that concurrent requests overlap (a few ms a token), so load builds up.
     app["args"]["llm"]["time_scale"] = 0.25
+    # Deadlines of seconds, so that a call to a lost node's replica ends within the test's bounds
+    # whatever Ray takes to declare the node dead.
+    app["args"]["ingress"].update(first_token_timeout_s=8.0, token_timeout_s=8.0)
     # Predictions set by the prompt ("[[predict:N]]"), so the predicted work is known exactly.
     app["args"]["proxy"]["predictor"] = "marker"
     llm = next(d for d in app["deployments"] if d["name"] == "llm")
@@ -190,9 +261,29 @@ def test_placement_autoscaling_requests_and_losing_an_llm_node(local_cluster, de
     assert len(llm_nodes) == 2  # one replica on each "gpu" node (llm_node: 1 each)
     assert {nodes[n]["node_type"] for n in llm_nodes} == {"gpu_worker"}
 
-    # 4. Lose one "gpu" node (its raylet and every process on it); the other keeps serving.
+    # 4. Lose one "gpu" node mid-burst (its raylet and every process on it killed at once, as a machine
+    #    lost); the other keeps serving. Every client of the burst gets a whole answer or an OpenAI-style
+    #    error (a stream the lost replica had started: an error event, then [DONE]); none hangs.
     lost = sorted(llm_nodes)[0]
-    local_cluster.stop_node(nodes[lost]["labels"][NODE_NAME_LABEL])  # "gpu-a" or "gpu-b"
+    burst = [(i, (200, 500, 900, 1400)[i % 4], i % 2 == 1) for i in range(16)]  # 0.5-4 s each
+    with ThreadPoolExecutor(len(burst)) as pool:
+        answers = [pool.submit(one_request, url, *req) for req in burst]
+        # More running than one replica's 4 slots: both replicas are busy.
+        wait_for(lambda: (h := _healthy(url, 2)) and h["num_running"] >= 5 and h, 60,
+                 "the burst running on both replicas", 0.05)
+        local_cluster.stop_node(nodes[lost]["labels"][NODE_NAME_LABEL], graceful=False)  # "gpu-a" or "gpu-b"
+        outcomes = [a.result() for a in answers]
+    print(f"[fault-matrix] worker node lost mid-burst: {len(outcomes)} requests, "
+          f"{sum(o == 'ok' for o, _ in outcomes)} ok, errors {Counter(c for o, c in outcomes if o == 'error')}, "
+          f"bad {sum(o == 'bad' for o, _ in outcomes)}, hung {sum(o == 'hung' for o, _ in outcomes)}")
+    assert all(o in ("ok", "error") for o, _ in outcomes), outcomes
+    assert any(o == "ok" for o, _ in outcomes), outcomes
+    # The router: nothing queued, running or waiting, the lost replica dropped; its counters balance.
+    snap = router_settled(local_cluster, replicas=1)
+    c = snap["counters"]
+    assert c["dispatched"] + c["adopted"] == c["completed"] + c["cancelled"] + c["failed"] + c["requeued"], c
+    assert c["enqueued"] == c["dispatched"] + c["withdrawn"], c
+    # The next requests succeed.
     lengths = [8, 2, 11, 5, 20, 3]
     for n, r in zip(lengths, concurrently(url, lengths), strict=True):
         assert r.status_code == 200, r.text
