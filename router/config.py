@@ -44,8 +44,8 @@ class SchedulerConfig:
     # srpt (issue 14): limited preemption with re-predicted remaining lengths; defaults from the
     # preemption frontier (docs/preemption.md).
     repredict_every_tokens: int = field(default=32, metadata={"help": "srpt: a running request reports its progress, and its remaining length is re-predicted, every this many generated tokens; preemption is decided there (0: never, so srpt never preempts)."})
-    preempt_margin: float = field(default=2.0, metadata={"help": "srpt: a running request is preempted only for a waiting one predicted at least this many times shorter (remaining tokens), >= 1."})
-    max_preemptions: int = field(default=2, metadata={"help": "srpt: a request is preempted at most this many times (0: never, srpt is then SRPT order without preemption)."})
+    preempt_margin: float = field(default=1.5, metadata={"help": "srpt: a running request is preempted only for a waiting one predicted at least this many times shorter (remaining tokens), >= 1."})
+    max_preemptions: int = field(default=1, metadata={"help": "srpt: a request is preempted at most this many times (0: never, srpt is then SRPT order without preemption)."})
     preempt_min_remaining_tokens: int = field(default=32, metadata={"help": "srpt: a running request predicted to need at most this many more tokens (or that close to its max_tokens) is never preempted: its last tokens run through."})
     srpt_aging_threshold_s: float = field(default=30.0, metadata={"help": "srpt starvation guard: a request this long (s) past its arrival is never preempted and, waiting, goes first, oldest first (ssjf-aging's threshold rule)."})
     work_stealing: bool = field(default=True, metadata={"help": "A replica with a free slot and an empty queue takes the best request of the longest queue, so none idles while another has a queue."})

@@ -241,12 +241,10 @@ class ThresholdAgingQueue(RequestQueue):
 class RemainingQueue(HeapQueue):
     """Shortest predicted *remaining* length first (``RequestState.predicted_remaining``, which only
     changes while the request runs, never while it waits here); ties by arrival, then id. A
-    preempted request comes back: a push count ends the key, so its new entry never compares equal
-    to its dead old one."""
+    preempted request comes back: the push count keeps its new entry apart from its dead old one."""
 
     def __init__(self):
         super().__init__(ssjf_key)
-        self._pushes = itertools.count()
 
     def push(self, state: RequestState) -> None:
         meta = state.meta
@@ -287,8 +285,6 @@ class SRPTQueue(ThresholdAgingQueue):
     def __init__(self, threshold_s: float):
         super().__init__(threshold_s)
         self._by_len = RemainingQueue()
-        pushes = itertools.count()  # as in RemainingQueue: a preempted request's entries stay distinct
-        self._by_age = HeapQueue(lambda m: (m.arrival_at, m.request_id, next(pushes)))
 
 
 class ResponseRatioQueue(RequestQueue):
