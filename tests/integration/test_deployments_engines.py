@@ -102,3 +102,39 @@ def test_deepspeed_engine_matches_hf(tiny_model_dir):
     hf, ds, eng = asyncio.run(main())
     assert type(eng.ds_engine).__name__ == "InferenceEngine"
     assert [t for t, _, _ in ds] == [t for t, _, _ in hf]
+
+
+@pytest.mark.parametrize("batching", ["none", "continuous"])
+def test_a_preempted_request_resumes_to_the_reply_it_would_have_given(tiny_model_dir, batching):
+    """srpt: a run closed after a few tokens (resume_token_ids: the ids streamed) and resumed with
+    prompt + those ids re-prefilled gives, under greedy decoding, the reply of an uninterrupted run:
+    the same text, every token counted once, the same finish."""
+    async def main():
+        eng = build_engine(settings(tiny_model_dir, batching=batching))
+        await eng.start()
+        try:
+            ref = [d async for d in eng.generate(GenerationRequest("ref", "the quick brown fox", 16, temperature=0.0))]
+            total = sum(d.num_tokens for d in ref)
+            first = GenerationRequest("p", "the quick brown fox", 16, temperature=0.0, attempt=1)
+            gen, got = eng.generate(first), []
+            async for d in gen:
+                got.append(d)
+                if sum(x.num_tokens for x in got) >= min(5, total - 1):
+                    break
+            ids = eng.resume_token_ids(first)
+            await gen.aclose()
+            done = sum(d.num_tokens for d in got)
+            resumed = GenerationRequest("p", "the quick brown fox", 16, temperature=0.0, attempt=2, resume_tokens=done,
+                                        resume_text="".join(d.text for d in got), resume_token_ids=ids)
+            rest = [d async for d in eng.generate(resumed)]
+            return ref, got, rest, ids, done
+        finally:
+            await eng.stop()
+
+    ref, got, rest, ids, done = asyncio.run(asyncio.wait_for(main(), timeout=120))
+    if sum(d.num_tokens for d in ref) < 2:
+        pytest.skip("the random model ended its reply at once: nothing to preempt")
+    assert len(ids) == done >= 1
+    assert "".join(d.text for d in got + rest) == "".join(d.text for d in ref)
+    assert sum(d.num_tokens for d in got + rest) == sum(d.num_tokens for d in ref)
+    assert rest[-1].finish_reason is ref[-1].finish_reason
