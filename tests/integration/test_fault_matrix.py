@@ -1,8 +1,9 @@
 """Issue 12's fault matrix: on a live replay cluster under concurrent load, every fault of the run
 path (an LLM replica killed before or after its first token, or hung; stale reports; duplicate
 dispatch answers; the router killed or hung; the proxy pool killed or hung; clients that leave
-while predicted, queued, before their first token or mid-stream; overload; an ingress replica
-killed) loses nothing and hangs nothing.
+while predicted, queued, before their first token or mid-stream; overload; an ingress replica hung
+past the router's lease or killed) loses nothing and hangs nothing. (A whole node lost under load:
+tests/multinode/test_multinode_cluster.py.)
 
 Each case sends a burst (half streaming, mixed lengths) with its fault, then asserts:
 
@@ -20,7 +21,7 @@ Each case sends a burst (half streaming, mixed lengths) with its fault, then ass
 Every case adds a row (requests, answers by kind, lost, hung) to a ledger; the module prints the
 rows and writes the totals to ``fault-matrix/totals.json`` under pytest's temporary directory.
 One app serves the cases that leave it whole (replicas Serve replaces, a router Ray restarts);
-killing an ingress replica runs on an app of its own, with two ingress replicas.
+the ingress cases run on an app of their own, with two ingress replicas.
 """
 
 from __future__ import annotations
