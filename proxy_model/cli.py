@@ -276,17 +276,21 @@ def _points(ctx, param, value):
               help="Generated tokens the predictor reads (the last N).")
 @click.option("--tail-stats/--no-tail-stats", "use_tail_stats", default=True, show_default=True,
               help="Repetition statistics of the tail as head inputs.")
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=float)
+@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", "learning_rate", default=3e-4, show_default=True, type=float)
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--hidden-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--hidden-size", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--dropout", default=0.3, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(min=0))
 @click.option("--rank-loss-weight", default=0.5, show_default=True, type=click.FloatRange(min=0))
 @click.option("--val-frac", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--test-frac", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--seed", default=0, show_default=True, help="Salt of the prompt-hash split (as prepare's) and seed.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]),
+              help="Split scored (val: for choosing settings; it also picks the epoch).")
 @click.option("--cap", default=None, type=click.IntRange(min=1), help="Generation cap (default: the longest capped reply).")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="First N rows of DATA only.")
-def train_remaining(data, out, eval_out, tau_table, cache, **kwargs):
+def train_remaining(data, out, eval_out, tau_table, cache, split, **kwargs):
     """Train and evaluate a remaining-length predictor on DATA: logs-schema replies WITH their text
     ('output'), e.g. from `proxy-model collect`. Scored on the test split against the prompt-only
     prediction minus the tokens so far; see docs/proxy_model.md, "Remaining-length prediction"."""
@@ -297,7 +301,7 @@ def train_remaining(data, out, eval_out, tau_table, cache, **kwargs):
     _quiet_transformers()
     try:
         cfg = RemainingConfig(**kwargs)
-        report = run(data, out, cfg, cache_path=cache, log=lambda m: click.echo(m, err=True))
+        report = run(data, out, cfg, cache_path=cache, split=split, log=lambda m: click.echo(m, err=True))
     except (ValueError, FileNotFoundError) as exc:
         _bad(exc, "DATA")
     for path, doc in ((eval_out, report), (tau_table, make_table(report) if tau_table else None)):

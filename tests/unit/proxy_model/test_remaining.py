@@ -8,6 +8,7 @@ import pytest
 from proxy_model.data import prepare, read_prepared
 from proxy_model.remaining import (
     BASELINE,
+    BASELINE_UNCLIPPED,
     REMAINING,
     RemainingConfig,
     Reply,
@@ -197,8 +198,8 @@ def test_end_to_end_report_and_tau_table(trained):
     assert report["cap"] == CAP and report["examples"]["test"] > 0
     assert set(report["per_point"]) == {"0", "16", "32"}
     for block in report["per_point"].values():
-        assert set(block) == {REMAINING, BASELINE}
-    assert table["points"] == [0, 16, 32] and set(table["tau"]) == {REMAINING, BASELINE}
+        assert set(block) == {REMAINING, BASELINE, BASELINE_UNCLIPPED}
+    assert table["points"] == [0, 16, 32] and set(table["tau"]) == {REMAINING, BASELINE, BASELINE_UNCLIPPED}
     assert table["tau"][REMAINING]["16"] == pytest.approx(report["per_point"]["16"][REMAINING]["kendall_tau"], abs=1e-4)
     assert not any(w in json.dumps(table) for w in ("essay", "briefly", "intro"))  # numbers only, no data rows
     assert (d / "cache.pt").is_file() and (d / "art" / "remaining_config.json").is_file()
