@@ -311,9 +311,11 @@ def replica_state(app, replica_id: str, timeout: float = 20.0) -> dict:
 def counters_balance(snap: dict) -> None:
     c = snap["counters"]
     runs_in = c["dispatched"] + c["adopted"]
-    runs_out = c["completed"] + c["cancelled"] + c["failed"] + c["requeued"] + snap["num_running"]
+    # The router's identities (router.actor.RouterService), preempted runs (srpt) included.
+    preempted = c.get("preempted", 0)
+    runs_out = c["completed"] + c["cancelled"] + c["failed"] + c["requeued"] + preempted + snap["num_running"]
     assert runs_in == runs_out, f"runs do not balance: {runs_in} began, {runs_out} ended or running: {c}"
-    queue_in, queue_out = c["enqueued"], c["dispatched"] + c["withdrawn"] + snap["num_queued"]
+    queue_in, queue_out = c["enqueued"] + preempted, c["dispatched"] + c["withdrawn"] + snap["num_queued"]
     assert queue_in == queue_out, f"the queue does not balance: {queue_in} enqueued, {queue_out} left or queued: {c}"
 
 
