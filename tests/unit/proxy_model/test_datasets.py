@@ -168,6 +168,20 @@ def test_bundled_demo_mix_has_short_and_capped_replies():
     assert len(set(table["prompt_id"].to_pylist())) == 24
 
 
+def test_bundled_demo_train_is_disjoint_from_the_demo_workload():
+    """scripts/demo_proxy.py trains on this file and scores on demo_mix: no prompt may be in both,
+    and the file must hold both replies that end early and replies cut at the demo's 64-token cap."""
+    from proxy_model.datasets import DATA_DIR
+
+    train = load_dataset(str(DATA_DIR / "smollm2_demo_train.jsonl"))
+    heldout = load_dataset(str(DATA_DIR / "demo_mix.jsonl"))
+    lengths = train["output_tokens"].to_pylist()
+    assert train.num_rows == 150 and set(train["model"].to_pylist()) == {"smollm2"}
+    assert max(lengths) == 64 and sum(n == 64 for n in lengths) == 69 and min(lengths) >= 1
+    assert not set(train["prompt"].to_pylist()) & set(heldout["prompt"].to_pylist())
+    assert not set(train["prompt_id"].to_pylist()) & set(heldout["prompt_id"].to_pylist())
+
+
 def test_table_parquet_roundtrip(tmp_path):
     conv = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a b"}]
     table = load_dataset(write_jsonl(tmp_path / "s.jsonl", [{"id": "1", "conversations": conv}]),
