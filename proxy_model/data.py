@@ -75,7 +75,7 @@ def _is_logs_record(rec: dict) -> bool:
     return "model" in rec and ("messages" in rec or "prompt" in rec) and ("output_tokens" in rec or "output" in rec)
 
 
-def _read_records(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
         return pq.read_table(path).to_pylist()
     import gzip
@@ -97,7 +97,7 @@ def _read_records(path: Path) -> list[dict]:
 def read_logs(path: str | Path, *, tokenizer: str = "smollm2") -> list[dict]:
     """Rows of the logs schema as dicts with messages, model, output_tokens, prompt_id, source."""
     path = Path(path)
-    records = _read_records(path)
+    records = read_records(path)
     if not records:
         raise ValueError(f"{path}: no rows")
     to_count = [i for i, r in enumerate(records) if r.get("output_tokens") is None]
@@ -154,7 +154,7 @@ def _peek(path: Path) -> dict | None:
     with opener(path, "rt", encoding="utf-8") as f:
         head = f.read(1 << 16).lstrip()
     if head.startswith("["):
-        data = _read_records(path)  # a JSON array: parse it whole (small files in practice)
+        data = read_records(path)  # a JSON array: parse it whole (small files in practice)
         return data[0] if data else None
     line = head.split("\n", 1)[0]
     try:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proxy_model.data import _read_records, split_of
+from proxy_model.data import read_records, split_of
 from proxy_model.metrics import kendall_tau
 from proxy_model.text import DEFAULT_MAX_HISTORY_CHARS, proxy_text
 
@@ -127,7 +127,7 @@ def read_replies(path: str | Path, tokenizer: ReplyTokenizer, *, max_history_cha
     (empty prompt, last turn not the user's, empty reply); splits are ``prepare``'s. The summary
     says how well the re-tokenized text agrees with the logged ``output_tokens``."""
     path = Path(path)
-    records = _read_records(path)
+    records = read_records(path)
     if limit:
         records = records[:limit]
     if not records:
