@@ -124,6 +124,9 @@ class TrainConfig:
     head_learning_rate: float = 1e-3
     batch_size: int = 16
     max_length: int = 128
+    # Fine-tuning only: batches of prompts of similar token length (transformers' LengthGroupedSampler),
+    # so a batch pads to its own longest prompt rather than nearly always to max_length.
+    group_by_length: bool = False
     hidden_size: int = 256
     dropout: float = 0.1
     rank_loss_weight: float = 0.5

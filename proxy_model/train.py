@@ -341,6 +341,8 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
         bf16=use_bf16 and not cfg.freeze_encoder,
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
+        # Grouping needs token ids to measure; cached features have no length to group by.
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.freeze_encoder else "random",
         label_names=["targets"],
         seed=cfg.seed,
         dataloader_num_workers=0,

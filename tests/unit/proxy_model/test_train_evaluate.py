@@ -135,6 +135,21 @@ def test_the_artifact_carries_the_history_cut_of_its_training_text(encoder_dir, 
     assert LengthPredictor.load(tmp_path / "artifact", dtype="fp32").max_history_chars == 50
 
 
+def test_group_by_length_fine_tunes_and_learns_the_pattern(encoder_dir, prepared, tmp_path):
+    """``group_by_length``: the Trainer's LengthGroupedSampler reads each example's token ids (it
+    fails when it cannot measure them) and the model still learns short vs long."""
+    from proxy_model.train import train
+
+    cfg = TrainConfig(encoder=str(encoder_dir), epochs=12, batch_size=4, max_length=32, learning_rate=1e-3,
+                      head_learning_rate=3e-3, hidden_size=32, bf16="no", group_by_length=True)
+    summary = train(prepared, tmp_path, cfg, progress=False)
+    assert summary["train_config"]["group_by_length"] is True
+    pred = LengthPredictor.load(tmp_path, timeout_s=None, dtype="fp32")
+    short, long = pred.predict(["please answer briefly in one word what is music 99",
+                                "write a long detailed essay about music step by step 99"], ["m-short", "m-short"])
+    assert long > 3 * short
+
+
 @pytest.mark.parametrize("head", ["classes", "binary"])
 def test_classes_and_binary_heads_train_and_predict(encoder_dir, prepared, tmp_path, head):
     from proxy_model.train import train
