@@ -31,6 +31,7 @@ harmless (the successor adopts the runs; a router that wakes frees unlisted runs
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -681,6 +682,18 @@ def _consume(fut: asyncio.Future) -> None:
         fut.exception()
 
 
+def background_task(coro) -> asyncio.Task:
+    """A task for a loop that serves many requests, started from none of them (an empty context).
+
+    ``create_task`` copies the caller's context variables, Ray's ``async_task_id`` among them: the
+    actor task being served. Ray takes every ``.remote()`` call made under it for a child of that
+    task, and ``ray.cancel`` (Serve cancels a request whose client disconnected, even after its
+    last byte) cancels the children too. A loop started lazily while one request was served would
+    see its call in flight cancelled with that request, and a cancelled poll fails every request
+    waiting on it (a live demo run: six HTTP 500s from one client closing its stream at [DONE])."""
+    return contextvars.Context().run(asyncio.get_running_loop().create_task, coro)
+
+
 class BatchedEnqueuer:
     """The ingress side of ``submit``/``poll``: ``await enqueue(meta)`` as if it were one call.
 
@@ -733,13 +746,12 @@ class BatchedEnqueuer:
         if not self._tasks or any(t.done() for t in self._tasks):
             for t in self._tasks:
                 t.cancel()
-            loop = asyncio.get_running_loop()
             self._send_wake, self._poll_wake = asyncio.Event(), asyncio.Event()
-            self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self._poll_loop())]
+            self._tasks = [background_task(self._send_loop()), background_task(self._poll_loop())]
 
     def _ensure_watchdog(self) -> None:
         if self._watchdog is None or self._watchdog.done():
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+            self._watchdog = background_task(self._watch())
 
     async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> EnqueueAnswer:
         if not self._futures and not self._direct:
@@ -932,7 +944,7 @@ class Reporter:
         self._reports.append(report)
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            self._task = background_task(self._loop())
         self._wake.set()
 
     async def _loop(self) -> None:

@@ -625,3 +625,56 @@ async def test_a_paused_router_forgives_the_silence_of_its_pause():
     clock.advance(16.0)  # still silent one timeout later: really gone
     svc.sweep()
     assert svc.snapshot()["replicas"] == []
+
+
+async def test_the_client_loops_call_the_router_as_no_request():
+    """Ray makes a ``.remote()`` call a child of the actor task whose context it is made in (the
+    ``async_task_id`` context variable), and cancelling a request cancels its children. The loops
+    started while serving one request serve every request: their calls must belong to none, or one
+    client closing its stream cancels the poll every other request waits on."""
+    ray_raylet = pytest.importorskip("ray._raylet")
+    task_id = ray_raylet.async_task_id
+    svc = create_service()
+    svc.heartbeat("r1", 1)
+    client = FakeClient(svc)
+    seen = []
+
+    class Recording(FakeHandle):
+        def __getattr__(self, name):
+            method = super().__getattr__(name)
+            inner = method.fn
+
+            def call(*args):
+                seen.append((name, task_id.get()))
+                return inner(*args)
+            method.fn = call
+            return method
+
+    client.fake = Recording(svc)
+    enq = BatchedEnqueuer(client, poll_timeout_s=0.01, ping_interval_s=0.001)
+    reporter = Reporter(client)
+
+    async def as_request(coro):  # what Ray sets while it runs the ingress's (or replica's) request
+        task_id.set("request-1")
+        return await coro
+
+    first = await asyncio.create_task(as_request(enq.enqueue(create_meta("a", 5, 1))))  # alone: direct
+    waiting = [asyncio.create_task(as_request(enq.enqueue(create_meta("b", 5, 2))))]  # direct, waits for the slot
+    await settle()
+    waiting.append(asyncio.create_task(as_request(enq.enqueue(create_meta("c", 5, 3)))))  # batched: the loops start
+    await until(lambda: any(name == "poll" for name, _ in seen), "a poll")
+    await asyncio.create_task(as_request(_report(reporter, Report.complete("a", 1, attempt=first.attempt))))
+    second = await waiting[0]
+    await asyncio.create_task(as_request(_report(reporter, Report.complete("b", 1, attempt=second.attempt))))
+    assert isinstance(await waiting[1], Dispatched)
+    by = {}
+    for name, parent in seen:
+        by.setdefault(name, set()).add(parent)
+    assert by["enqueue"] == {"request-1"}  # a direct call is the request's own
+    assert by["submit"] == by["poll"] == by["report"] == {None}
+    if "ping" in by:
+        assert by["ping"] == {None}
+
+
+async def _report(reporter, report):
+    reporter.report(report)
