@@ -3,19 +3,20 @@
 # local Ray, each with the simulator's prediction for the same workload and predictor.
 #
 #   scripts/live_bench.sh [paper|cont|sweep|hf|all]...   (default: all; about 60 min on 2 cores:
-#   paper 16, cont 19, sweep ~70, hf ~30, ~50 with its collect and train steps)
+#   paper 16, cont 19, sweep ~70, hf ~30, ~50 when it trains the SmolLM2 proxy first)
 #
 # paper: 4 replay replicas, no batching, load 0.9      (cluster/bench_paper.yaml)
 # cont : 4 replay replicas x 8 continuous slots, 0.97  (cluster/bench_cont.yaml)
 # sweep: goodput of SWEEP_POLICIES on the paper-like cluster, loads 0.8..0.95, 800 requests per point
 #        (the paper-like workload), SLO p90 JCT <= 45 s at time_scale 1
-# hf   : 2 hf replicas of SmolLM2-135M on CPU (real generation), FCFS vs SSJF vs SSJF-aging
+# hf   : 2 hf replicas of SmolLM2-135M on CPU (real generation, continuous batching, streaming), FCFS vs
+#        SSJF vs SSJF-aging on 120 test-split requests of smollm2_replies, with the SmolLM2 proxy
 #
 # Environment: PROXY_ARTIFACT (default artifacts/proxy-default), OUT (default results/live),
 # N_PAPER, N_CONT, N_SWEEP, N_HF (request counts), SWEEP (START:STOP:STEP), SWEEP_POLICIES,
 # AGING_P99_BUDGET (see below), SLO_S (p90 JCT, s, at
-# time_scale 1: scaled by the config's time_scale), HF_OUT, HF_DATA, HF_PROXY, HF_COLLECT, HF_MAX_TOKENS,
-# HF_TOKS, HF_LOAD, HF_TRACE, HF_RATE (see hf() below).
+# time_scale 1: scaled by the config's time_scale), HF_OUT, HF_PROXY, HF_REPLIES, HF_MAX_TOKENS, HF_SLOTS,
+# HF_MAX_PROMPT_TOKENS, HF_PROFILE, HF_LOAD, HF_TRACE, HF_RATE (see hf() below).
 # The emulated (replay) replicas are labelled so in every output; the aging threshold of each
 # scenario is chosen in the simulator first (the largest of 0.6/0.8/1.0/1.3 x FCFS p99 JCT whose
 # simulated ssjf-aging p99 stays within AGING_P99_BUDGET x FCFS's, default 1.2: a margin below the
@@ -38,11 +39,13 @@ SWEEP=${SWEEP:-0.8:0.95:0.05}
 SLO_S=${SLO_S:-45}
 SWEEP_POLICIES=${SWEEP_POLICIES:-fcfs,ssjf,ssjf-aging}
 AGING_P99_BUDGET=${AGING_P99_BUDGET:-1.2}
-N_HF=${N_HF:-40}
-[ -d "$ART" ] || { echo "live_bench: no proxy artifact at $ART (train it: scripts/train_default_proxy.sh, or set PROXY_ARTIFACT)" >&2; exit 2; }
+N_HF=${N_HF:-120}
 mkdir -p "$OUT"
-TAU=$($PY -c "import json,sys; print(round(json.load(open(sys.argv[1]+'/eval_test.json'))['all']['proxy']['kendall_tau'],3))" "$ART" 2>/dev/null || echo '?')
-echo "live_bench: proxy artifact $ART (Kendall tau on its own test split: $TAU); results in $OUT" >&2
+if [ "${*:-all}" != hf ]; then  # hf uses its own proxy (HF_PROXY)
+  [ -d "$ART" ] || { echo "live_bench: no proxy artifact at $ART (train it: scripts/train_default_proxy.sh, or set PROXY_ARTIFACT)" >&2; exit 2; }
+  TAU=$($PY -c "import json,sys; print(round(json.load(open(sys.argv[1]+'/eval_test.json'))['all']['proxy']['kendall_tau'],3))" "$ART" 2>/dev/null || echo '?')
+  echo "live_bench: proxy artifact $ART (Kendall tau on its own test split: $TAU); results in $OUT" >&2
+fi
 
 # derive CONFIG OUTFILE SECTION.KEY=VALUE...: a validated copy of a cluster config with the proxy
 # artifact $ART and the overrides set (`ssjf-cluster derive`; a misspelt key stops the run).
@@ -124,102 +127,187 @@ sweep() {
   cat "$OUT/sweep.txt"
 }
 
-# hf: greedy SmolLM2-135M on its own lengths. Steps (each skipped when its output exists):
-#  1. `proxy-model collect` SmolLM2's greedy reply lengths (cap HF_MAX_TOKENS) on the first HF_COLLECT
-#     Alpaca instructions (short instructions: lengths spread from 2 tokens to the cap; arena prompts
-#     run almost all to the cap) into $HF_DATA/collected.jsonl;
-#  2. `prepare` it (split by prompt: 65% train, 10% val, 25% held out), train the proxy
-#     $HF_PROXY for model "smollm2" (fine-tuned from $ART with --init-from), `evaluate` it on the
-#     held-out split ($HF_OUT/proxy-eval.json);
-#  3. the held-out prompts with their true lengths as a logs JSONL dataset ($HF_OUT/heldout.jsonl);
-#     the arrival rate = HF_LOAD x the 2 replicas' capacity, from the held-out mean length at
-#     HF_TOKS tokens/s per replica (default 14: the speed of one replica on a quiet 2-core box; the
-#     true lengths set the offered load only; they are never sent); arrivals HF_TRACE (default
-#     gamma:4, bursty: the first 40 gaps of azure-conv are calm, so no queue would form);
-#  4. `loadgen simulate` of the same workload (engine profile: HF_TOKS tokens/s, batch 1) picks the
-#     aging threshold (choose_threshold, AGING_P99_BUDGET) and gives the simulated gains;
-#  5. `ssjf-cluster bench` of fcfs, ssjf, ssjf-aging with --temperature 0 on cluster/demo.yaml with the
-#     proxy and threshold set ($HF_OUT/hf.yaml); the load average is sampled to $HF_OUT/loadavg.txt.
+# hf: real generation. 2 `hf` replicas of SmolLM2-135M-Instruct on CPU (continuous batching, HF_SLOTS
+# slots each, one torch thread each), the SmolLM2 proxy, streaming, bursty arrivals; FCFS vs SSJF vs
+# SSJF-aging, each next to the simulator's run of the very same requests with the same predictor.
+#  1. The proxy $HF_PROXY (default artifacts/proxy-smollm2; scripts/train_smollm2_proxy.sh trains it
+#     when missing) and its test split: `proxy-model prepare` of $HF_REPLIES with the training script's
+#     split settings, so no request of the bench was a training prompt.
+#  2. The workload file $HF_OUT/workload.jsonl (a logs-schema dataset): every test-split reply whose
+#     chat prompt fits HF_MAX_PROMPT_TOKENS (default 1024, what `collect` fed the model, so the engine
+#     here sees the same ids), output_tokens = min(collected length, HF_MAX_TOKENS). Greedy decoding
+#     makes the reply under a smaller cap the prefix of the collected one, so that is the length
+#     this run generates; loadgen keeps it as the truth (the simulator's service time, the report) and
+#     never sends it (no replay_output_tokens for an hf cluster; the proxy reads the prompt only).
+#     The proxy still predicts under the 512-token cap it was trained on: every reply of at least
+#     HF_MAX_TOKENS tokens is the same job here, so only the proxy's order below the cap counts.
+#  3. The engine profile for the simulator: HF_PROFILE if set, else $HF_OUT/engine.json, measured on
+#     this box first when missing (about 2 min): two `benchmarks/engine_profile.py` processes at once,
+#     as the two replicas run (prefill iterations and continuous decode steps at 1 and HF_SLOTS slots).
+#  4. The rate: HF_LOAD (default 1.0) x the saturation throughput of the 2 replicas on this workload
+#     under that profile (HF_RATE overrides); arrivals HF_TRACE (default gamma:4, bursty).
+#  5. `loadgen simulate` of the same workload, profile and proxy: the aging threshold
+#     (choose_threshold, AGING_P99_BUDGET) and the simulated gains.
+#  6. `ssjf-cluster bench` of fcfs, ssjf, ssjf-aging (greedy, streaming) on cluster/demo.yaml with the
+#     engine, slots, model name, proxy and threshold set ($HF_OUT/hf.yaml); the load average is
+#     sampled to $HF_OUT/loadavg.txt; then the live gains against the simulated ones and the targets
+#     (SSJF mean JCT <= 0.8 x FCFS, live gain >= 0.7 x simulated, ssjf-aging p99 <= 1.2 x FCFS).
+# Default size: 120 requests at HF_MAX_TOKENS 128, HF_SLOTS 4 (about 30 min on a quiet 2-core box).
 hf() {
-  local out=${HF_OUT:-$OUT/hf} data=${HF_DATA:-artifacts/data/smollm2} proxy=${HF_PROXY:-artifacts/proxy-smollm2}
-  local alpaca=${DATA:-../shared/data}/llamafactory_alpaca_en_demo.json
-  local n=${N_HF:-40} cap=${HF_MAX_TOKENS:-256} toks=${HF_TOKS:-14} load=${HF_LOAD:-1.0} trace=${HF_TRACE:-gamma:4}
+  local out=${HF_OUT:-$OUT/hf} proxy=${HF_PROXY:-artifacts/proxy-smollm2}
+  local replies=${HF_REPLIES:-${DATA:-../shared/data}/smollm2_replies.jsonl.gz}
+  local n=${N_HF:-120} cap=${HF_MAX_TOKENS:-128} slots=${HF_SLOTS:-4} load=${HF_LOAD:-1.0} trace=${HF_TRACE:-gamma:4}
+  local max_prompt=${HF_MAX_PROMPT_TOKENS:-1024}
+  local model=SmolLM2-135M-Instruct   # the data's model name, served under it so the proxy uses its row
   local px=.venv/bin/proxy-model
-  mkdir -p "$out" "$data"
-  if [ ! -f "$data/collected.jsonl" ]; then
-    [ -f "$alpaca" ] || { echo "live_bench: hf: missing $alpaca (set DATA=...)" >&2; exit 2; }
-    OMP_NUM_THREADS=1 $px collect "$alpaca" -o "$data/collected.jsonl" --model smollm2 --model-name smollm2 \
-      --max-new-tokens "$cap" --batch-size 16 --limit "${HF_COLLECT:-256}"
+  [ -f "$replies" ] || { echo "live_bench: hf: missing $replies (set HF_REPLIES or DATA)" >&2; exit 2; }
+  mkdir -p "$out"
+  if [ ! -f "$proxy/proxy_config.json" ]; then
+    echo "live_bench: hf: no proxy at $proxy: training it (scripts/train_smollm2_proxy.sh)" >&2
+    OUT=$proxy DATA=$(dirname "$replies") bash scripts/train_smollm2_proxy.sh
   fi
-  [ -f "$data/prepared.parquet" ] || $px prepare "$data/collected.jsonl" -o "$data/prepared.parquet" \
-    --val-frac 0.1 --test-frac 0.25 --seed 0
-  [ -f "$proxy/proxy_config.json" ] || $px train "$data/prepared.parquet" -o "$proxy" --init-from "$ART" --head regression \
-    --epochs 8 --lr 8e-5 --head-lr 1e-3 --batch-size 16 --max-length 128 --rank-loss-weight 0.5 --seed 0 --no-progress
-  $px evaluate "$proxy" "$data/prepared.parquet" --split test --out "$out/proxy-eval.json" | tee "$out/proxy-eval.txt"
-  local rate
-  rate=$($PY - "$data" "$out" "$toks" "$load" "$cap" <<'EOF2'
-import json, sys
+  # The split of the proxy's training script (val 0.1, test 0.2, seed 0).
+  $px prepare "$replies" -o "$out/prepared.parquet" --val-frac 0.1 --test-frac 0.2 --seed 0 > /dev/null
+  $px evaluate "$proxy" "$out/prepared.parquet" --split test --out "$out/proxy-eval.json" > "$out/proxy-eval.txt"
+  $PY - "$replies" "$out" "$cap" "$max_prompt" "$model" <<'EOF2'
+import gzip, json, sys
 import pyarrow.parquet as pq
-data, out, toks, load, cap = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-test = {r["prompt_id"] for r in pq.read_table(f"{data}/prepared.parquet").to_pylist() if r["split"] == "test"}
-rows = [json.loads(line) for line in open(f"{data}/collected.jsonl")]
-held = [r for r in rows if r["prompt_id"] in test and r["output_tokens"] > 0]
-with open(f"{out}/heldout.jsonl", "w") as f:
-    for r in held:
-        f.write(json.dumps({k: r[k] for k in ("prompt_id", "messages", "model", "output_tokens", "source")}) + "\n")
-# Batch 1 on CPU: one decode step costs 1/toks s; prefill ~4 ms per prompt token.
-json.dump({"name": "smollm2-135m-cpu", "source": f"live_bench hf: {toks:g} tokens/s per replica, batch 1",
-           "overhead_s": 0.0, "per_seq_s": 0.0, "weights_floor_s": 1 / toks, "per_token_s": 0.004,
-           "per_context_token_s": 0.0}, open(f"{out}/engine.json", "w"))
-mean = sum(min(r["output_tokens"], cap) for r in held) / len(held)
-print(f"live_bench: hf: {len(held)} held-out prompts, mean true length {mean:.1f} tokens "
-      f"({sum(r['output_tokens'] >= cap for r in held)} at the cap {cap})", file=sys.stderr)
-print(round(load * 2 / (0.3 + mean / toks), 4))
+from proxy_model.offline_models import resolve_model_name
+from transformers import AutoTokenizer
+replies, out, cap, max_prompt, model = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+split = {r["prompt_id"]: r["split"] for r in pq.read_table(f"{out}/prepared.parquet", columns=["prompt_id", "split"]).to_pylist()}
+path, kwargs = resolve_model_name("smollm2")
+tok = AutoTokenizer.from_pretrained(path, **kwargs)
+opener = gzip.open if open(replies, "rb").read(2) == b"\x1f\x8b" else open
+kept = long_prompt = 0
+at_cap = []
+with opener(replies, "rt", encoding="utf-8") as f, open(f"{out}/workload.jsonl", "w") as w:
+    for line in f:
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if split.get(r["prompt_id"]) != "test":
+            continue
+        ids = tok.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        if len(ids) > max_prompt:
+            long_prompt += 1
+            continue
+        length = min(int(r["output_tokens"]), cap)
+        at_cap.append(length >= cap)
+        w.write(json.dumps({"prompt_id": r["prompt_id"], "messages": r["messages"], "model": model,
+                            "output_tokens": length, "source": r.get("source", "smollm2_replies")}) + "\n")
+        kept += 1
+print(f"live_bench: hf: workload {out}/workload.jsonl: {kept} test-split replies ({long_prompt} left out: chat prompt "
+      f"over {max_prompt} tokens); {sum(at_cap)} of {kept} reach max_tokens {cap}", file=sys.stderr)
+EOF2
+  local profile=${HF_PROFILE:-$out/engine.json}
+  if [ ! -f "$profile" ]; then
+    # Two processes at once, one torch thread each: what each of the two replicas gets on this box.
+    echo "live_bench: hf: measuring the engine profile (2 processes, continuous, 1 and $slots slots)" >&2
+    local i
+    for i in 1 2; do
+      OMP_NUM_THREADS=1 $PY benchmarks/engine_profile.py measure --threads 1 --slots "1,$slots" \
+        --out "$out/engine_$i.json" > "$out/engine_$i.txt" 2>&1 &
+    done
+    wait
+    $PY benchmarks/engine_profile.py fit "$out/engine_1.json" "$out/engine_2.json" --out "$profile" >&2
+  fi
+  local rate
+  rate=$($PY - "$out" "$profile" "$trace" "$n" "$cap" "$slots" "$load" <<'EOF2'
+import sys
+from dataclasses import replace
+from loadgen.predictors_sim import predict_table
+from loadgen.simulator import SimWorkload, measure_saturation
+from loadgen.workload import WorkloadSpec, build_workload
+from router.config import SchedulerConfig
+from router.cost_model import EngineProfile
+out, profile, trace, n, cap, slots, load = sys.argv[1:8]
+table = build_workload(WorkloadSpec(dataset=f"{out}/workload.jsonl", trace=trace, rate=1.0, num_requests=int(n),
+                                    seed=0, max_tokens=int(cap)))
+work = SimWorkload.from_table(table, predict_table("oracle", table, 0))
+cfg = SchedulerConfig(policy="fcfs", batching="continuous", max_batch=int(slots))
+sat = measure_saturation(work, cfg, EngineProfile.load(profile), 2)
+print(f"live_bench: hf: saturation {sat['saturation_rps']:.4f} req/s (2 replicas x {slots} slots, this workload)", file=sys.stderr)
+print(round(float(load) * sat["saturation_rps"], 4))
 EOF2
   )
   rate=${HF_RATE:-$rate}
   local th
-  th=$(choose_threshold "$out/sim" "$proxy" --dataset "$out/heldout.jsonl" --trace "$trace" --seed 0 --rate "$rate" \
-         --num-requests "$n" --max-tokens "$cap" --replicas 2 --batching none --balancer least-work \
-         --engine-profile "$out/engine.json")
-  echo "live_bench: hf: rate $rate req/s (load $load at $toks tokens/s per replica), aging threshold $th s" >&2
-  ART=$proxy derive cluster/demo.yaml "$out/hf.yaml" "router.aging_threshold_s=$th"
+  th=$(choose_threshold "$out/sim" "$proxy" --dataset "$out/workload.jsonl" --trace "$trace" --seed 0 --rate "$rate" \
+         --num-requests "$n" --max-tokens "$cap" --replicas 2 --batching continuous --max-batch "$slots" \
+         --balancer least-work --engine-profile "$profile")
+  echo "$th" > "$out/threshold.txt"
+  echo "live_bench: hf: rate $rate req/s (load $load), aging threshold $th s" >&2
+  ART=$proxy derive cluster/demo.yaml "$out/hf.yaml" "router.aging_threshold_s=$th" "router.balancer=least-work" \
+    "llm.engine=hf" "llm.model=smollm2" "llm.served_models=[$model]" "llm.num_replicas=2" "llm.batching=continuous" \
+    "llm.max_batch=$slots" "llm.torch_threads=1" "ingress.default_max_tokens=$cap"
   rm -rf "${out:?}/bench"
   (while sleep 15; do echo "$(date +%s) $(cat /proc/loadavg)"; done > "$out/loadavg.txt") &
   local sampler=$!
   /usr/bin/time -f "live_bench: hf: %e s wall" \
-    $BENCH --config "$out/hf.yaml" --policies fcfs,ssjf,ssjf-aging --dataset "$out/heldout.jsonl" \
+    $BENCH --config "$out/hf.yaml" --policies fcfs,ssjf,ssjf-aging --dataset "$out/workload.jsonl" \
       --trace "$trace" --seed 0 --rate "$rate" --num-requests "$n" --max-tokens "$cap" --temperature 0 \
-      --model smollm2 --no-stream --timeout 3600 --out "$out/bench" --no-progress > "$out/bench.txt" 2> "$out/bench.log" \
-    || { kill "$sampler"; exit 1; }
+      --model "$model" --stream --timeout 3600 --out "$out/bench" --no-progress > "$out/bench.txt" 2> "$out/bench.log" \
+    || { kill "$sampler"; tail -20 "$out/bench.log" >&2; exit 1; }
   kill "$sampler"
   cat "$out/bench.txt"
   $PY - "$out" <<'EOF2'
 import json, sys
+import pyarrow.parquet as pq
+from proxy_model.metrics import kendall_tau
 out = sys.argv[1]
-sim = {f: json.load(open(f"{out}/sim-aging-{f}.json")) for f in ("0.6", "0.8", "1.0", "1.3")}
+sim = json.load(open(f"{out}/sim.json"))
+aging = {f: json.load(open(f"{out}/sim-aging-{f}.json")) for f in ("0.6", "0.8", "1.0", "1.3")}
 live = json.load(open(f"{out}/bench/bench.json"))["policies"]
-cfg = json.load(open(f"{out}/sim.json"))
-print(f"simulated (engine.json, predictor tau {cfg['predictor_kendall_tau']:.3f}):")
-for p, s in cfg["policies"].items():
+ev = json.load(open(f"{out}/proxy-eval.json"))
+print(f"proxy on its test split (1 model): Kendall tau {ev['all']['proxy']['kendall_tau']:.3f}; on these requests "
+      f"(lengths capped here): {sim['predictor_kendall_tau']:.3f}")
+print(f"simulated (engine {out}/engine.json or HF_PROFILE, predictor {sim['predictor']}):")
+for p, s in sim["policies"].items():
     print(f"  {p:11s} mean {s['mean_jct_s']:7.2f}  p50 {s['p50_jct_s']:7.2f}  p90 {s['p90_jct_s']:7.2f}  p99 {s['p99_jct_s']:7.2f}")
-for f, e in sim.items():
+for f, e in aging.items():
     a = e["policies"]["ssjf-aging"]
     print(f"  aging {f} x FCFS p99 = {e['aging']['threshold_s']:.1f} s: mean {a['mean_jct_s']:.2f} p99 {a['p99_jct_s']:.2f}")
 loads = [float(line.split()[1]) for line in open(f"{out}/loadavg.txt") if line.strip()]
 if loads:
     print(f"load average (1 min) during the bench: mean {sum(loads) / len(loads):.2f}, min {min(loads):.2f}, max {max(loads):.2f}")
-base = live["fcfs"]
+base, sbase = live["fcfs"], sim["policies"]["fcfs"]
+# Far from 1: the box ran at another speed than the profile measured at the start, so the live load
+# (and the queue that SJF reorders) differs from the simulated one.
+print(f"live FCFS mean JCT / simulated: {base['mean_jct_s'] / sbase['mean_jct_s']:.2f}")
+# The simulated ssjf-aging of the threshold the live run used is the one choose_threshold picked.
+picked = min(aging.values(), key=lambda e: abs(e["aging"]["threshold_s"] - float(open(f"{out}/threshold.txt").read())))
+sim_of = {"fcfs": sbase, "ssjf": sim["policies"]["ssjf"], "ssjf-aging": picked["policies"]["ssjf-aging"]}
+ok = True
 for p, s in live.items():
-    print(f"  live {p:11s} mean {s['mean_jct_s']:7.2f} ({100 * (1 - s['mean_jct_s'] / base['mean_jct_s']):+.1f}% gain)  "
-          f"p50 {s['p50_jct_s']:.2f}  p90 {s['p90_jct_s']:.2f}  p99 {s['p99_jct_s']:.2f}")
-# The box's speed in each run: the first two requests meet idle replicas, so their JCT is pure service
-# time. Runs that differ here differ in machine speed, not only in scheduling (2 shared cores).
-import pyarrow.parquet as pq
+    g = 1 - s["mean_jct_s"] / base["mean_jct_s"]
+    sg = 1 - sim_of[p]["mean_jct_s"] / sbase["mean_jct_s"]
+    line = (f"  live {p:11s} mean {s['mean_jct_s']:7.2f} ({100 * g:+.1f}% gain; simulated {100 * sg:+.1f}%)  "
+            f"p50 {s['p50_jct_s']:.2f}  p90 {s['p90_jct_s']:.2f}  p99 {s['p99_jct_s']:.2f} ({s['p99_jct_s'] / base['p99_jct_s']:.2f} x FCFS)")
+    if p != "fcfs":
+        line += f"  live/simulated gain {g / sg:.2f}" if sg > 0 else "  live/simulated gain n/a"
+    print(line)
+checks = [("SSJF mean JCT <= 0.80 x FCFS", live["ssjf"]["mean_jct_s"] <= 0.8 * base["mean_jct_s"],
+           f"{live['ssjf']['mean_jct_s'] / base['mean_jct_s']:.2f} x")]
+sg = 1 - sim["policies"]["ssjf"]["mean_jct_s"] / sbase["mean_jct_s"]
+g = 1 - live["ssjf"]["mean_jct_s"] / base["mean_jct_s"]
+checks.append(("SSJF live gain >= 0.7 x simulated", sg > 0 and g >= 0.7 * sg, f"{g:.3f} vs {sg:.3f}"))
+if "ssjf-aging" in live:
+    checks.append(("ssjf-aging p99 <= 1.2 x FCFS", live["ssjf-aging"]["p99_jct_s"] <= 1.2 * base["p99_jct_s"],
+                   f"{live['ssjf-aging']['p99_jct_s'] / base['p99_jct_s']:.2f} x"))
+for name, passed, value in checks:
+    print(f"  target {name}: {'met' if passed else 'NOT met'} ({value})")
+# The box's speed in each run: the first two requests meet idle replicas, so their JCT is mostly service
+# time. And whether the engine generated the workload's lengths (greedy: the collected reply, cut at
+# max_tokens; +1 where the reply ends with EOS, which the engine's usage counts).
 for p in live:
-    first = sorted(pq.read_table(f"{out}/bench/{p}/records.parquet").to_pylist(), key=lambda r: r["scheduled_at"])[:2]
-    print(f"  speed check {p:11s} " + ", ".join(f"{r['num_output_tokens']} tokens in {r['jct_s']:.1f} s = "
-                                                f"{r['num_output_tokens'] / r['jct_s']:.1f} tokens/s" for r in first))
+    recs = pq.read_table(f"{out}/bench/{p}/records.parquet").to_pylist()
+    first = sorted(recs, key=lambda r: r["scheduled_at"])[:2]
+    same = sum(r["num_output_tokens"] is not None and 0 <= r["num_output_tokens"] - r["expected_output_tokens"] <= 1
+               for r in recs)
+    print(f"  speed check {p:11s} " + ", ".join(f"{r['num_output_tokens']} tokens in {r['jct_s']:.1f} s" for r in first)
+          + f"; output lengths as in the workload (or +1): {same} of {len(recs)}")
 EOF2
 }
 
