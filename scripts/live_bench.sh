@@ -144,7 +144,7 @@ sweep() {
 #  3. The engine profile for the simulator: HF_PROFILE if set, else $HF_OUT/engine.json, measured on
 #     this box first when missing (about 2 min): two `benchmarks/engine_profile.py` processes at once,
 #     as the two replicas run (prefill iterations and continuous decode steps at 1 and HF_SLOTS slots).
-#  4. The rate: HF_LOAD (default 1.0) x the saturation throughput of the 2 replicas on this workload
+#  4. The rate: HF_LOAD (default 1.3) x the saturation throughput of the 2 replicas on this workload
 #     under that profile (HF_RATE overrides); arrivals HF_TRACE (default gamma:4, bursty).
 #  5. `loadgen simulate` of the same workload, profile and proxy: the aging threshold
 #     (choose_threshold, AGING_P99_BUDGET) and the simulated gains.
@@ -152,11 +152,17 @@ sweep() {
 #     engine, slots, model name, proxy and threshold set ($HF_OUT/hf.yaml); the load average is
 #     sampled to $HF_OUT/loadavg.txt; then the live gains against the simulated ones and the targets
 #     (SSJF mean JCT <= 0.8 x FCFS, live gain >= 0.7 x simulated, ssjf-aging p99 <= 1.2 x FCFS).
-# Default size: 120 requests at HF_MAX_TOKENS 128, HF_SLOTS 4 (about 30 min on a quiet 2-core box).
+# Default size: 120 requests, HF_MAX_TOKENS 256, HF_SLOTS 2, HF_LOAD 1.3 (bursts overload the cluster:
+# the regime where SJF reorders a queue). The simulator puts each policy's run at ~9 min on a
+# quiet box (the profile of docs/engine_speed.md), about 30-35 min in all with the cluster starts.
+# Why 256: the proxy separates "runs to the 512 cap" from shorter replies; at a 128-token cap most
+# of those shorter replies also hit the run's cap, and on the test split its Kendall tau against
+# min(length, cap) falls from 0.45 (cap 256) to 0.36 (cap 128) (artifacts/proxy-smollm2-ml256g, chat
+# prompts <= 1024 tokens); 512 would double the run.
 hf() {
   local out=${HF_OUT:-$OUT/hf} proxy=${HF_PROXY:-artifacts/proxy-smollm2}
   local replies=${HF_REPLIES:-${DATA:-../shared/data}/smollm2_replies.jsonl.gz}
-  local n=${N_HF:-120} cap=${HF_MAX_TOKENS:-128} slots=${HF_SLOTS:-4} load=${HF_LOAD:-1.0} trace=${HF_TRACE:-gamma:4}
+  local n=${N_HF:-120} cap=${HF_MAX_TOKENS:-256} slots=${HF_SLOTS:-2} load=${HF_LOAD:-1.3} trace=${HF_TRACE:-gamma:4}
   local max_prompt=${HF_MAX_PROMPT_TOKENS:-1024}
   local model=SmolLM2-135M-Instruct   # the data's model name, served under it so the proxy uses its row
   local px=.venv/bin/proxy-model
