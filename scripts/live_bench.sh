@@ -157,7 +157,7 @@ sweep() {
 # quiet box (the profile of docs/engine_speed.md), about 30-35 min in all with the cluster starts.
 # Why 256: the proxy separates "runs to the 512 cap" from shorter replies; at a 128-token cap most
 # of those shorter replies also hit the run's cap, and on the test split its Kendall tau against
-# min(length, cap) falls from 0.45 (cap 256) to 0.36 (cap 128) (artifacts/proxy-smollm2-ml256g, chat
+# min(length, cap) falls from 0.45 (cap 256) to 0.36 (cap 128) (artifacts/proxy-smollm2, chat
 # prompts <= 1024 tokens); 512 would double the run.
 hf() {
   local out=${HF_OUT:-$OUT/hf} proxy=${HF_PROXY:-artifacts/proxy-smollm2}
@@ -261,7 +261,6 @@ EOF2
   $PY - "$out" <<'EOF2'
 import json, sys
 import pyarrow.parquet as pq
-from proxy_model.metrics import kendall_tau
 out = sys.argv[1]
 sim = json.load(open(f"{out}/sim.json"))
 aging = {f: json.load(open(f"{out}/sim-aging-{f}.json")) for f in ("0.6", "0.8", "1.0", "1.3")}
