@@ -5,7 +5,7 @@ send and receive is typed here, so both sides agree on fields by name and a wron
 where it is built, not as a mis-indexed tuple on the other side.
 
 - an ``enqueue`` answers one :data:`EnqueueAnswer`: :class:`Dispatched`, :class:`QueueFull`,
-  :class:`NoReplica` or :class:`Cancelled`;
+  :class:`NoReplica`, :class:`Cancelled` or :class:`Shed`;
 - ``poll`` answers a batching client with :class:`Polled` (a request id and its answer);
 - ``report`` takes :class:`Report` s (complete, cancel, fail, remove a replica);
 - ``heartbeat`` carries the replica's :class:`Running` runs;
@@ -76,7 +76,15 @@ class Cancelled:
     call for the same request took over the wait)."""
 
 
-EnqueueAnswer = Dispatched | QueueFull | NoReplica | Cancelled
+@message
+class Shed:
+    """The policy dropped the request unrun (``slo`` policy, ``slo_infeasible='shed'``): it was
+    predicted to miss its SLO even if started at once. ``reason`` names why (``slo_unattainable``)."""
+
+    reason: str
+
+
+EnqueueAnswer = Dispatched | QueueFull | NoReplica | Cancelled | Shed
 
 
 @message

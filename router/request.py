@@ -29,6 +29,11 @@ class RequestMeta:
     predicted_tokens: float
     max_tokens: int
     arrival_at: float
+    # Latency objectives the client asked for (``x-slo-ttft-ms`` / ``x-slo-jct-ms`` headers or the
+    # body's ``slo`` field), in seconds from ``arrival_at``; None: none. Only the ``slo`` policy reads
+    # them; every policy carries them so reports can score attainment.
+    slo_ttft_s: float | None = None
+    slo_jct_s: float | None = None
 
     def __post_init__(self):
         if not self.request_id:
@@ -39,6 +44,10 @@ class RequestMeta:
             raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
         if not self.predicted_tokens >= 0:  # also rejects NaN
             raise ValueError(f"predicted_tokens must be >= 0, got {self.predicted_tokens}")
+        for name in ("slo_ttft_s", "slo_jct_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # also rejects NaN
+                raise ValueError(f"{name} must be > 0 seconds or None, got {value}")
 
     @property
     def expected_tokens(self) -> float:
@@ -69,6 +78,16 @@ class Preemption:
     request_id: str
     replica_id: str
     attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A scheduling decision (``slo`` policy with ``slo_infeasible='shed'``): drop the waiting request
+    ``request_id`` without running it, because it is predicted to miss its SLO even if started now.
+    Its caller is answered with ``reason`` (the ingress: HTTP 503, code ``slo_unattainable``)."""
+
+    request_id: str
+    reason: str = "slo_unattainable"
 
 
 class RequestState:
