@@ -13,7 +13,7 @@
 #        SSJF vs SSJF-aging on 120 test-split requests of smollm2_replies, with the SmolLM2 proxy
 #
 # Environment: PROXY_ARTIFACT (default artifacts/proxy-default), OUT (default results/live),
-# N_PAPER, N_CONT, N_SWEEP, N_HF (request counts), SWEEP (START:STOP:STEP), SWEEP_POLICIES,
+# N_PAPER, N_CONT, N_SWEEP, N_HF (request counts), POLICIES (paper, cont), SWEEP (START:STOP:STEP), SWEEP_POLICIES,
 # AGING_P99_BUDGET (see below), SLO_S (p90 JCT, s, at
 # time_scale 1: scaled by the config's time_scale), HF_OUT, HF_PROXY, HF_REPLIES, HF_MAX_TOKENS, HF_SLOTS,
 # HF_MAX_PROMPT_TOKENS, HF_PROFILE, HF_LOAD, HF_TRACE, HF_RATE (see hf() below).
@@ -40,6 +40,7 @@ SLO_S=${SLO_S:-45}
 SWEEP_POLICIES=${SWEEP_POLICIES:-fcfs,ssjf,ssjf-aging}
 AGING_P99_BUDGET=${AGING_P99_BUDGET:-1.2}
 N_HF=${N_HF:-120}
+POLICIES=${POLICIES:-fcfs,ssjf,ssjf-aging}  # paper and cont (e.g. serve-default,fcfs,ssjf,ssjf-aging,srpt)
 mkdir -p "$OUT"
 if [ "${*:-all}" != hf ]; then  # hf uses its own proxy (HF_PROXY)
   [ -d "$ART" ] || { echo "live_bench: no proxy artifact at $ART (train it: scripts/train_default_proxy.sh, or set PROXY_ARTIFACT)" >&2; exit 2; }
@@ -103,10 +104,18 @@ scenario() {  # NAME CONFIG BATCHING MAX_BATCH LOAD N TIME_SCALE
   local th
   th=$(tune_aging "$name" "$batching" "$max_batch" "$load" "$n" "$ts")
   echo "live_bench: $name: aging threshold $th s (live, time_scale $ts)" >&2
-  derive "$config" "$OUT/$name.yaml" "router.aging_threshold_s=$th"
+  local sets=("router.aging_threshold_s=$th")
+  if [[ ,$POLICIES, == *,srpt,* ]]; then
+    # srpt's starvation guard as the simulator's `auto`: 1.1 x the simulated FCFS p99 JCT (docs/preemption.md)
+    local guard
+    guard=$($PY -c "import json,sys; print(round(1.1*float(sys.argv[2])*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$OUT/$name-sim.json" "$ts")
+    echo "live_bench: $name: srpt guard $guard s (live)" >&2
+    sets+=("router.srpt_aging_threshold_s=$guard")
+  fi
+  derive "$config" "$OUT/$name.yaml" "${sets[@]}"
   rm -rf "${OUT:?}/$name"
   /usr/bin/time -f "live_bench: $name: %e s wall" \
-    $BENCH --config "$OUT/$name.yaml" --policies fcfs,ssjf,ssjf-aging --dataset arena --trace azure-conv \
+    $BENCH --config "$OUT/$name.yaml" --policies "$POLICIES" --dataset arena --trace azure-conv \
       --seed 0 --load "$load" --num-requests "$n" --no-stream --timeout 3600 --out "$OUT/$name" --no-progress \
       > "$OUT/$name.txt" 2> "$OUT/$name.log"
   cat "$OUT/$name.txt"
