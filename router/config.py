@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 
 from router.batching import BatchingMode, num_slots
-from router.policies import AgingRule, Policy, parse_enum
+from router.policies import AgingRule, Policy, SLOInfeasible, parse_enum
 
 
 class Balancer(enum.Enum):
@@ -32,7 +33,7 @@ class SchedulerConfig:
     """The scheduling core's knobs: the one declaration (with help) of what the router's config
     section and ``loadgen simulate``'s options set (see :func:`scheduler_knobs`)."""
 
-    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging, srpt (preemptive: shortest predicted remaining first; a running request is stopped at a progress point and resumed later, docs/serving.md, Preemption) or oracle (true lengths: a labelled baseline, simulator only)."})
+    policy: Policy | str = field(default=Policy.SSJF, metadata={"help": "fcfs, ssjf, ssjf-aging, srpt (preemptive: shortest predicted remaining first; a running request is stopped at a progress point and resumed later, docs/serving.md, Preemption), slo (SSJF that serves first a request whose SLO deadline is near and defers or sheds one that cannot meet it, docs/slo.md) or oracle (true lengths: a labelled baseline, simulator only)."})
     balancer: Balancer | str = field(default=Balancer.LEAST_WORK, metadata={"help": "Which replica's queue a new request joins: round-robin, least-work, power-of-two or late-binding."})
     batching: BatchingMode | str = field(default=BatchingMode.NONE, metadata={"help": "none: one request at a time; static: a batch runs until its longest member ends; continuous: slots refill every iteration."})
     max_batch: int = field(default=1, metadata={"help": "Slots per replica for static/continuous batching (none: 1)."})
@@ -48,6 +49,12 @@ class SchedulerConfig:
     max_preemptions: int = field(default=1, metadata={"help": "srpt: a request is preempted at most this many times (0: never, srpt is then SRPT order without preemption)."})
     preempt_min_remaining_tokens: int = field(default=32, metadata={"help": "srpt: a running request predicted to need at most this many more tokens (or that close to its max_tokens) is never preempted: its last tokens run through."})
     srpt_aging_threshold_s: float = field(default=30.0, metadata={"help": "srpt starvation guard: a request this long (s) past its arrival is never preempted and, waiting, goes first, oldest first (ssjf-aging's threshold rule)."})
+    # slo (issue 14 item 4, docs/slo.md): SSJF order, except a request whose latest feasible start is
+    # near goes first; the service-time estimate starts from these two and learns from completions.
+    slo_seconds_per_token: float = field(default=0.02, metadata={"help": "slo: starting estimate of a request's decode time per output token (s); the router refines it from completions (finish - dispatch, reported tokens). Predicted service = slo_first_token_s + predicted tokens x this."})
+    slo_first_token_s: float = field(default=0.1, metadata={"help": "slo: estimated time from dispatch to a request's first token (s: prefill and hand-off); used for TTFT objectives and added to the predicted service time. Not learned (the router never sees first tokens)."})
+    slo_guard_s: float = field(default=2.0, metadata={"help": "slo: a request whose latest feasible start (deadline minus predicted service) is at most this far (s) away is urgent and goes before SSJF order, earliest latest start first."})
+    slo_infeasible: SLOInfeasible | str = field(default=SLOInfeasible.DEFER, metadata={"help": "slo: a request predicted to miss its SLO even if started now: defer (served after every feasible request, shortest first) or shed (dropped with a Rejection: HTTP 503 slo_unattainable)."})
     work_stealing: bool = field(default=True, metadata={"help": "A replica with a free slot and an empty queue takes the best request of the longest queue, so none idles while another has a queue."})
     max_queued: int | None = field(default=None, metadata={"help": "Cap on waiting requests across the cluster (None: no cap); past it enqueue raises QueueFullError, which the ingress answers with 429 and Retry-After."})
     seed: int = field(default=0, metadata={"help": "Seed of the power-of-two balancer's random draws."})
@@ -57,6 +64,7 @@ class SchedulerConfig:
         self.balancer = Balancer.parse(self.balancer)
         self.batching = BatchingMode.parse(self.batching)
         self.aging_rule = AgingRule.parse(self.aging_rule)
+        self.slo_infeasible = SLOInfeasible.parse(self.slo_infeasible)
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         self.max_batch = num_slots(self.batching, self.max_batch)
@@ -80,6 +88,10 @@ class SchedulerConfig:
         if self.policy is Policy.SRPT and self.batching is BatchingMode.STATIC:
             raise ValueError("policy 'srpt' preempts one sequence to free its slot, and a static batch frees no slot "
                              "before its longest member ends: use batching none or continuous")
+        for name in ("slo_seconds_per_token", "slo_first_token_s", "slo_guard_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         if self.max_queued is not None and self.max_queued < 0:
             raise ValueError(f"max_queued must be >= 0 or None, got {self.max_queued}")
 

@@ -17,6 +17,7 @@ class RequestStatus(enum.Enum):
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    REJECTED = "rejected"  # slo, shed mode: dropped unrun, predicted to miss its SLO (a Rejection)
 
 
 @dataclass(frozen=True, slots=True)

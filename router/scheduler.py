@@ -27,6 +27,16 @@ token boundary of the request, so stopping it is exact and a request never runs 
 race a preemption on a live replica: :meth:`complete` of a request preempted and waiting again
 finishes it. The other policies never preempt and ignore :meth:`progress`; their hot path is
 unchanged.
+
+SLO (``slo`` only; docs/slo.md): the queues order by SSJF except urgent requests (near their latest
+feasible start), by the cluster's :class:`~router.policies.ServiceEstimate` (``self.estimate``),
+which :meth:`complete` refines from each finished run (dispatch to finish report, reported tokens).
+A free slot takes a feasible request before a deferred one, from any queue (its own, the shared
+one, then by stealing). With ``slo_infeasible='shed'`` a request predicted to miss its SLO even if
+started now is dropped: on arrival (:meth:`enqueue` answers ``[Rejection]`` and keeps nothing), and
+while it waits, at the next decision of any kind (every call that may dispatch first looks for
+such requests in every queue). A :class:`Rejection` then comes first in the decision list; the
+request is forgotten, like a cancelled one. Other policies never return one.
 """
 
 from __future__ import annotations
@@ -38,8 +48,17 @@ from collections.abc import Callable
 from router import batching
 from router.batching import BatchingMode
 from router.config import Balancer, SchedulerConfig
-from router.policies import Policy, RequestQueue, create_request_queue
-from router.request import Assignment, Preemption, RequestMeta, RequestState, RequestStatus
+from router.policies import (
+    Policy,
+    RequestQueue,
+    ServiceEstimate,
+    SLOInfeasible,
+    SLOQueue,
+    create_request_queue,
+)
+from router.request import Assignment, Preemption, Rejection, RequestMeta, RequestState, RequestStatus
+
+Decision = Assignment | Preemption | Rejection
 
 
 class QueueFullError(RuntimeError):
@@ -97,6 +116,13 @@ class Scheduler:
         self.clock = clock
         self._truth = truth
         self._rng = random.Random(self.config.seed)
+        c = self.config
+        self._slo = c.policy is Policy.SLO
+        # slo: the one service-time estimate of the cluster, shared by every queue (they key by it).
+        self.estimate = ServiceEstimate(c.slo_seconds_per_token, c.slo_first_token_s) if self._slo else None
+        self._shed = self._slo and c.slo_infeasible is SLOInfeasible.SHED
+        self._adopted: set[str] = set()  # slo: adopted runs, whose dispatch time the router never saw
+        self.num_rejected = 0
         self.replicas: dict[str, ReplicaState] = {}
         self._ids: list[str] = []
         # Per replica, in ``_ids`` order: load (outstanding work per slot) and queue length, kept in
@@ -121,7 +147,8 @@ class Scheduler:
         return create_request_queue(
             c.policy, aging_rule=c.aging_rule, aging_rate=c.aging_rate,
             aging_threshold_s=c.aging_threshold_s, truth=self._truth,
-            srpt_aging_threshold_s=c.srpt_aging_threshold_s,
+            srpt_aging_threshold_s=c.srpt_aging_threshold_s, estimate=self.estimate,
+            slo_guard_s=c.slo_guard_s, slo_infeasible=c.slo_infeasible,
         )
 
     # ---- replicas -------------------------------------------------------------------------
@@ -165,13 +192,15 @@ class Scheduler:
         replica.running[rid] = state
         replica.running_work += state.predicted_remaining
         self.num_running += 1
+        if self._slo:
+            self._adopted.add(rid)
         if attempt >= self.next_attempt:  # ids stay unique even if a clock went backwards
             self.next_attempt = attempt + 1
         self._sync(replica)
         self._update_free(replica)
         return True
 
-    def remove_replica(self, replica_id: str) -> tuple[list[RequestMeta], list[Assignment]]:
+    def remove_replica(self, replica_id: str) -> tuple[list[RequestMeta], list[Decision]]:
         """Forget a dead or drained replica.
 
         Its queued requests move to other queues. Requests that were running there are returned
@@ -197,10 +226,11 @@ class Scheduler:
         for state in moved:
             state.num_requeues += 1
             self._place(state)
-        return orphans, self._dispatch()
+        rejections = [self._reject(state) for state in self._drain(replica.queue)] if self._shed else []
+        return orphans, rejections + self._dispatch()
 
     # ---- requests -------------------------------------------------------------------------
-    def enqueue(self, meta: RequestMeta) -> list[Assignment]:
+    def enqueue(self, meta: RequestMeta) -> list[Decision]:
         if meta.request_id in self.requests:
             raise ValueError(f"request {meta.request_id!r} is already scheduled")
         cap = self.config.max_queued
@@ -208,7 +238,7 @@ class Scheduler:
             raise QueueFullError(f"queue is full ({self.num_queued} waiting, max_queued={cap})")
         return self._admit(meta)
 
-    def requeue(self, meta: RequestMeta) -> list[Assignment]:
+    def requeue(self, meta: RequestMeta) -> list[Decision]:
         """A dispatched run never started (its replica died or bounced the call): queue the request
         again with its own arrival time, then dispatch. One step, so the slot it frees does not go
         to the request behind it first: a retried request keeps its turn. It was admitted once, so
@@ -220,8 +250,13 @@ class Scheduler:
             self._finish(meta.request_id, RequestStatus.FAILED, None, dispatch=False)
         return self._admit(meta)
 
-    def _admit(self, meta: RequestMeta) -> list[Assignment]:
-        state = RequestState(meta, self.clock())
+    def _admit(self, meta: RequestMeta) -> list[Decision]:
+        now = self.clock()
+        if self._shed and self.estimate.latest_start(meta) < now:
+            # Predicted to miss its SLO even if it started now: refused at once, never queued.
+            self.num_rejected += 1
+            return [Rejection(meta.request_id)]
+        state = RequestState(meta, now)
         self.requests[meta.request_id] = state
         self.num_queued += 1
         self._place(state)
@@ -253,16 +288,16 @@ class Scheduler:
         return self._preempt_for_candidate(state)
 
     def complete(self, request_id: str, num_output_tokens: int | None = None,
-                 attempt: int | None = None) -> list[Assignment]:
+                 attempt: int | None = None) -> list[Decision]:
         """A running request finished on its replica: free the slot, start what comes next.
         ``attempt`` (see :meth:`state_for`): only if it still runs under that dispatch."""
         return self._finish(request_id, RequestStatus.FINISHED, num_output_tokens, attempt=attempt)
 
-    def cancel(self, request_id: str, attempt: int | None = None) -> list[Assignment]:
+    def cancel(self, request_id: str, attempt: int | None = None) -> list[Decision]:
         """The client went away: drop it from its queue, or free its slot if it was running."""
         return self._finish(request_id, RequestStatus.CANCELLED, None, attempt=attempt)
 
-    def fail(self, request_id: str, attempt: int | None = None) -> list[Assignment]:
+    def fail(self, request_id: str, attempt: int | None = None) -> list[Decision]:
         return self._finish(request_id, RequestStatus.FAILED, None, attempt=attempt)
 
     def state_for(self, request_id: str, attempt: int | None = None) -> RequestState | None:
@@ -275,13 +310,15 @@ class Scheduler:
         return state
 
     def _finish(self, request_id: str, status: RequestStatus, num_output_tokens,
-                dispatch: bool = True, attempt: int | None = None) -> list[Assignment]:
+                dispatch: bool = True, attempt: int | None = None) -> list[Decision]:
         state = self.state_for(request_id, attempt)
         if state is None:
             return []  # already finished, cancelled or orphaned, or a stale attempt: idempotent
         del self.requests[request_id]
         state.finished_at = self.clock()
         state.num_output_tokens = num_output_tokens
+        if self._slo and state.status is RequestStatus.RUNNING:
+            self._learn(state, status)
         if state.status is RequestStatus.RUNNING:
             replica = self.replicas.get(state.replica_id)
             state.status = status
@@ -353,6 +390,8 @@ class Scheduler:
         return replica.outstanding_work / replica.num_slots
 
     def _take(self, replica: ReplicaState, now: float) -> RequestState | None:
+        if self._slo:
+            return self._take_slo(replica, now)
         state = replica.queue.pop(now)
         if state is not None:
             self._sync(replica)
@@ -369,12 +408,21 @@ class Scheduler:
                 self._sync(victim)
         return state
 
-    def dispatch(self) -> list[Assignment]:
-        """Fill free slots from the queues (after ``add_replica(..., dispatch=False)`` and adoptions)."""
+    def dispatch(self) -> list[Decision]:
+        """Fill free slots from the queues (after ``add_replica(..., dispatch=False)`` and adoptions).
+        ``slo`` with shedding: also drops the waiting requests that can no longer meet their SLO
+        (a caller may call this now and then just for that, so their clients hear early)."""
         return self._dispatch()
 
-    def _dispatch(self) -> list[Assignment]:
-        assignments: list[Assignment] = []
+    def _dispatch(self) -> list[Decision]:
+        if self._shed and self.num_queued:
+            rejections = self._expire(self.clock())
+            if rejections:
+                return rejections + self._fill()
+        return self._fill()
+
+    def _fill(self) -> list[Decision]:
+        assignments: list[Decision] = []
         if not self.num_queued or not self._free:
             return assignments
         now = self.clock()
@@ -406,6 +454,73 @@ class Scheduler:
             self._update_free(replica)
         self.next_attempt = attempt
         return assignments
+
+    # ---- slo: learning, feasibility, shedding -----------------------------------------------
+    def _learn(self, state: RequestState, status: RequestStatus) -> None:
+        """A run ended: a finished one with reported tokens teaches the service estimate its duration
+        from dispatch to the finish report. Not an adopted run: the router never saw its dispatch."""
+        rid = state.meta.request_id
+        if rid in self._adopted:
+            self._adopted.discard(rid)
+            return
+        if status is RequestStatus.FINISHED and state.num_output_tokens and state.dispatched_at is not None:
+            self.estimate.observe(state.finished_at - state.dispatched_at, state.num_output_tokens)
+
+    def _queues(self):
+        yield self._shared, None
+        for replica in self.replicas.values():
+            yield replica.queue, replica
+
+    def _drain(self, queue: SLOQueue) -> list[RequestState]:
+        states, queue.shed = queue.shed, []
+        return states
+
+    def _expire(self, now: float) -> list[Decision]:
+        """Shed mode: drop every waiting request that can no longer meet its SLO (a Rejection each)."""
+        rejections: list[Decision] = []
+        for queue, replica in self._queues():
+            if not len(queue):
+                continue
+            queue.refresh(now)
+            if queue.shed:
+                rejections += [self._reject(state) for state in self._drain(queue)]
+                if replica is not None:
+                    self._sync(replica)
+        return rejections
+
+    def _reject(self, state: RequestState) -> Rejection:
+        """Forget a queued request that a queue shed (it already left the queue)."""
+        rid = state.meta.request_id
+        del self.requests[rid]
+        self.num_queued -= 1
+        self.num_rejected += 1
+        state.status = RequestStatus.REJECTED
+        state.finished_at = self.clock()
+        return Rejection(rid)
+
+    def _take_slo(self, replica: ReplicaState, now: float) -> RequestState | None:
+        """``_take`` under ``slo``: a feasible request from the own queue, the shared queue or (work
+        stealing) the queue with the most feasible requests; only when none is anywhere, a deferred
+        one in the same order (from the longest queue)."""
+        for feasible_only in (True, False):
+            state = replica.queue.pop(now, feasible_only)
+            if state is not None:
+                self._sync(replica)
+                return state
+            state = self._shared.pop(now, feasible_only)
+            if state is not None:
+                return state
+            if self.config.work_stealing and max(self._qlens):
+                victim, most = None, 0
+                for other in self.replicas.values():
+                    count = other.queue.num_feasible(now) if feasible_only else len(other.queue)
+                    if count > most:
+                        victim, most = other, count
+                if victim is not None:
+                    state = victim.queue.pop(now, feasible_only)
+                    self._sync(victim)
+                    return state
+        return None
 
     # ---- srpt: preemption -------------------------------------------------------------------
     def _preemptible(self, state: RequestState, now: float) -> bool:

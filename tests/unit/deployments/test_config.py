@@ -78,7 +78,8 @@ def test_router_scheduling_knobs_are_the_scheduling_cores():
     assert [f.name for f in knobs] == ["policy", "balancer", "aging_rule", "aging_rate", "aging_threshold_s",
                                        "repredict_every_tokens", "preempt_margin", "max_preemptions",
                                        "preempt_min_remaining_tokens", "srpt_aging_threshold_s",
-                                       "work_stealing", "max_queued", "seed"]  # the config keys, in order
+                                       "slo_seconds_per_token", "slo_first_token_s", "slo_guard_s",
+                                       "slo_infeasible", "work_stealing", "max_queued", "seed"]  # the config keys, in order
     assert [f.name for f in fields(RouterSettings)][:len(knobs)] == [f.name for f in knobs]
     assert all(f.metadata["help"] == core[f.name].metadata["help"] for f in knobs)
     router = AppConfig.from_dict({"router": {"policy": "ssjf-aging", "aging_threshold_s": 12.0, "seed": 3}}).router
