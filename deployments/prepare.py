@@ -3,10 +3,11 @@ whose prompt is rendered and counted, or an :class:`~deployments.protocol.APIErr
 OpenAI-style body) that says what was wrong.
 
 The cheap checks come first and run on the event loop: the Content-Type (415), the body size from
-Content-Length and then while reading (413), the JSON and its fields (400), the model (404), options
-the engine cannot honour. The expensive part (chat template and tokenizer) runs in a small thread
-pool, so a long prompt does not stall the other streams of this ingress; a large body is parsed
-there too. No FastAPI and no Ray: the ingress hands over its request's headers and body stream, and
+Content-Length (413), the SLO headers (``x-slo-ttft-ms``, ``x-slo-jct-ms``: 400), the body size while
+reading (413), the JSON and its fields (400; the body's ``slo`` must agree with the headers), the
+model (404), options the engine cannot honour. The expensive part (chat template and tokenizer) runs
+in a small thread pool, so a long prompt does not stall the other streams of this ingress; a large
+body is parsed there too. No FastAPI and no Ray: the ingress hands over its request's headers and body stream, and
 tests drive this with plain values.
 """
 
@@ -27,6 +28,8 @@ from deployments.protocol import (
     parse_completion,
     parse_json,
     short_int,
+    slo_from_headers,
+    with_header_slo,
 )
 
 # Bodies up to this size parse on the event loop (well under a millisecond); a larger one may take
@@ -95,11 +98,13 @@ class RequestPreparer:
         check_content_type(headers.get("content-type"))
         limit = self.cfg.ingress.max_body_bytes
         check_content_length(headers.get("content-length"), limit)
+        header_slo = slo_from_headers(headers)  # a bad x-slo-* header is refused before the body is read
         raw = await read_body(chunks, limit)
         if len(raw) <= INLINE_PARSE_BYTES:
             parsed = self.parse(raw, kind)
         else:
             parsed = await self._off_loop(self.parse, raw, kind)
+        parsed = with_header_slo(parsed, header_slo)
         if self.renderer.tokenizer is None:
             # The approximate counter is a length division: not worth a thread hop (the replay
             # engine's benchmarks run thousands of requests a second through here).

@@ -8,8 +8,10 @@ else for bad input. Unknown fields are ignored as OpenAI does, except options we
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -27,6 +29,12 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's int64; every engine's seed 
 # replay_remaining_predictions: one per progress point (max_tokens / router.repredict_every_tokens).
 MAX_REPLAY_PREDICTIONS = 16384
 MAX_REPLAY_PREDICTION = 1e9  # tokens
+# Latency objectives (``slo`` body field, ``x-slo-*-ms`` headers): milliseconds from the request's
+# arrival, > 0 and at most a day (a longer "objective" constrains nothing).
+SLO_FIELDS = ("ttft_ms", "jct_ms")
+SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "jct_ms": "x-slo-jct-ms"}
+MAX_SLO_MS = 86_400_000.0
+_SLO_HEADER_VALUE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
 
 
 class APIError(Exception):
@@ -74,6 +82,9 @@ class ParsedRequest:
     replay_output_tokens: int | None = None  # benchmark-only: read by the replay engine alone
     # Benchmark-only, replay engine alone: the EMULATED remaining length at each progress point (srpt).
     replay_remaining_predictions: tuple[float, ...] | None = None
+    # Latency objectives in seconds from arrival (body ``slo`` or ``x-slo-*-ms`` headers); None: none.
+    slo_ttft_s: float | None = None
+    slo_jct_s: float | None = None
 
     @property
     def conversation(self) -> str | tuple[ChatMessage, ...]:
@@ -238,6 +249,95 @@ def _stream_options(body: dict, stream: bool) -> bool:
     return _bool(options, "include_usage")
 
 
+def _slo_ms(value, param: str) -> float:
+    """One SLO value in milliseconds: a finite number in (0, MAX_SLO_MS]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise bad_request(f"{param!r} must be a number of milliseconds, got {_type_name(value)}", param=param,
+                          code="invalid_type")
+    if not 0 < value <= MAX_SLO_MS:  # compared before float(): a huge integer does not fit one
+        shown = short_int(value) if isinstance(value, int) else value
+        raise bad_request(f"{param!r} must be > 0 and <= {MAX_SLO_MS:.0f} ms, got {shown}", param=param,
+                          code="invalid_value")
+    return float(value)
+
+
+def _slo(body: dict) -> dict:
+    """The body's ``slo`` object (``{"ttft_ms": .., "jct_ms": ..}``, both optional; null: none) as
+    ``slo_ttft_s`` / ``slo_jct_s`` in seconds. An unknown key is refused, not ignored: a client that
+    believes it set an objective (a ``tpot_ms``, a typo) would otherwise get none."""
+    value = body.get("slo")
+    out = {"slo_ttft_s": None, "slo_jct_s": None}
+    if value is None:
+        return out
+    if not isinstance(value, dict):
+        raise bad_request(f"'slo' must be an object such as {{\"jct_ms\": 20000}}, got {_type_name(value)}",
+                          param="slo", code="invalid_type")
+    for key in value:
+        if key not in SLO_FIELDS:
+            raise bad_request(f"'slo' takes only {list(SLO_FIELDS)}, got {str(key)[:40]!a}", param="slo",
+                              code="invalid_value")
+    for key in SLO_FIELDS:
+        if value.get(key) is not None:
+            out[_slo_name(key)] = _slo_ms(value[key], f"slo.{key}") / 1000.0
+    return out
+
+
+def _slo_name(key: str) -> str:
+    return "slo_ttft_s" if key == "ttft_ms" else "slo_jct_s"
+
+
+def _header_values(headers, name: str) -> list[str]:
+    """Every value of header ``name``: Starlette's headers list repeats (``getlist``); a plain dict
+    (lower-case names) holds one."""
+    getlist = getattr(headers, "getlist", None)
+    if getlist is not None:
+        return list(getlist(name))
+    value = headers.get(name)
+    return [] if value is None else [value]
+
+
+def slo_from_headers(headers) -> dict:
+    """``x-slo-ttft-ms`` / ``x-slo-jct-ms`` (as llm-d's SLO-aware routing takes them): a plain decimal
+    number of milliseconds each, > 0 (no sign, exponent, NaN or infinity), as ``slo_ttft_s`` /
+    ``slo_jct_s`` in seconds (None where absent). A header repeated with different values is a 400."""
+    out = {"slo_ttft_s": None, "slo_jct_s": None}
+    for key, name in SLO_HEADERS.items():
+        values = {v.strip() for v in _header_values(headers, name)}
+        if not values:
+            continue
+        if len(values) > 1:
+            raise bad_request(f"the header {name!r} is given more than once with different values", param=name,
+                              code="invalid_header")
+        text = values.pop()
+        if not _SLO_HEADER_VALUE.fullmatch(text):
+            raise bad_request(f"the header {name!r} must be a positive number of milliseconds such as 2500, got "
+                              f"{text[:40]!a}", param=name, code="invalid_header")
+        ms = float(text)
+        if not 0 < ms <= MAX_SLO_MS:
+            raise bad_request(f"the header {name!r} must be > 0 and <= {MAX_SLO_MS:.0f} ms, got {text}", param=name,
+                              code="invalid_header")
+        out[_slo_name(key)] = ms / 1000.0
+    return out
+
+
+def with_header_slo(parsed: ParsedRequest, header_slo: dict) -> ParsedRequest:
+    """``parsed`` with the SLOs of :func:`slo_from_headers` added. A header and the body's ``slo`` may
+    both give an objective only if they agree: two different objectives for one request is a 400
+    (param: the header), since neither can be taken for the one the client meant."""
+    changes = {}
+    for key, name in SLO_HEADERS.items():
+        attr = _slo_name(key)
+        from_header, from_body = header_slo.get(attr), getattr(parsed, attr)
+        if from_header is None:
+            continue
+        if from_body is not None and not math.isclose(from_header, from_body, rel_tol=1e-9, abs_tol=1e-9):
+            raise bad_request(f"the header {name!r} ({from_header * 1000:g} ms) and the body's 'slo.{key}' "
+                              f"({from_body * 1000:g} ms) disagree: give one", param=name, code="slo_conflict")
+        changes[attr] = from_header
+    return dataclasses.replace(parsed, **changes) if changes else parsed
+
+
 def _refuse_unsupported(body: dict, kind: str) -> None:
     n = _int(body, "n", default=1)
     if n != 1:
@@ -269,6 +369,7 @@ def _common(body: dict, kind: str) -> dict:
         replay_output_tokens=_int(body, "replay_output_tokens", minimum=0),
         replay_remaining_predictions=_numbers(body, "replay_remaining_predictions", max_items=MAX_REPLAY_PREDICTIONS,
                                               high=MAX_REPLAY_PREDICTION),
+        **_slo(body),
     )
 
 
@@ -371,6 +472,13 @@ _COMMON_PROPERTIES = {
         "items": {"type": "number", "minimum": 0, "maximum": MAX_REPLAY_PREDICTION},
         "description": "Benchmark-only, replay engine only (router.policy srpt): the EMULATED re-predicted remaining "
                        "output length at progress points K, 2K, ... (K = router.repredict_every_tokens)."},
+    "slo": {
+        "type": ["object", "null"], "additionalProperties": False,
+        "properties": {key: {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_SLO_MS}
+                       for key in SLO_FIELDS},
+        "description": "Latency objectives in milliseconds from arrival (also as headers x-slo-ttft-ms, "
+                       "x-slo-jct-ms; both given: they must agree). router.policy slo schedules by them and may "
+                       "answer 503 slo_unattainable; other policies only carry them."},
 }
 COMPLETION_BODY_SCHEMA = {
     "type": "object", "required": ["model", "prompt"],

@@ -59,6 +59,8 @@ common = {
     "seed": field(ints, floats, st.sampled_from([2**63, -(2**63) - 1, 1e20])),
     "n": field(st.just(1), ints),
     "replay_output_tokens": field(st.integers(0, 10**6), ints),
+    "slo": field(st.fixed_dictionaries({}, optional={"ttft_ms": field(floats, ints), "jct_ms": field(floats, ints),
+                                                     "tpot_ms": json_values})),
 }
 completion_bodies = weighted(bodies({"model": model, "prompt": field(texts, st.lists(texts, min_size=1, max_size=1),
                                                                      st.lists(texts, max_size=3))}, common),

@@ -55,6 +55,8 @@ def check_outcome(parse, body) -> ParsedRequest | None:
     assert req.max_tokens is None or req.max_tokens >= 1
     assert math.isfinite(req.temperature) and math.isfinite(req.top_p)
     assert req.replay_output_tokens is None or req.replay_output_tokens >= 0
+    # An SLO is what RequestMeta takes: None or a positive finite number of seconds.
+    assert all(v is None or (math.isfinite(v) and v > 0) for v in (req.slo_ttft_s, req.slo_jct_s))
     # The answer that echoes the model name can be sent.
     json.dumps(completion_response("id", req.model, req.kind, "text", "stop", 1, 1), ensure_ascii=False).encode()
     return req
