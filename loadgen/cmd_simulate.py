@@ -2,7 +2,9 @@
 
 Every policy in ``--policies`` runs on the identical workload (same prompts, arrival times and
 predictions). ``srpt`` (preemptive) also reads ``--repredictor``: the remaining length re-predicted
-at each progress point (``loadgen.repredict_sim``), and reports its preemptions and resume cost. With ``--load``, the arrival rate is ``load x`` the saturation throughput that the
+at each progress point (``loadgen.repredict_sim``), and reports its preemptions and resume cost.
+``--slo-ttft-s`` / ``--slo-jct-s`` give every request objectives: the ``slo`` policy schedules by them
+and every policy's summary gives the share of requests that met theirs (shed ones missed). With ``--load``, the arrival rate is ``load x`` the saturation throughput that the
 simulator measures first for this workload, engine, replicas and batching (see
 :func:`loadgen.simulator.measure_saturation`); both numbers are reported.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from loadgen.options import WorkloadOptions, parse_policies, scheduler_option, workload_options
+from loadgen.options import SLO_COLUMNS, WorkloadOptions, parse_policies, scheduler_option, workload_options
 from router import AgingRule, Policy, SchedulerConfig
 
 DEFAULT_POLICIES = "fcfs,ssjf,ssjf-aging,oracle"
@@ -27,7 +29,8 @@ _DEFAULTS = SchedulerConfig()
 # The SchedulerConfig fields that are options of their own (flags, choices, defaults and help from
 # the core); the policy is --policies, the seed the workload's --seed, the threshold may be 'auto'.
 SCHEDULER_FLAGS = ("batching", "max_batch", "balancer", "aging_rule", "aging_rate", "work_stealing",
-                   "repredict_every_tokens", "preempt_margin", "max_preemptions", "preempt_min_remaining_tokens")
+                   "repredict_every_tokens", "preempt_margin", "max_preemptions", "preempt_min_remaining_tokens",
+                   "slo_seconds_per_token", "slo_first_token_s", "slo_guard_s", "slo_infeasible")
 # ``--aging-threshold-s auto``: the wait budget of the threshold rule is this multiple of the FCFS p99 JCT on
 # the identical workload ("no request waits much longer than FCFS's tail"). Chosen from the aging
 # frontier (benchmarks/sim_aging_frontier.py, docs/simulator.md): 1.3 keeps p99 within 1.5x FCFS and
@@ -59,13 +62,13 @@ def _parse_threshold(value: str, hint: str = "--aging-threshold-s") -> float | N
 
 
 @click.command("simulate")
-@workload_options
+@workload_options(with_slo=True)
 @click.option("--replicas", type=click.IntRange(min=1), default=4, show_default=True, help="LLM replicas.")
 @scheduler_option("batching")
 @scheduler_option("max_batch", default=8)
 @click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
-              help="Comma list of fcfs, ssjf, ssjf-aging, srpt (preemptive), oracle (oracle: true lengths, a "
-                   "labelled baseline).")
+              help="Comma list of fcfs, ssjf, ssjf-aging, srpt (preemptive), slo (by --slo-ttft-s/--slo-jct-s), "
+                   "oracle (oracle: true lengths, a labelled baseline).")
 @scheduler_option("balancer")
 @click.option("--predictor", default="noisy:0.6", show_default=True,
               help="oracle, noisy:TAU (synthetic, Kendall tau ~TAU), heuristic, constant[:N], "
@@ -83,6 +86,10 @@ def _parse_threshold(value: str, hint: str = "--aging-threshold-s") -> float | N
 @scheduler_option("srpt_aging_threshold_s", type=str, default="auto",
                   help=f"{_help('srpt_aging_threshold_s')} 'auto': {SRPT_AUTO_THRESHOLD_FACTOR} x the FCFS p99 JCT "
                        "on the same workload.")
+@scheduler_option("slo_seconds_per_token")
+@scheduler_option("slo_first_token_s")
+@scheduler_option("slo_guard_s")
+@scheduler_option("slo_infeasible")
 @click.option("--repredictor", default="measured", show_default=True,
               help="srpt: the remaining length re-predicted at each progress point: measured (Kendall tau by "
                    "progress point from proxy_model/data/remaining_tau.json, a labelled placeholder until it "
@@ -246,7 +253,7 @@ def _simulate_policies(work, policies, engine, base: SchedulerConfig, replicas: 
     """Simulate every policy on ``work``; returns the summaries and results in ``policies`` order,
     the scheduler config after any auto threshold, and the aging block of the summary."""
     from loadgen.simulator import simulate
-    from loadgen.summary import summarize
+    from loadgen.summary import slo_attainment, summarize
 
     n = len(work)
     aging = {"rule": base.aging_rule.value, "rate": base.aging_rate, "threshold_s": base.aging_threshold_s,
@@ -284,6 +291,11 @@ def _simulate_policies(work, policies, engine, base: SchedulerConfig, replicas: 
                       first_token_at=res.first_token_at, output_tokens=work.output_tokens)
         if policy is Policy.SRPT:
             s.update(preemption_summary(res, work, repredictor))
+        if work.has_slo:
+            s.update(slo_attainment(res.arrival_at, res.first_token_at, res.finished_at, work.slo_ttft_s,
+                                    work.slo_jct_s, shed=res.shed))
+        if policy is Policy.SLO:
+            s.update(slo_seconds_per_token=res.extra["seconds_per_token"], num_rejected=res.extra["num_rejected"])
         s["sim_wall_s"] = res.wall_s
         s["sim_requests_per_s"] = n / res.wall_s if res.wall_s > 0 else None
         s["num_events"] = res.num_events
@@ -321,7 +333,7 @@ def preemption_summary(res, work, repredictor=None) -> dict:
 def _summary_lines(opts: WorkloadOptions, policies, predictor, engine, base: SchedulerConfig, replicas: int,
                    summary: dict, saturation: dict | None, out_dir: str | None) -> list[str]:
     """The text report of ``loadgen simulate`` (the header, the per-policy table, the footnotes)."""
-    from loadgen.summary import format_table
+    from loadgen.summary import fmt, format_table
 
     n = summary["workload"]["num_requests"]
     rate, offered = summary["rate_rps"], summary["offered_rate_rps"]
@@ -351,8 +363,20 @@ def _summary_lines(opts: WorkloadOptions, policies, predictor, engine, base: Sch
                      f"({summary['aging']['srpt_threshold_source']})")
         lines.append(f"srpt: {s['num_preemptions']} preemptions of {s['num_preempted_requests']} requests; resumes "
                      f"re-prefilled {s['resume_tokens']} generated tokens ({s['resume_s']:.1f} s of engine time)")
+    if Policy.SLO in policies:
+        s = summary["policies"][Policy.SLO.value]
+        lines.append(f"slo: guard {base.slo_guard_s:g} s, infeasible requests {base.slo_infeasible.value} "
+                     f"({s['num_rejected']} shed); seconds per token {base.slo_seconds_per_token:g} at the start, "
+                     f"{s['slo_seconds_per_token']:.4g} learned at the end; first token {base.slo_first_token_s:g} s")
+    if opts.has_slo:
+        lines.append(f"SLO of every request: TTFT {fmt(opts.slo_ttft_s, '{:g} s')}, JCT {fmt(opts.slo_jct_s, '{:g} s')} "
+                     "(SLO met: share of requests within all of theirs; shed and unfinished ones missed)")
+    elif Policy.SLO in policies:
+        lines.append("note: no --slo-ttft-s/--slo-jct-s given, so slo orders like ssjf")
     lines += ["", format_table(summary["policies"], "fcfs"), "",
               "JCT, wait (queueing delay) in seconds; 'oracle' knows the true lengths (a benchmark bound only)."]
+    if any(s.get("num_shed") for s in summary["policies"].values()):
+        lines.append("JCTs and waits are over the requests that ran: a shed request has none (it missed its SLO).")
     if out_dir is not None:
         lines.append(f"per-request results in {out_dir}/requests.parquet")
     return lines
@@ -382,6 +406,9 @@ def _write_out(out: Path, table, predicted, per_policy: dict, summary: dict) -> 
             "jct_s": pa.array(res.jct_s),
             "queue_delay_s": pa.array(res.queue_delay_s),
             "replica": pa.array([f"r{r}" for r in res.replica.tolist()], pa.string()),
+            # ok: it ran to its end; shed: the slo policy refused it (it never ran; its times are NaN)
+            "status": pa.array(np.where(res.shed, "shed", "ok").tolist(), pa.string()),
+            **{name: table.column(name) for name in SLO_COLUMNS if name in table.column_names},
         }))
     pq.write_table(pa.concat_tables(parts), out / "requests.parquet")
     config = {k: summary[k] for k in ("workload", "rate_rps", "saturation_rps", "saturation_method", "target_load",

@@ -27,7 +27,10 @@ from router.policies import Policy
 DEFAULT_NUM_REQUESTS = 200
 
 # Option name -> keyword argument name, in the order they are added.
-_KEYS = ("dataset", "trace", "rate", "load", "num_requests", "duration", "seed", "max_tokens", "temperature")
+_KEYS = ("dataset", "trace", "rate", "load", "num_requests", "duration", "seed", "max_tokens", "temperature",
+         "slo_ttft_s", "slo_jct_s")
+# The per-request SLO columns a workload table gets from ``--slo-ttft-s`` / ``--slo-jct-s``.
+SLO_COLUMNS = ("slo_ttft_s", "slo_jct_s")
 MAX_TEMPERATURE = 2.0  # the OpenAI API's range, as the ingress validates it
 
 
@@ -44,6 +47,8 @@ class WorkloadOptions:
     seed: int = field(default=0, metadata={"help": "Seed of the prompt draw and the arrival process."})
     max_tokens: int | None = field(default=None, metadata={"help": "max_tokens sent with each request; dataset rows with longer true replies are dropped (None: the workload's default)."})
     temperature: float | None = field(default=None, metadata={"help": "temperature sent with each request, 0..2 (0: greedy); None: not sent (the server's default, 1 in the OpenAI API)."})
+    slo_ttft_s: float | None = field(default=None, metadata={"help": "Time-to-first-token objective of every request (s from its arrival); None: none."})
+    slo_jct_s: float | None = field(default=None, metadata={"help": "Completion-time objective of every request (s from its arrival); None: none."})
 
     def __post_init__(self):
         if self.rate is not None and self.load is not None:
@@ -64,6 +69,10 @@ class WorkloadOptions:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature is not None and not 0 <= self.temperature <= MAX_TEMPERATURE:
             raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0: greedy), got {self.temperature}")
+        for name in SLO_COLUMNS:
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be > 0 seconds, got {value}")
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> WorkloadOptions:
@@ -116,22 +125,46 @@ class WorkloadOptions:
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
 
+    @property
+    def has_slo(self) -> bool:
+        return self.slo_ttft_s is not None or self.slo_jct_s is not None
+
     def build(self, capacity_rps: float | None = None):
-        """Build the workload table (``loadgen.workload.build_workload``) at the resolved rate."""
+        """Build the workload table (``loadgen.workload.build_workload``) at the resolved rate. With an
+        SLO option, the table also has the float columns ``slo_ttft_s`` and ``slo_jct_s`` (every
+        request's objectives; null where that one is not given); without, it has neither."""
         from loadgen.workload import build_workload
 
-        return build_workload(self.spec(capacity_rps))
+        return with_slo_columns(build_workload(self.spec(capacity_rps)), self.slo_ttft_s, self.slo_jct_s)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def workload_options(f=None, *, with_load: bool = True, with_temperature: bool = False):
+def with_slo_columns(table, slo_ttft_s: float | None, slo_jct_s: float | None):
+    """``table`` with the columns ``slo_ttft_s`` and ``slo_jct_s`` (the same objectives for every
+    request; null where not given), or unchanged when neither is given."""
+    if slo_ttft_s is None and slo_jct_s is None:
+        return table
+    import pyarrow as pa
+
+    n = table.num_rows
+    for name, value in zip(SLO_COLUMNS, (slo_ttft_s, slo_jct_s), strict=True):
+        column = pa.array([value] * n, pa.float64())
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, column)
+        else:
+            table = table.append_column(name, column)
+    return table
+
+
+def workload_options(f=None, *, with_load: bool = True, with_temperature: bool = False, with_slo: bool = False):
     """Click decorator adding the shared workload options.
 
     Use as ``@workload_options`` or ``@workload_options(with_load=False)`` (``run`` talks to a
     cluster whose capacity it does not know, so it takes only ``--rate``). ``with_temperature``
-    adds ``--temperature`` (commands that send requests: ``run``, ``bench``).
+    adds ``--temperature`` (commands that send requests: ``run``, ``bench``). ``with_slo`` adds
+    ``--slo-ttft-s`` and ``--slo-jct-s`` (every request's objectives).
     """
 
     def decorate(func):
@@ -164,6 +197,15 @@ def workload_options(f=None, *, with_load: bool = True, with_temperature: bool =
                 "--temperature", type=click.FloatRange(0, MAX_TEMPERATURE), default=None,
                 help="Sampling temperature sent with every request, 0..2 (0: greedy, so a real engine's "
                      "reply lengths repeat between runs) [default: not sent: the server's default, 1]."))
+        if with_slo:
+            options += [
+                click.option("--slo-ttft-s", type=click.FloatRange(min=0, min_open=True), default=None,
+                             help="Time-to-first-token objective of every request, seconds from its arrival "
+                                  "(the slo policy schedules by it; reports give the share met) [default: none]."),
+                click.option("--slo-jct-s", type=click.FloatRange(min=0, min_open=True), default=None,
+                             help="Completion-time objective of every request, seconds from its arrival "
+                                  "[default: none]."),
+            ]
         for option in reversed(options):
             func = option(func)
         return func

@@ -25,6 +25,11 @@ tokens it generated, and the request that takes its slot joins there. When it is
 plus those tokens: their KV cache was dropped, so the first iteration re-prefills them (the resume
 cost), unless ``resume_keeps_kv`` and it resumes on the replica that kept them. The non-preemptive
 policies run the same code as before (one flag test per boundary).
+
+SLOs (``slo`` policy, docs/slo.md): a request carries its objectives (``SimWorkload.slo_ttft_s`` /
+``slo_jct_s``, NaN: none) to the scheduler in its ``RequestMeta``. A :class:`router.Rejection` ends
+the request unrun: ``SimResult.shed`` marks it, and its dispatch, start, token and finish times stay
+NaN (reports count it as not completed, and as a missed SLO).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import numpy as np
 from router import Policy, RequestMeta, Scheduler, SchedulerConfig
 from router.batching import Segment, keeps_finished
 from router.cost_model import EngineProfile
-from router.request import Preemption
+from router.request import Preemption, Rejection
 
 INF = math.inf
 
@@ -56,9 +61,19 @@ class SimWorkload:
     predicted_tokens: np.ndarray
     max_tokens: np.ndarray
     model: list[str]
+    # Per-request objectives in seconds from arrival (NaN: none); None: no request has one.
+    slo_ttft_s: np.ndarray | None = None
+    slo_jct_s: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.request_id)
+        for name in ("slo_ttft_s", "slo_jct_s"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).copy()
+                if np.any(value[~np.isnan(value)] <= 0):
+                    raise ValueError(f"workload column {name} must be > 0 seconds (NaN: none)")
+                setattr(self, name, value)
         self.arrival_s = np.asarray(self.arrival_s, dtype=np.float64)
         self.num_prompt_tokens = np.asarray(self.num_prompt_tokens, dtype=np.int64)
         self.output_tokens = np.asarray(self.output_tokens, dtype=np.int64)
@@ -78,9 +93,18 @@ class SimWorkload:
         if len(set(self.request_id)) != n:
             raise ValueError("request_id values must be unique")
 
+    @property
+    def has_slo(self) -> bool:
+        return self.slo_ttft_s is not None or self.slo_jct_s is not None
+
     @classmethod
     def from_table(cls, table, predicted) -> SimWorkload:
-        """The workload of a ``loadgen.workload`` table (one row per request) with these predictions."""
+        """The workload of a ``loadgen.workload`` table (one row per request) with these predictions
+        (and its SLO columns ``slo_ttft_s`` / ``slo_jct_s`` where it has them; null: none)."""
+        slo = {}
+        for name in ("slo_ttft_s", "slo_jct_s"):
+            if name in table.column_names:
+                slo[name] = np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
         return cls(
             request_id=table.column("request_id").to_pylist(),
             arrival_s=table.column("arrival_s").to_numpy(),
@@ -89,6 +113,7 @@ class SimWorkload:
             predicted_tokens=predicted,
             max_tokens=table.column("max_tokens").to_numpy(),
             model=table.column("model").to_pylist(),
+            **slo,
         )
 
     def __len__(self) -> int:
@@ -96,8 +121,9 @@ class SimWorkload:
 
     @classmethod
     def synthetic(cls, arrival_s, output_tokens, *, num_prompt_tokens=0, predicted_tokens=None,
-                  max_tokens=None, model="m") -> SimWorkload:
-        """A workload from arrays (tests, benchmarks); predictions default to the truth."""
+                  max_tokens=None, model="m", slo_ttft_s=None, slo_jct_s=None) -> SimWorkload:
+        """A workload from arrays (tests, benchmarks); predictions default to the truth; SLOs (a value
+        for all or an array, NaN: none) default to none."""
         out = np.asarray(output_tokens, dtype=np.int64)
         n = len(out)
         return cls(
@@ -107,7 +133,7 @@ class SimWorkload:
             output_tokens=out,
             predicted_tokens=out.astype(np.float64) if predicted_tokens is None else predicted_tokens,
             max_tokens=int(max(out.max(initial=1), 1)) if max_tokens is None else max_tokens,
-            model=model,
+            model=model, slo_ttft_s=slo_ttft_s, slo_jct_s=slo_jct_s,
         )
 
 
@@ -125,6 +151,7 @@ class SimResult:
     num_events: int = 0
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    shed: np.ndarray | None = None  # bool: the scheduler rejected it (slo policy, shed mode); it never ran
 
     @property
     def jct_s(self) -> np.ndarray:
@@ -203,6 +230,11 @@ class _Simulation:
                 return out[index[meta.request_id]]
 
         self.sched = Scheduler(config, clock=self.clock, truth=truth)
+        self.slo = config.policy is Policy.SLO
+        self.shed = np.zeros(len(workload), dtype=bool)
+        ttft, jct = workload.slo_ttft_s, workload.slo_jct_s
+        self.slo_ttft = None if ttft is None else [None if math.isnan(v) else v for v in ttft.tolist()]
+        self.slo_jct = None if jct is None else [None if math.isnan(v) else v for v in jct.tolist()]
         self.replicas = [_Replica(r) for r in range(num_replicas)]
         self.by_name = {rep.name: rep for rep in self.replicas}
         for rep in self.replicas:
@@ -278,19 +310,39 @@ class _Simulation:
         if self.preemptive:
             extra = {"num_preemptions": self.num_preemptions, "resume_tokens": self.resume_tokens,
                      "resume_s": self.resume_s, "checkpoints": self.checkpoints}
+        if self.slo:
+            est = sched.estimate
+            extra = {"seconds_per_token": est.learned_seconds_per_token,
+                     "seconds_per_token_start": self.sched.config.slo_seconds_per_token,
+                     "num_rejected": sched.num_rejected}
         return SimResult(
             arrival_at=w.arrival_s.copy(), dispatched_at=self.dispatched_at, started_at=self.started_at,
             first_token_at=self.first_tok, last_token_at=self.last_tok, finished_at=self.finished,
             replica=self.replica_of, num_events=self.num_events, wall_s=time.perf_counter() - wall0, extra=extra,
+            shed=self.shed,
         )
 
     def _arrive(self, j: int, t: float) -> None:
         w = self.workload
         meta = RequestMeta(self.rids[j], w.model[j], self.prompt[j], float(w.predicted_tokens[j]),
-                           int(w.max_tokens[j]), t)
+                           int(w.max_tokens[j]), t,
+                           None if self.slo_ttft is None else self.slo_ttft[j],
+                           None if self.slo_jct is None else self.slo_jct[j])
         assignments = self.sched.enqueue(meta)
+        if self.slo and assignments:
+            assignments = self._reject(assignments)
         if assignments:
             self._dispatch(assignments, t)
+
+    def _reject(self, decisions: list) -> list:
+        """Mark the requests the scheduler rejected as shed (they end here, unrun); the other decisions."""
+        rest = []
+        for d in decisions:
+            if type(d) is Rejection:
+                self.shed[self.index[d.request_id]] = True
+            else:
+                rest.append(d)
+        return rest
 
     def _boundary(self, rep: _Replica, t: float) -> None:
         """``rep``'s scheduled event at ``t``: the members whose last iteration just ended leave (static:
@@ -316,6 +368,8 @@ class _Simulation:
         assignments = []
         for j in done:
             assignments += complete(self.rids[j], out[j])
+        if self.slo and assignments:
+            assignments = self._reject(assignments)
         # Decisions for this replica join now with the pending requests; others are dispatched as usual.
         joiners = rep.pending
         rep.pending = []

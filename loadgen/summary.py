@@ -7,6 +7,8 @@
   ``throughput_rps`` = completed requests per second over the whole run (first arrival to last
   completion; not the paper's "jobs done by the 25th percentile"). Times in seconds; requests that
   never finished (NaN finish) count as failures, not as zeros.
+- :func:`slo_attainment`: the share of requests with an SLO that met all of theirs (shed and failed
+  requests missed theirs), for the simulator and the live report alike.
 - :func:`ratio`, :func:`gain`, :func:`share_of_gain` and :func:`ratios_to_baseline`: one run's
   numbers against a baseline's (a missing or zero baseline gives None, never a crash or inf).
 - :func:`text_table` and :func:`markdown_row`: the fixed-width and markdown tables printed by the
@@ -75,6 +77,56 @@ def summarize(arrival_at, finished_at, *, started_at=None, first_token_at=None, 
         tail = stats(jct[long & ok], (99,))
         out["mean_jct_long_s"], out["p99_jct_long_s"] = tail["mean"], tail["p99"]
         out["long_quantile"] = long_quantile
+    return out
+
+
+def _per_request(value, n: int) -> np.ndarray:
+    """An SLO argument as ``n`` floats (NaN: no objective): None, one value for all, or one per request."""
+    if value is None:
+        return np.full(n, np.nan)
+    v = np.asarray(value, dtype=np.float64)  # a None inside a list becomes NaN
+    return np.broadcast_to(v, (n,)).astype(np.float64)
+
+
+def slo_attainment(arrival_at, first_token_at, finished_at, slo_ttft_s, slo_jct_s, *, shed=None) -> dict:
+    """How many requests met their latency objectives.
+
+    Per request (times in seconds): ``slo_ttft_s`` and ``slo_jct_s`` are its objectives, measured from
+    ``arrival_at`` (None, NaN or a None entry: no such objective; a single number: the same for all).
+    A request *with an SLO* has at least one; it *met* it when it finished (finite ``finished_at``),
+    its first token came within ``slo_ttft_s`` (a missing first-token time misses a TTFT objective)
+    and it finished within ``slo_jct_s``. Requests that never finished (shed, failed, timed out) missed.
+    ``shed``: a bool per request, the ones the scheduler refused (counted in ``num_shed``; None:
+    unknown, ``num_shed`` None).
+
+    Returns ``slo_attainment`` (met / with an SLO; None when none has one), ``num_with_slo``,
+    ``num_slo_met``, ``num_shed`` (among those with an SLO) and, per kind of objective,
+    ``ttft_slo_attainment`` / ``jct_slo_attainment`` (None when no request has that kind).
+    """
+    arrival = np.asarray(arrival_at, dtype=np.float64)
+    n = len(arrival)
+    finished = np.asarray(finished_at, dtype=np.float64)
+    first = np.full(n, np.nan) if first_token_at is None else np.asarray(first_token_at, dtype=np.float64)
+    if finished.shape != arrival.shape or first.shape != arrival.shape:
+        raise ValueError(f"arrival_at, first_token_at and finished_at must have one entry per request "
+                         f"({arrival.shape}, {first.shape}, {finished.shape})")
+    ttft, jct = _per_request(slo_ttft_s, n), _per_request(slo_jct_s, n)
+    has_ttft, has_jct = ~np.isnan(ttft), ~np.isnan(jct)
+    with_slo = has_ttft | has_jct
+    done = np.isfinite(finished)
+    with np.errstate(invalid="ignore"):
+        ttft_ok = done & np.isfinite(first) & (first - arrival <= ttft)
+        jct_ok = done & (finished - arrival <= jct)
+    met = with_slo & done & (~has_ttft | ttft_ok) & (~has_jct | jct_ok)
+    num = int(with_slo.sum())
+    out = {
+        "slo_attainment": float(met.sum()) / num if num else None,
+        "num_with_slo": num,
+        "num_slo_met": int(met.sum()),
+        "num_shed": None if shed is None else int((np.asarray(shed, dtype=bool) & with_slo).sum()),
+        "ttft_slo_attainment": float(ttft_ok[has_ttft].mean()) if has_ttft.any() else None,
+        "jct_slo_attainment": float(jct_ok[has_jct].mean()) if has_jct.any() else None,
+    }
     return out
 
 
@@ -152,14 +204,17 @@ def fmt(value, spec: str = "{:.3f}") -> str:
 
 
 def format_table(summaries: dict[str, dict], baseline: str | None = "fcfs") -> str:
-    """One row per run (policy): mean, p50, p90, p99 JCT, mean wait, throughput, and mean JCT / baseline's."""
+    """One row per run (policy): mean, p50, p90, p99 JCT, mean wait, throughput, and mean JCT / baseline's;
+    where runs scored SLOs (:func:`slo_attainment`), also the share that met theirs and the number shed."""
     cols = [("mean_jct_s", "mean JCT"), ("p50_jct_s", "p50"), ("p90_jct_s", "p90"), ("p99_jct_s", "p99"),
             ("mean_queue_delay_s", "mean wait"), ("throughput_rps", "req/s")]
+    if any(s.get("slo_attainment") is not None for s in summaries.values()):
+        cols += [("slo_attainment", "SLO met"), ("num_shed", "shed")]
     with_ratio = baseline in summaries
     header = ["policy"] + [label for _, label in cols] + (["vs " + baseline] if with_ratio else [])
     rows = []
     for name, s in summaries.items():
-        row = [name] + [fmt(s.get(key)) for key, _ in cols]
+        row = [name] + [fmt(s.get(key), "{}" if key == "num_shed" else "{:.3f}") for key, _ in cols]
         if with_ratio:
             row.append(fmt(ratio(s.get("mean_jct_s"), summaries[baseline].get("mean_jct_s"))))
         rows.append(row)

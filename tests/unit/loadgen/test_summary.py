@@ -14,6 +14,7 @@ from loadgen.summary import (
     ratio,
     ratios_to_baseline,
     share_of_gain,
+    slo_attainment,
     stats,
     summarize,
     text_table,
@@ -86,3 +87,36 @@ def test_text_table_aligns_columns_to_the_widest_cell():
 def test_markdown_and_missing_values():
     assert markdown_row(["a", 1, "-"]) == "| a | 1 | - |" and markdown_rule(3) == "|---|---|---|"
     assert fmt(None) == "-" and fmt(float("nan")) == "-" and fmt(0.5, "{:.1%}") == "50.0%"
+
+
+def test_slo_attainment_counts_shed_and_unfinished_requests_as_missed():
+    nan = np.nan
+    arrival = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    first = [1.0, 5.0, 1.0, nan, nan, 1.0]
+    finished = [8.0, 9.0, 20.0, nan, nan, 30.0]
+    # met both; TTFT missed; JCT missed; shed; failed; no SLO at all (not counted)
+    ttft = [2.0, 2.0, 2.0, 2.0, 2.0, None]
+    jct = [10.0, 10.0, 10.0, 10.0, 10.0, None]
+    shed = [False, False, False, True, False, False]
+    out = slo_attainment(arrival, first, finished, ttft, jct, shed=shed)
+    assert out["num_with_slo"] == 5 and out["num_slo_met"] == 1 and out["num_shed"] == 1
+    assert out["slo_attainment"] == pytest.approx(1 / 5)
+    assert out["ttft_slo_attainment"] == pytest.approx(2 / 5) and out["jct_slo_attainment"] == pytest.approx(2 / 5)
+
+
+def test_slo_attainment_takes_one_objective_for_all_and_none_for_none():
+    arrival, first, finished = [0.0, 1.0], [0.5, 9.0], [3.0, 12.0]
+    only_jct = slo_attainment(arrival, first, finished, None, 5.0)
+    assert only_jct["slo_attainment"] == 0.5 and only_jct["ttft_slo_attainment"] is None
+    assert only_jct["num_shed"] is None  # not told which were shed
+    assert slo_attainment(arrival, first, finished, None, None)["slo_attainment"] is None
+    # a TTFT objective with no first-token time recorded is missed
+    assert slo_attainment(arrival, None, finished, 100.0, None)["slo_attainment"] == 0.0
+
+
+def test_format_table_adds_attainment_where_runs_scored_slos():
+    runs = {"fcfs": {"mean_jct_s": 10.0, "slo_attainment": 0.5, "num_shed": 0},
+            "slo": {"mean_jct_s": 6.0, "slo_attainment": 0.75, "num_shed": 12}}
+    header, _, fcfs, slo = format_table(runs).splitlines()
+    assert "SLO met" in header and "shed" in header
+    assert slo.split()[-3:] == ["0.750", "12", "0.600"] and fcfs.split()[-3:] == ["0.500", "0", "1.000"]
