@@ -4,7 +4,8 @@
 2. Render the prompt and count its tokens; check the context length.
 3. Ask the proxy pool for the predicted output length (bounded wait, heuristic fallback).
 4. ``enqueue`` the request's metadata at the router actor; it answers when the policy dispatches
-   it, with the replica id (queue full: 429 with Retry-After; router restarting: retry).
+   it, with the replica id (queue full: 429 with Retry-After; router restarting: retry; ``slo`` policy
+   shedding a request predicted to miss its SLO: 503 ``slo_unattainable``, before any output).
 5. Call that replica (the LLM deployment's request router pins the call there) and stream.
    A replica that dies or bounces the call before output is produced: ask the router again.
    ``srpt``: a replica whose run the router preempted ends the stream with ``Preempted``; the
@@ -55,7 +56,7 @@ from deployments.protocol import (
 )
 from proxy_model.predictor import text_for
 from router.actor import BatchedEnqueuer, Reporter, RouterClient
-from router.messages import Cancelled, Dispatched, NoReplica, QueueFull, Report
+from router.messages import Cancelled, Dispatched, NoReplica, QueueFull, Report, Shed
 from router.policies import Policy
 from router.request import RequestMeta
 
@@ -127,6 +128,15 @@ def _as_error(error: Exception) -> APIError:
     logger.warning("a replica failed a request: %r", error)
     return APIError(500, f"the engine failed while generating this request ({type(cause).__name__})",
                     type="server_error", code="engine_error")
+
+
+def shed_error(meta: RequestMeta, reason: str) -> APIError:
+    """The 503 of a request the ``slo`` policy shed: predicted to miss its SLO even if started now."""
+    asked = ", ".join(f"{name} {value * 1000:g} ms" for name, value in
+                      (("TTFT", meta.slo_ttft_s), ("JCT", meta.slo_jct_s)) if value is not None)
+    return APIError(503, f"this request cannot meet its latency objective ({asked or 'none given'}) at the "
+                    f"current load: the router's slo policy shed it unrun ({reason})",
+                    type="slo_unattainable", code="slo_unattainable")
 
 
 def _internal_error(error: Exception) -> APIError:
@@ -243,6 +253,11 @@ class _Run:
                 raise APIError(503, "no LLM replica is available (all were lost or none has started); retry later",
                                type="server_error", code="no_replica",
                                headers={"Retry-After": str(max(1, math.ceil(answer.retry_after_s)))})
+            if isinstance(answer, Shed):
+                # The slo policy dropped it unrun. A 503 before any output (a stream too: its headers are
+                # not sent yet), with no Retry-After: the same request later is only later for its SLO.
+                ing.metrics.slo_shed.inc()
+                raise shed_error(self.meta, answer.reason)
             if isinstance(answer, Cancelled):  # our place was dropped (e.g. its replica vanished): ask again
                 requeue = False
                 continue
@@ -583,7 +598,8 @@ class Ingress:
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         # serve-default orders nothing by length: no prediction (0 stands in; no router reads it).
         predicted = await self._predict(parsed.conversation, parsed.model) if self.central else 0.0
-        meta = RequestMeta(rid, parsed.model, prompt.num_tokens, predicted, max_tokens, t0)
+        meta = RequestMeta(rid, parsed.model, prompt.num_tokens, predicted, max_tokens, t0,
+                           slo_ttft_s=parsed.slo_ttft_s, slo_jct_s=parsed.slo_jct_s)
         request = GenerationRequest(
             request_id=rid, prompt=prompt.text, max_tokens=max_tokens, num_prompt_tokens=prompt.num_tokens,
             prompt_token_ids=tuple(prompt.token_ids) if prompt.token_ids else None, temperature=parsed.temperature,

@@ -116,6 +116,9 @@ class IngressMetrics:
         self.preempted_tokens = Counter("ssjf_preempted_tokens", "srpt: output tokens generated before a preemption "
                                         "(their KV cache is rebuilt by a prefill where the request resumes).",
                                         registry=r)
+        self.slo_shed = Counter("ssjf_slo_shed", "router.policy slo: requests answered 503 slo_unattainable (predicted "
+                                "to miss their SLO even if started at once; also in ssjf_requests_total as 503).",
+                                registry=r)
         self.proxy_fallbacks = Counter("ssjf_proxy_fallbacks", "Predictions that are not the proxy model's own, by "
                                        "reason: timeout (past proxy.timeout_s) or error at the ingress, which then "
                                        "asks the heuristic; or the pool's own fallback: busy, timeout, error, "

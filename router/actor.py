@@ -2,7 +2,8 @@
 
 :class:`RouterService` applies the core's decisions for callers that wait on them: ``enqueue``
 parks an ``asyncio.Future`` per request and resolves it when an :class:`Assignment` for that
-request comes out of any call (enqueue, complete, cancel, heartbeat, replica removal). It is pure
+request comes out of any call (enqueue, complete, cancel, heartbeat, replica removal), or with
+:class:`~router.messages.Shed` when a :class:`Rejection` does (``slo`` policy, ``slo_infeasible='shed'``). It is pure
 asyncio (no Ray) and unit-tested with an injected clock. :class:`RouterActor` is the thin actor
 around it (a detached named actor with ``max_restarts``), adding the periodic sweep; and
 :class:`RouterClient` is how the ingress and the LLM replicas find, create and call it.
@@ -49,8 +50,10 @@ from router.messages import (
     Report,
     ReportKind,
     Running,
+    Shed,
 )
-from router.request import Assignment, Preemption, RequestMeta, RequestStatus
+from router.policies import Policy, SLOInfeasible
+from router.request import Assignment, Preemption, Rejection, RequestMeta, RequestStatus
 from router.scheduler import QueueFullError, Scheduler
 
 logger = logging.getLogger(__name__)
@@ -68,10 +71,12 @@ class RouterService:
       ``leases_expired``), its replica was removed under it, or its answer went unpolled),
       ``requeued`` (its caller saw it never run) or ``preempted`` (``srpt``: :meth:`progress`
       stopped it; the request waits again).
-    - the queue: ``enqueued + preempted == dispatched + withdrawn + num_queued``; ``withdrawn``
+    - the queue: ``enqueued + preempted == dispatched + withdrawn + shed + num_queued``; ``withdrawn``
       counts queued requests that left before a run (cancelled, their client gone, answered
       NoReplica, dispatched to nobody: the waiter had gone, or a preempted one whose run completed
-      after all: ``preempt_races``).
+      after all: ``preempt_races``); ``shed`` those the policy dropped unrun (a :class:`Rejection`:
+      ``slo`` predicts they miss their SLO), answered :class:`~router.messages.Shed` (or nobody, if
+      their waiter had gone; a later call for the same request is answered Shed too).
     - ``stale_reports``: reports naming an attempt the request no longer runs under (a late or
       duplicate report): ignored, so they never count an end twice. ``rejected``: QueueFull and
       NoReplica answers.
@@ -106,7 +111,12 @@ class RouterService:
         self.counters = {"enqueued": 0, "dispatched": 0, "adopted": 0, "completed": 0, "cancelled": 0,
                          "failed": 0, "requeued": 0, "withdrawn": 0, "rejected": 0, "stale_reports": 0,
                          "replicas_removed": 0, "leases_expired": 0, "preempted": 0, "preempt_races": 0,
-                         "progress_reports": 0}
+                         "progress_reports": 0, "shed": 0}
+        # Requests shed (``Rejection``), newest last (at most ``history``), with the reason: a call that
+        # joins one after its answer (a resubmit, the ingress of a preempted run) is answered Shed again
+        # instead of queueing it anew.
+        self._shed: dict[str, str] = {}
+        self._sheds = config.policy is Policy.SLO and config.slo_infeasible is SLOInfeasible.SHED
 
     # ---- requests ----------------------------------------------------------------------------
     async def enqueue(self, meta: RequestMeta, requeue: bool = False) -> EnqueueAnswer:
@@ -114,6 +124,8 @@ class RouterService:
         ``requeue``: its last dispatch never ran (the replica died or bounced the call)."""
         rid = meta.request_id
         existing = self._to_join(rid, requeue)
+        if existing is None and rid in self._shed:  # shed already: the same answer again
+            return Shed(self._shed[rid])
         if existing is not None:  # a caller retrying a call that did reach us: join the first one
             if existing.status is RequestStatus.RUNNING:
                 return Dispatched(existing.replica_id, None, existing.attempt)
@@ -180,6 +192,9 @@ class RouterService:
             rid = meta.request_id
             again = rid in requeue
             existing = self._to_join(rid, again)
+            if existing is None and rid in self._shed:  # shed already: the same answer again
+                box.append(Polled(rid, Shed(self._shed[rid])))
+                continue
             if existing is not None:  # sent again (the client retried): answer or wait as before
                 if existing.status is RequestStatus.RUNNING:
                     if not _has_dispatched(box, rid, existing.attempt):  # one answer per run
@@ -385,7 +400,8 @@ class RouterService:
     def sweep(self) -> None:
         """Drop replicas silent for ``replica_timeout_s``; with none left for that long, answer
         every waiting request :class:`NoReplica` (the ingress turns it into a 503) instead of
-        leaving it queued behind nothing."""
+        leaving it queued behind nothing. ``slo`` shedding: answer Shed to the waiting requests
+        that can no longer meet their SLO."""
         cutoff = self.clock() - self.replica_timeout_s
         for replica_id, seen in list(self._last_seen.items()):
             if seen < cutoff:
@@ -397,6 +413,10 @@ class RouterService:
             if seen < client_cutoff:
                 logger.warning("client %s stopped polling: freeing its requests (router.lease_s)", client_id)
                 self._drop_client(client_id)
+        if self._sheds and self.scheduler.num_queued:
+            # slo with shedding: a waiting request whose SLO became unattainable is dropped at the next
+            # decision of any kind; on a quiet cluster that may be late, so its client hears here too.
+            self._apply(self.scheduler.dispatch())
         if self._waiters and self._no_replica():
             logger.warning("no LLM replica for %.0f s: answering %d waiting request(s) 503 "
                            "(router.replica_timeout_s)", self.replica_timeout_s, len(self._waiters))
@@ -437,12 +457,15 @@ class RouterService:
         waiter.set_result(answer)
         return True
 
-    def _apply(self, assignments: list[Assignment]) -> None:
+    def _apply(self, decisions: list[Assignment | Rejection]) -> None:
         now = self.clock()
-        pending = list(assignments)
+        pending = list(decisions)
         while pending:
-            more: list[Assignment] = []
+            more: list[Assignment | Rejection] = []
             for a in pending:
+                if isinstance(a, Rejection):
+                    self._shed_request(a)
+                    continue
                 if self._resolve(a.request_id, Dispatched(a.replica_id, a.batch_id, a.attempt)):
                     self.counters["dispatched"] += 1
                     state = self.scheduler.requests.get(a.request_id)
@@ -453,6 +476,16 @@ class RouterService:
                     self.counters["withdrawn"] += 1
                     more.extend(self.scheduler.cancel(a.request_id, a.attempt))
             pending = more
+
+    def _shed_request(self, rejection: Rejection) -> None:
+        """The policy dropped a waiting request unrun (the scheduler forgot it): answer its waiter Shed,
+        and remember it for a caller that joins later."""
+        rid = rejection.request_id
+        self.counters["shed"] += 1
+        self._shed[rid] = rejection.reason
+        if len(self._shed) > self._history:
+            del self._shed[next(iter(self._shed))]
+        self._resolve(rid, Shed(rejection.reason))
 
     # ---- views -------------------------------------------------------------------------------
     def snapshot(self, dispatch_log: bool = False) -> dict:

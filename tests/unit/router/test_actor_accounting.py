@@ -1,6 +1,6 @@
 """Nothing lost, nothing hung: random sequences of what an ingress, the replicas and the clock do to
 the router (dispatches, requeues, stale and duplicate reports, cancels, replica removal and return,
-a dead ingress, a router restart), then a drain. The router must end idle (nothing queued, running
+a dead ingress, a router restart; srpt's preemptions; slo's sheds), then a drain. The router must end idle (nothing queued, running
 or waiting) with its counters balanced; the identities hold after every step too."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from router.actor import RouterService
 from router.config import SchedulerConfig
-from router.messages import Cancelled, Dispatched, NoReplica, QueueFull, Report, Running
-from router.request import RequestStatus
+from router.messages import Cancelled, Dispatched, NoReplica, QueueFull, Report, Running, Shed
+from router.request import RequestMeta, RequestStatus
 from tests.factories import FakeClock, create_meta
 
 REPLICAS = {"A": 1, "B": 2}
@@ -24,8 +24,9 @@ def check_balanced(svc: RouterService) -> None:
     c, snap = svc.counters, svc.snapshot()
     runs = c["completed"] + c["cancelled"] + c["failed"] + c["requeued"] + c["preempted"] + snap["num_running"]
     assert c["dispatched"] + c["adopted"] == runs, (c, snap["num_running"])
-    # A preempted request waits again without a new enqueue.
-    assert c["enqueued"] + c["preempted"] == c["dispatched"] + c["withdrawn"] + snap["num_queued"], (c, snap["num_queued"])
+    # A preempted request waits again without a new enqueue; a shed one leaves the queue unrun.
+    assert c["enqueued"] + c["preempted"] == c["dispatched"] + c["withdrawn"] + c["shed"] + snap["num_queued"], (
+        c, snap["num_queued"])
 
 
 class World:
@@ -47,14 +48,18 @@ class World:
         # Runs the router may rightly have forgotten until the replica's next full heartbeat: it
         # restarted, dropped the replica, or a late heartbeat left them out past their lease.
         self.lost: set[tuple[str, int]] = set()
+        self.shed: set[str] = set()  # requests answered Shed
 
     def _router(self) -> RouterService:
         # srpt: preempt whenever a waiting request is shorter at all (the fake clock starts far past
         # the arrivals, so the starvation guard is set out of reach).
         srpt = dict(preempt_margin=1.0, max_preemptions=2, preempt_min_remaining_tokens=0,
                     srpt_aging_threshold_s=1e9) if self.policy == "srpt" else {}
+        # slo: shed what cannot meet its SLO; 0.1 s per predicted token, so waits of a few seconds matter.
+        slo = dict(slo_infeasible="shed", slo_seconds_per_token=0.1, slo_first_token_s=0.1,
+                   slo_guard_s=1.0) if self.policy == "slo" else {}
         return RouterService(SchedulerConfig(policy=self.policy, batching="continuous", max_batch=2, max_queued=12,
-                                             **srpt), clock=self.clock, lease_s=LEASE_S, replica_timeout_s=15.0)
+                                             **srpt, **slo), clock=self.clock, lease_s=LEASE_S, replica_timeout_s=15.0)
 
     def report(self, *reports: Report) -> None:
         self.reports.extend(reports)
@@ -88,7 +93,9 @@ class World:
             self.ask(rid, direct=False)  # its place was dropped: ask again
             return
         else:
-            assert isinstance(answer, Cancelled | QueueFull | NoReplica), answer
+            assert isinstance(answer, Cancelled | QueueFull | NoReplica | Shed), answer
+            if isinstance(answer, Shed) and waiting:
+                self.shed.add(rid)
         self._stop_waiting(rid)
 
     def _stop_waiting(self, rid: str) -> None:
@@ -166,7 +173,15 @@ class World:
         if op == "new":
             rid = f"q{a}"
             if rid not in self.metas:
-                self.metas[rid] = create_meta(rid, predicted=1 + b % 50, arrival=float(a))
+                if self.policy == "slo":
+                    # Arriving now, with no SLO, one met easily, one met only if served soon, or one that
+                    # cannot be met at all (shed on arrival).
+                    jct = (None, 60.0, 6.0, 3.0, 0.2)[b % 5]
+                    ttft = 2.0 if b % 7 == 0 else None
+                    self.metas[rid] = RequestMeta(rid, "m", 10, 1 + b % 20, 4096, self.clock.now,
+                                                  slo_ttft_s=ttft, slo_jct_s=jct)
+                else:
+                    self.metas[rid] = create_meta(rid, predicted=1 + b % 50, arrival=float(a))
                 self.ask(rid, direct=not self.direct and not self.batched)
         elif op == "poll":
             pass
@@ -339,3 +354,29 @@ def test_seeded_random_walks_with_preemption_reach_preemptions_and_races():
         for k in totals:
             totals[k] += world.svc.counters[k]
     assert all(totals.values()), totals
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STEPS)
+def test_random_operations_with_slo_shedding_end_idle_with_balanced_counters(steps):
+    """slo with shedding: requests rejected on arrival, while waiting (at any decision, or the sweep) or
+    when asked again leave the queue as ``shed``; every caller hears once, the same invariants hold."""
+    world = asyncio.run(run_world(steps, "slo"))
+    snap = world.svc.snapshot()
+    assert (snap["num_queued"], snap["num_running"], snap["num_waiters"]) == (0, 0, 0)
+    check_balanced(world.svc)
+
+
+def test_seeded_random_walks_with_slo_shedding_reach_sheds_of_waiting_requests():
+    import random
+
+    rng = random.Random(13)
+    totals = dict.fromkeys(["shed", "withdrawn", "requeued", "adopted"], 0)
+    shed_waiting = 0  # shed after waiting: every SLO but 0.2 s can be met on arrival
+    for _ in range(300):
+        steps = [(rng.choice(OPS), rng.randint(0, 40), rng.randint(0, 100)) for _ in range(rng.randint(1, 30))]
+        world = asyncio.run(run_world(steps, "slo"))
+        for k in totals:
+            totals[k] += world.svc.counters[k]
+        shed_waiting += sum(1 for rid in world.shed if world.metas[rid].slo_jct_s != 0.2)
+    assert all(totals.values()) and shed_waiting, (totals, shed_waiting)
