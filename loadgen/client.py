@@ -26,6 +26,14 @@ import httpx
 from router.policies import parse_enum
 
 MAX_ERROR_CHARS = 500
+SLO_TTFT_HEADER = "x-slo-ttft-ms"
+SLO_JCT_HEADER = "x-slo-jct-ms"
+SHED_CODE = "slo_unattainable"  # the error code of a request the server shed for its SLO (HTTP 503)
+
+
+def _milliseconds(seconds: float) -> str:
+    """A plain decimal (no exponent: the ingress takes digits and one point only), to the nanosecond."""
+    return f"{seconds * 1000:.6f}".rstrip("0").rstrip(".")
 
 
 class Endpoint(enum.Enum):
@@ -99,6 +107,23 @@ class PlannedRequest:
     num_prompt_tokens: int | None = None
     expected_output_tokens: int | None = None
     replay_remaining_predictions: tuple[float, ...] | None = None
+    # Latency objectives sent as the x-slo-ttft-ms / x-slo-jct-ms headers (seconds here; None: not sent).
+    slo_ttft_s: float | None = None
+    slo_jct_s: float | None = None
+
+    def __post_init__(self):
+        for name in ("slo_ttft_s", "slo_jct_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # also NaN
+                raise ValueError(f"{self.request_id}: {name} must be > 0 seconds or None, got {value}")
+
+    def headers(self) -> dict[str, str] | None:
+        """The request's own headers: its SLOs in milliseconds, as the ingress (and llm-d) read them."""
+        out = {}
+        for name, value in ((SLO_TTFT_HEADER, self.slo_ttft_s), (SLO_JCT_HEADER, self.slo_jct_s)):
+            if value is not None:
+                out[name] = _milliseconds(value)
+        return out or None
 
     def body(self, endpoint: Endpoint, stream: bool, include_usage: bool = True) -> dict:
         body: dict = {"model": self.model, "stream": stream}
@@ -135,6 +160,7 @@ class RequestRecord:
     status: str = RecordStatus.ERROR.value
     error: str | None = "not sent"
     http_status: int | None = None
+    error_code: str | None = None  # the OpenAI error body's ``code`` (e.g. slo_unattainable: shed, HTTP 503)
     finish_reason: str | None = None
     scheduled_at: float = math.nan
     sent_at: float | None = None
@@ -151,13 +177,15 @@ class RequestRecord:
     num_output_chars: int = 0
     num_prompt_tokens: int | None = None
     expected_output_tokens: int | None = None
+    slo_ttft_s: float | None = None  # the objectives the request carried (None: none)
+    slo_jct_s: float | None = None
 
     @classmethod
     def planned(cls, req: PlannedRequest) -> RequestRecord:
         return cls(
             request_id=req.request_id, prompt_id=req.prompt_id, model=req.model,
             scheduled_at=req.scheduled_at, num_prompt_tokens=req.num_prompt_tokens,
-            expected_output_tokens=req.expected_output_tokens,
+            expected_output_tokens=req.expected_output_tokens, slo_ttft_s=req.slo_ttft_s, slo_jct_s=req.slo_jct_s,
         )
 
     def fail(self, status: RecordStatus, error: str) -> None:
@@ -215,6 +243,7 @@ class _StreamState:
         self.endpoint = endpoint
         self.done = False
         self.error: str | None = None
+        self.error_code: str | None = None
 
     def on_data(self, data: str, at: float) -> None:
         if data == "[DONE]":
@@ -223,6 +252,7 @@ class _StreamState:
         payload = json.loads(data)
         if "error" in payload:
             self.error = _error_message(payload)
+            self.error_code = _error_code(payload)
             return
         usage = payload.get("usage")
         if usage and usage.get("completion_tokens") is not None:
@@ -251,6 +281,12 @@ def _choice_text(choice: dict, endpoint: Endpoint, streaming: bool) -> str:
         part = choice.get("delta" if streaming else "message") or {}
         return part.get("content") or ""
     return choice.get("text") or ""
+
+
+def _error_code(payload) -> str | None:
+    err = payload.get("error") if isinstance(payload, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return None if code is None else str(code)[:100]
 
 
 def _error_message(payload) -> str:
@@ -324,11 +360,11 @@ class LoadClient:
 
     async def _stream(self, req: PlannedRequest, t0: float, rec: RequestRecord) -> None:
         body = req.body(self.config.endpoint, True, self.config.include_usage)
-        async with self._http.stream("POST", self.config.endpoint.path, json=body) as resp:
+        async with self._http.stream("POST", self.config.endpoint.path, json=body, headers=req.headers()) as resp:
             rec.http_status = resp.status_code
             if resp.status_code != 200:
                 await resp.aread()
-                rec.fail(RecordStatus.ERROR, f"HTTP {resp.status_code}: {_http_error_text(resp)}")
+                _http_fail(rec, resp)
                 return
             state = _StreamState(rec, self.config.endpoint)
             async for line in sse_lines(resp.aiter_text()):
@@ -337,6 +373,7 @@ class LoadClient:
                     continue  # blank separators, comments (": ping"), "event:" lines
                 state.on_data(line[len("data:"):].strip(), at)
                 if state.error is not None:
+                    rec.error_code = state.error_code
                     rec.fail(RecordStatus.ERROR, f"error in stream: {state.error}")
                     return
                 if state.done:
@@ -346,13 +383,14 @@ class LoadClient:
 
     async def _unary(self, req: PlannedRequest, rec: RequestRecord) -> None:
         body = req.body(self.config.endpoint, False)
-        resp = await self._http.post(self.config.endpoint.path, json=body)
+        resp = await self._http.post(self.config.endpoint.path, json=body, headers=req.headers())
         rec.http_status = resp.status_code
         if resp.status_code != 200:
-            rec.fail(RecordStatus.ERROR, f"HTTP {resp.status_code}: {_http_error_text(resp)}")
+            _http_fail(rec, resp)
             return
         payload = resp.json()
         if "error" in payload:
+            rec.error_code = _error_code(payload)
             rec.fail(RecordStatus.ERROR, f"error in answer: {_error_message(payload)}")
             return
         choices = payload.get("choices") or []
@@ -372,6 +410,16 @@ def _http_error_text(resp: httpx.Response) -> str:
         return _error_message(resp.json())
     except ValueError:
         return resp.text.strip() or resp.reason_phrase
+
+
+def _http_fail(rec: RequestRecord, resp: httpx.Response) -> None:
+    """A non-200 answer: the record keeps its status, error text and code (a shed request: 503
+    ``slo_unattainable``)."""
+    try:
+        rec.error_code = _error_code(resp.json())
+    except ValueError:
+        rec.error_code = None
+    rec.fail(RecordStatus.ERROR, f"HTTP {resp.status_code}: {_http_error_text(resp)}")
 
 
 async def run_open_loop(client: LoadClient, planned: Sequence[PlannedRequest], *,
@@ -453,7 +501,8 @@ def default_model(models: Sequence[dict]) -> str | None:
 
 def plan_requests(workload, *, model: str | None, model_from_dataset: bool = False, replay_lengths: bool = False,
                   max_tokens: int | None = None, temperature: float | None = None,
-                  replay_remaining=None) -> list[PlannedRequest]:
+                  replay_remaining=None, slo_ttft_s: float | None = None,
+                  slo_jct_s: float | None = None) -> list[PlannedRequest]:
     """Turn a workload table (``loadgen.workload.build_workload`` columns) into planned requests.
 
     ``model_from_dataset`` sends each row's ``model`` (the LLM that wrote the reference reply);
@@ -462,6 +511,8 @@ def plan_requests(workload, *, model: str | None, model_from_dataset: bool = Fal
     ``temperature`` is sent with every request (None: not sent, the server's default).
     ``replay_remaining`` (``loadgen.repredict_sim.Checkpoints`` over the rows, with ``replay_lengths``):
     each row's EMULATED re-predictions, sent as ``replay_remaining_predictions`` (srpt on replay replicas).
+    SLOs: a row's ``slo_ttft_s`` / ``slo_jct_s`` columns where present and not null, else ``slo_ttft_s`` /
+    ``slo_jct_s`` given here (None: none), sent as the ``x-slo-ttft-ms`` / ``x-slo-jct-ms`` headers.
     """
     names = set(workload.column_names)
     missing = {"request_id", "arrival_s"} - names
@@ -483,6 +534,7 @@ def plan_requests(workload, *, model: str | None, model_from_dataset: bool = Fal
         if prompt is None:
             prompt = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         truth = row.get("output_tokens")
+        row_ttft, row_jct = row.get("slo_ttft_s"), row.get("slo_jct_s")
         planned.append(PlannedRequest(
             request_id=str(row["request_id"]),
             scheduled_at=float(row["arrival_s"]),
@@ -497,5 +549,14 @@ def plan_requests(workload, *, model: str | None, model_from_dataset: bool = Fal
             temperature=temperature,
             replay_remaining_predictions=(tuple(replay_remaining.of(j).tolist())
                                           if replay_lengths and replay_remaining is not None else None),
+            slo_ttft_s=_slo_value(row_ttft, slo_ttft_s),
+            slo_jct_s=_slo_value(row_jct, slo_jct_s),
         ))
     return planned
+
+
+def _slo_value(row_value, default: float | None) -> float | None:
+    """A row's SLO (seconds) unless null or NaN, else ``default``."""
+    if row_value is None or (isinstance(row_value, float) and math.isnan(row_value)):
+        return default
+    return float(row_value)

@@ -22,7 +22,7 @@ from loadgen.client import (
     is_replay_server,
     plan_requests,
 )
-from loadgen.options import WorkloadOptions, workload_options
+from loadgen.options import WorkloadOptions, with_slo_columns, workload_options
 from loadgen.progress import Progress
 from loadgen.results import records_table, summarize, write_results
 
@@ -176,7 +176,7 @@ def load_workload_file(path: str, num_requests: int | None = None) -> pa.Table:
 @click.command()
 @click.option("--url", required=True, envvar="LOADGEN_URL", show_envvar=True,
               help="Base URL of the cluster, e.g. http://127.0.0.1:8000.")
-@workload_options(with_load=False, with_temperature=True)
+@workload_options(with_load=False, with_temperature=True, with_slo=True)
 @click.option("--api-key", default=None, envvar="SSJF_API_KEY", show_envvar=True,
               help="API key sent as Authorization: Bearer (for a cluster with ingress API keys on).")
 @click.option("--workload", "workload_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -206,6 +206,8 @@ def run(url, api_key, workload_path, model, model_from_dataset, endpoint, stream
 
     Requests are sent open loop at the workload's arrival times. Every request ends as one record
     (ok, error or timeout) in OUT/records.parquet, beside OUT/config.json and OUT/summary.json.
+    --slo-ttft-s / --slo-jct-s (or a workload file's slo_ttft_s / slo_jct_s columns) are sent as the
+    x-slo-ttft-ms / x-slo-jct-ms headers; the summary then gives the share of requests that met them.
     """
     ctx = click.get_current_context()
     given = [n for n in _BUILD_ONLY if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
@@ -225,11 +227,14 @@ def run(url, api_key, workload_path, model, model_from_dataset, endpoint, stream
 
     if workload_path:
         workload = load_workload_file(workload_path, opts.num_requests)
-        workload_config = {"path": str(workload_path), "num_requests": workload.num_rows, "max_tokens": opts.max_tokens}
+        workload_config = {"path": str(workload_path), "num_requests": workload.num_rows, "max_tokens": opts.max_tokens,
+                           "slo_ttft_s": opts.slo_ttft_s, "slo_jct_s": opts.slo_jct_s}
     else:
         spec = opts.spec(None)
         workload = build_workload_or_fail(spec)
         workload_config = {"options": opts.to_dict(), "spec": spec.to_dict()}
+    # The SLO options apply to a workload file too (replacing its own SLO columns, if it has them).
+    workload = with_slo_columns(workload, opts.slo_ttft_s, opts.slo_jct_s)
     out = Path(out_dir) if out_dir else default_out_dir()
     outcome = execute_run(client_config, workload, settings, out, workload_config)
     print_outcome(outcome, as_json)
@@ -253,4 +258,15 @@ def print_outcome(outcome: RunOutcome, as_json: bool) -> None:
     from loadgen.cmd_report import format_summary
 
     click.echo(format_summary({outcome.config["label"]: outcome.summary}))
+    line = slo_line(outcome.summary)
+    if line:
+        click.echo(line)
     click.echo(f"results: {outcome.out_dir}")
+
+
+def slo_line(summary: dict) -> str | None:
+    """The SLO attainment of a run whose requests carried objectives (None: they carried none)."""
+    if summary.get("slo_attainment") is None:
+        return None
+    return (f"SLO attainment {summary['slo_attainment']:.1%}: {summary['num_slo_met']} of {summary['num_with_slo']} "
+            f"requests met their objectives; {summary.get('num_shed') or 0} shed by the server (503 slo_unattainable)")

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loadgen.client import RequestRecord
-from loadgen.summary import add_stats, stats
+from loadgen.client import SHED_CODE, RequestRecord
+from loadgen.summary import add_stats, slo_attainment, stats
 from loadgen.summary import summarize as summarize_times
 
 RECORDS_FILE = "records.parquet"
@@ -116,4 +116,35 @@ def summarize(table: pa.Table) -> dict:
     out["output_tokens_per_s"] = out["num_output_tokens"] / span if span > 0 else None
     lag = stats(_floats(table, "send_lag_s"), (99,))
     out["p99_send_lag_s"], out["max_send_lag_s"] = lag["p99"], lag["max"]
+    if "error_code" in table.column_names:  # (records written before SLOs have no such column)
+        out["num_shed"] = int(_shed(table).sum())
+    if any(name in table.column_names and table.column(name).null_count < table.num_rows
+           for name in ("slo_ttft_s", "slo_jct_s")):
+        out.update(score_slo(table))
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def _shed(table: pa.Table) -> np.ndarray:
+    """Per record: the server shed it for its SLO (an error answer with code ``slo_unattainable``)."""
+    if "error_code" not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool)
+    return np.asarray([code == SHED_CODE for code in table.column("error_code").to_pylist()], dtype=bool)
+
+
+def score_slo(table: pa.Table, slo_ttft_s: float | None = None, slo_jct_s: float | None = None) -> dict:
+    """``loadgen.summary.slo_attainment`` of a run's records: each request against the objectives it
+    carried (its ``slo_ttft_s`` / ``slo_jct_s``), or, given here, against these for every request (a
+    run scored against an SLO it did not send). Times from the send (the server's arrival); a request
+    that did not end ok (shed: 503 slo_unattainable, failed, timed out) missed; a TTFT objective needs
+    a streamed first token."""
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    ok = status == "ok"
+    sent = _floats(table, "sent_at")
+    arrival = np.where(np.isnan(sent), _floats(table, "scheduled_at"), sent)
+    finished = np.where(ok, _floats(table, "done_at"), np.nan)
+    first = np.where(ok, _floats(table, "first_token_at"), np.nan)
+    if slo_ttft_s is None and slo_jct_s is None:  # the records' own (a null: no such objective)
+        names = table.column_names
+        slo_ttft_s = _floats(table, "slo_ttft_s") if "slo_ttft_s" in names else None
+        slo_jct_s = _floats(table, "slo_jct_s") if "slo_jct_s" in names else None
+    return slo_attainment(arrival, first, finished, slo_ttft_s, slo_jct_s, shed=_shed(table))
