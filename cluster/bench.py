@@ -20,6 +20,14 @@ so the live router gets exactly the re-predictions that ``loadgen simulate`` giv
 and the simulated expectation uses the same ones. The report gives the preemptions and the tokens
 they sent back to prefill, live (the ingress's counters) and simulated.
 
+SLOs: ``--slo-attach`` sends every request the SLO ``--slo-jct-s`` as its ``x-slo-jct-ms`` header (the
+``slo`` policy schedules by it and, with ``router.slo_infeasible: shed`` in the config, answers 503
+``slo_unattainable`` to a request predicted to miss it; other policies only carry it), and the
+simulation gets the same objectives. Every run with ``--slo-jct-s`` reports its SLO attainment (the
+share of requests that finished within it; shed and failed ones missed). ``--goodput-attainment A``
+adds a second goodput to a sweep: the largest load whose attainment is at least ``A`` (at it and at
+every smaller load), beside the one bounded by ``--slo-metric``.
+
 ``--load`` (a fraction of capacity) needs a known capacity: for the ``replay`` engine it is the
 saturation throughput that ``loadgen.simulator.measure_saturation`` computes for this workload's
 lengths on the config's replicas, batching and engine profile (scaled by ``llm.time_scale``). For
@@ -44,13 +52,13 @@ from deployments.config import AppConfig, RoutingMode
 from loadgen.client import ClientConfig, default_model
 from loadgen.cmd_report import RATIO_KEYS, emit_comparison, format_summary, plot_runs
 from loadgen.cmd_run import RunSettings, build_workload_or_fail, default_out_dir, execute_run
-from loadgen.options import WorkloadOptions, parse_policies, workload_options
+from loadgen.options import WorkloadOptions, parse_policies, with_slo_columns, workload_options
 from loadgen.predictors_sim import predict_table
 from loadgen.repredict_sim import KINDS as REPREDICTOR_KINDS
 from loadgen.repredict_sim import RepredictorSpec
-from loadgen.results import read_records
+from loadgen.results import read_records, score_slo
 from loadgen.simulator import SimWorkload, measure_saturation, simulate
-from loadgen.summary import compare, fmt, gain, ratio, ratios_to_baseline, summarize
+from loadgen.summary import compare, fmt, gain, ratio, ratios_to_baseline, slo_attainment, summarize
 from router.config import Balancer, SchedulerConfig
 from router.cost_model import EngineProfile
 from router.policies import Policy
@@ -187,12 +195,14 @@ def simulator_predictor(app) -> str | None:
     return None  # "marker" reads test prompts; "learned" without its artifact fails in the cluster too
 
 
-def simulate_same(apps: dict[str, AppConfig], table, seed: int, repredictor: str = "measured") -> dict | None:
+def simulate_same(apps: dict[str, AppConfig], table, seed: int, repredictor: str = "measured",
+                  slo_jct_s: float | None = None) -> dict | None:
     """What ``loadgen simulate`` predicts for this very workload, cluster shape, engine profile and
     predictor, per policy (``apps``: the app each policy runs, in order; :func:`simulated_scheduler`
     models each): the yardstick for the live gain. ``srpt``: with ``repredictor``, the one the live
     replay replicas got (:func:`srpt_settings`); its summary adds ``preemption`` (what preemption did
-    and cost). None when the predictor has no match."""
+    and cost). SLO attainment: against the table's SLO columns (``--slo-attach``: the simulated
+    requests carry them too), else against ``slo_jct_s`` if given. None when the predictor has no match."""
     app = next(iter(apps.values()))
     spec = simulator_predictor(app)
     if spec is None:
@@ -207,6 +217,10 @@ def simulate_same(apps: dict[str, AppConfig], table, seed: int, repredictor: str
         res = simulate(work, sched, engine, app.llm.num_replicas, repredictor=spec_r)
         summaries[policy] = summarize(res.arrival_at, res.finished_at, started_at=res.started_at,
                                       first_token_at=res.first_token_at, output_tokens=work.output_tokens)
+        if work.has_slo or slo_jct_s is not None:
+            ttft, jct = (work.slo_ttft_s, work.slo_jct_s) if work.has_slo else (None, slo_jct_s)
+            summaries[policy].update(slo_attainment(res.arrival_at, res.first_token_at, res.finished_at, ttft, jct,
+                                                    shed=res.shed))
         if srpt:
             from loadgen.cmd_simulate import preemption_summary
 
@@ -263,7 +277,8 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="The cluster: build_app's config dict as YAML/JSON, or a Serve config (first application's args).")
 @click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
               help="Comma list of fcfs, ssjf, ssjf-aging, srpt (preemptive: a running request is stopped at a "
-                   "progress point for a much shorter one and resumed later) and serve-default (no router: Ray "
+                   "progress point for a much shorter one and resumed later), slo (by each request's SLO: "
+                   "--slo-attach; the config's router.slo_* knobs apply) and serve-default (no router: Ray "
                    "Serve's default routing, the baseline a user would pick instead).")
 @click.option("--baseline", default=None,
               help="The policy every other is compared with (ratios of mean and p99 JCT, and of goodput); it "
@@ -275,6 +290,12 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="Latency SLO in seconds for goodput: --slo-metric must stay at or below it.")
 @click.option("--slo-metric", type=click.Choice(SLO_METRICS), default="p90_jct_s", show_default=True,
               help="Which summary metric the SLO bounds.")
+@click.option("--slo-attach", is_flag=True,
+              help="Send every request --slo-jct-s as its SLO (header x-slo-jct-ms): the slo policy schedules by it "
+                   "(and sheds with router.slo_infeasible: shed); the simulation gets it too.")
+@click.option("--goodput-attainment", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Sweeps: also report goodput as the largest load at which at least this share of requests "
+                   "finished within --slo-jct-s (shed and failed ones missed), at it and every smaller load.")
 @click.option("--model", default=None, help="Model name sent [default: replay: each row's dataset model; else the first listed].")
 @click.option("--stream/--no-stream", default=True, show_default=True,
               help="Stream answers (SSE); without it TTFT and TPOT are not measured, and the client reads one body per request.")
@@ -301,9 +322,9 @@ def warm_up(url: str, model: str | None, n: int, timeout_s: float) -> None:
               help="Comparison PNG [default: OUT/compare.png].")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Live progress bar on stderr [default: when stderr is a terminal].")
-def bench(config_path, policies, baseline, sweep_load, slo_jct_s, slo_metric, model, stream, concurrency, timeout_s, warmup,
-          ready_timeout_s, repredictor, with_simulation, ray_address, num_cpus, out_dir, plot_path, as_json, progress,
-          **workload_kwargs):
+def bench(config_path, policies, baseline, sweep_load, slo_jct_s, slo_metric, slo_attach, goodput_attainment, model,
+          stream, concurrency, timeout_s, warmup, ready_timeout_s, repredictor, with_simulation, ray_address, num_cpus,
+          out_dir, plot_path, as_json, progress, **workload_kwargs):
     """Start the cluster of --config once per policy, run the identical workload, compare FCFS vs SSJF."""
     opts = WorkloadOptions.from_kwargs(workload_kwargs)
     try:
@@ -316,6 +337,13 @@ def bench(config_path, policies, baseline, sweep_load, slo_jct_s, slo_metric, mo
         raise click.UsageError("--sweep-load needs --slo-jct-s (the SLO that defines goodput)")
     if loads is not None and (opts.rate is not None or opts.load is not None):
         raise click.UsageError("--sweep-load sets the load: drop --rate/--load")
+    if slo_attach and slo_jct_s is None:
+        raise click.UsageError("--slo-attach sends --slo-jct-s: give it")
+    if goodput_attainment is not None and loads is None:
+        raise click.UsageError("--goodput-attainment is a goodput over a sweep: give --sweep-load and --slo-jct-s")
+    if Policy.SLO.value in policy_names and not slo_attach:
+        click.echo("warning: the slo policy schedules by the requests' SLOs; without --slo-attach they carry none "
+                   "and it orders like ssjf", err=True)
     base_config = read_app_config(config_path)
     try:
         apps = {p: validate_config(config_for_policy(base_config, p)) for p in policy_names}
@@ -339,7 +367,10 @@ def bench(config_path, policies, baseline, sweep_load, slo_jct_s, slo_metric, mo
     workloads = []
     for load, o in runs:
         spec = o.spec(capacity["saturation_rps"] if capacity else None)
-        workloads.append((load, spec, build_workload_or_fail(spec)))
+        table = build_workload_or_fail(spec)
+        if slo_attach:  # the client sends the column as the header; the simulation reads it too
+            table = with_slo_columns(table, None, slo_jct_s)
+        workloads.append((load, spec, table))
 
     out = Path(out_dir) if out_dir else default_out_dir("bench")
     settings = RunSettings(model=model, model_from_dataset=is_replay and model is None, replay_lengths=is_replay,
@@ -358,11 +389,25 @@ def bench(config_path, policies, baseline, sweep_load, slo_jct_s, slo_metric, mo
         run_policies(policy_names, base_config, workloads, settings, client_config, facts, opts, out, results,
                      model=model, warmup=warmup, timeout_s=timeout_s, ray_address=ray_address, num_cpus=num_cpus,
                      ready_timeout_s=ready_timeout_s, repredictor=repredictor)
+    # Attainment is reported where asked for (--slo-attach, --goodput-attainment); else as before.
+    score_jct_s = slo_jct_s if slo_attach or goodput_attainment is not None else None
+    if score_jct_s is not None:
+        score_runs(results, score_jct_s)
     simulated = None
     if with_simulation and is_replay and app is not None:
-        simulated = {load: simulate_same(apps, table, opts.seed, repredictor) for load, _, table in workloads}
+        simulated = {load: simulate_same(apps, table, opts.seed, repredictor, score_jct_s)
+                     for load, _, table in workloads}
     report_bench(results, loads, facts, workloads, out, plot_path, as_json, slo_metric, slo_jct_s, simulated,
-                 target_load=opts.load)
+                 target_load=opts.load, attainment_goal=goodput_attainment, slo_attached=slo_attach)
+
+
+def score_runs(results: dict, slo_jct_s: float) -> None:
+    """Each run's SLO attainment into its summary: against the SLO its requests carried (--slo-attach:
+    the run's own summary has it), else against ``slo_jct_s`` (what the requests were not told)."""
+    for runs in results.values():
+        for _, run_dir, summary in runs:
+            if summary.get("slo_attainment") is None:
+                summary.update(score_slo(read_records(run_dir), slo_jct_s=slo_jct_s))
 
 
 @contextlib.contextmanager
@@ -403,7 +448,8 @@ def run_policies(policy_names, base_config, workloads, settings, client_config, 
 # the proxy pool answered without its model (busy, failed, artifact not loaded), is counted there by
 # reason; the policy ordered that request without the proxy.
 SERVER_COUNTERS = {"proxy_fallbacks": "ssjf_proxy_fallbacks_total", "retries": "ssjf_retries_total",
-                   "preemptions": "ssjf_preemptions_total", "preempted_tokens": "ssjf_preempted_tokens_total"}
+                   "preemptions": "ssjf_preemptions_total", "preempted_tokens": "ssjf_preempted_tokens_total",
+                   "slo_shed": "ssjf_slo_shed_total"}
 
 
 def parse_counters(text: str) -> dict[str, float]:
@@ -508,16 +554,32 @@ def goodput(points: list[tuple[float, dict]], metric: str, slo_s: float) -> floa
     return best
 
 
+def goodput_by_attainment(points: list[tuple[float, dict]], goal: float) -> float | None:
+    """The largest load at which at least ``goal`` of the requests met their SLO (``slo_attainment``;
+    shed and failed requests missed it), at it and every smaller load."""
+    best = None
+    for load, summary in sorted(points, key=lambda p: p[0]):
+        value = summary.get("slo_attainment")
+        if value is None or value < goal:
+            break
+        best = load
+    return best
+
+
 def report_bench(results, loads, facts, workloads, out: Path, plot_path, as_json, slo_metric, slo_jct_s,
-                 simulated: dict | None = None, target_load: float | None = None) -> None:
-    """Write OUT/bench.json and print the comparison (one workload) or the goodput sweep (``loads``)."""
+                 simulated: dict | None = None, target_load: float | None = None, *,
+                 attainment_goal: float | None = None, slo_attached: bool = False) -> None:
+    """Write OUT/bench.json and print the comparison (one workload) or the goodput sweep (``loads``).
+    ``attainment_goal``: a sweep's second goodput (:func:`goodput_by_attainment`); ``slo_attached``:
+    the requests carried ``slo_jct_s`` (else it only scored them)."""
     spec_rates = {load: spec.rate for load, spec, _ in workloads}
+    slo = {"jct_s": slo_jct_s, "attached": slo_attached}
     if loads is None:
         report_comparison(results, facts, workloads[0][1], spec_rates[None], out, plot_path, as_json,
-                          (simulated or {}).get(None), target_load)
+                          (simulated or {}).get(None), target_load, slo=slo)
     else:
         report_sweep(results, loads, facts, workloads[0][1], spec_rates, out, as_json, slo_metric, slo_jct_s,
-                     simulated or {})
+                     simulated or {}, attainment_goal=attainment_goal, slo=slo)
 
 
 # Ratios to the baseline that bench.json holds (the printed table shows loadgen compare's RATIO_KEYS).
@@ -587,8 +649,25 @@ def _preemption_lines(rows: dict) -> list[str]:
     return lines
 
 
+def attainment_lines(summaries: dict[str, dict], slo: dict | None, sim: dict | None = None) -> list[str]:
+    """Per policy: its SLO attainment and the requests shed (live), and the simulated attainment."""
+    if not slo or slo.get("jct_s") is None or not any(s.get("slo_attainment") is not None for s in summaries.values()):
+        return []
+    how = "sent with every request" if slo.get("attached") else "scored only: the requests did not carry it"
+    lines = [f"SLO attainment (JCT <= {slo['jct_s']:g} s, {how}; shed and failed requests missed):"]
+    for p, s in summaries.items():
+        line = f"  {p}: {fmt(s.get('slo_attainment'), '{:.1%}')} ({s.get('num_slo_met')} of {s.get('num_with_slo')})"
+        if s.get("num_shed"):
+            line += f", {s['num_shed']} shed (503 slo_unattainable)"
+        simulated = ((sim or {}).get(p) or {}).get("slo_attainment")
+        if simulated is not None:
+            line += f"; simulated {simulated:.1%}"
+        lines.append(line)
+    return lines
+
+
 def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json, sim: dict | None,
-                      target_load: float | None) -> None:
+                      target_load: float | None, slo: dict | None = None) -> None:
     """One workload per policy: the loadgen compare table, the plot, and the live gain vs the simulated one."""
     summaries = {p: runs[0][2] for p, runs in results.items()}
     tables = {p: read_records(runs[0][1]) for p, runs in results.items()}
@@ -602,6 +681,9 @@ def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json,
         f"ratios_vs_{baseline}": compare(summaries, baseline, keys=BENCH_RATIO_KEYS),
         "results_dirs": {p: str(runs[0][1]) for p, runs in results.items()},
     }
+    slo_lines = attainment_lines(summaries, slo, (sim or {}).get("policies"))
+    if slo_lines:
+        summary["slo"] = slo
     warnings = fallback_warnings(summaries) + [w for w in [serve_default_warning(facts)] if w]
     preemption = preemption_rows(summaries, sim)
     if preemption:
@@ -626,6 +708,8 @@ def report_comparison(results, facts, spec, rate, out: Path, plot_path, as_json,
                        f"{fmt(row['live_over_simulated'], '{:.2f}')}")
     if preemption:
         click.echo("\npreemption (srpt):\n" + "\n".join("  " + line for line in _preemption_lines(preemption)))
+    if slo_lines:
+        click.echo("\n" + "\n".join(slo_lines))
     click.echo(f"results: {out}")
 
 
@@ -634,32 +718,54 @@ def _at_load(results, load) -> dict[str, dict]:
     return {p: next(s for x, _, s in runs if x == load) for p, runs in results.items()}
 
 
-def sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated: dict) -> dict:
+def sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated: dict,
+                  attainment_goal: float | None = None) -> dict:
     """Per policy: the live goodput (load and rate) and, where every load was simulated, the simulated one.
-    The first policy is the baseline: the others' goodput rate over its (``ratio_vs_baseline``)."""
+    The first policy is the baseline: the others' goodput rate over its (``ratio_vs_baseline``).
+    ``attainment_goal``: the same again by attainment (:func:`goodput_by_attainment`) under ``by_attainment``."""
+    all_simulated = bool(simulated) and all(simulated.get(load) for load in loads)
     good = {}
     for p, runs in results.items():
         g = goodput([(load, s) for load, _, s in runs], slo_metric, slo_jct_s)
         good[p] = {"load": g, "rate_rps": spec_rates.get(g) if g is not None else None}
-        if simulated and all(simulated.get(load) for load in loads):
+        if all_simulated:
             good[p]["load_simulated"] = goodput([(load, simulated[load]["policies"][p]) for load in loads],
                                                 slo_metric, slo_jct_s)
+        if attainment_goal is not None:
+            a = goodput_by_attainment([(load, s) for load, _, s in runs], attainment_goal)
+            by = good[p]["by_attainment"] = {"load": a, "rate_rps": spec_rates.get(a) if a is not None else None}
+            if all_simulated:
+                by["load_simulated"] = goodput_by_attainment(
+                    [(load, simulated[load]["policies"][p]) for load in loads], attainment_goal)
     baseline = next(iter(good), None)
     for p in list(good)[1:]:
         good[p]["ratio_vs_baseline"] = ratio(good[p]["rate_rps"], good[baseline]["rate_rps"])
+        if attainment_goal is not None:
+            good[p]["by_attainment"]["ratio_vs_baseline"] = ratio(good[p]["by_attainment"]["rate_rps"],
+                                                                  good[baseline]["by_attainment"]["rate_rps"])
     return good
 
 
+def _goodput_line(g: dict, baseline: str) -> str:
+    line = "none" if g["load"] is None else f"load {g['load']:g} = {g['rate_rps']:.3f} req/s"
+    if "load_simulated" in g:
+        line += f" (simulated: {'none' if g['load_simulated'] is None else format(g['load_simulated'], 'g')})"
+    if "ratio_vs_baseline" in g:
+        line += f"; {fmt(g['ratio_vs_baseline'], '{:.3f}')} x {baseline}'s"
+    return line
+
+
 def report_sweep(results, loads, facts, spec, spec_rates, out: Path, as_json, slo_metric, slo_jct_s,
-                 simulated: dict) -> None:
-    """Every load of the sweep per policy: a table per load and each policy's goodput."""
+                 simulated: dict, *, attainment_goal: float | None = None, slo: dict | None = None) -> None:
+    """Every load of the sweep per policy: a table per load and each policy's goodput (and, with
+    ``attainment_goal``, its goodput by SLO attainment)."""
     for p, runs in results.items():
         for load, _, run_summary in runs:
             if simulated.get(load) is not None:
                 run_summary["simulated_mean_jct_s"] = simulated[load]["policies"][p].get("mean_jct_s")
     sweep = {p: [{"load": load, "rate_rps": spec_rates[load], "results_dir": str(d), **s} for load, d, s in runs]
              for p, runs in results.items()}
-    good = sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated)
+    good = sweep_goodput(results, loads, spec_rates, slo_metric, slo_jct_s, simulated, attainment_goal)
     baseline = next(iter(results))
     # Mean and p99 per load, goodput over the sweep: each policy against the baseline.
     versus = {p: {key: {} for key in HEADLINE_KEYS} for p in list(results)[1:]}
@@ -669,9 +775,12 @@ def report_sweep(results, loads, facts, spec, spec_rates, out: Path, as_json, sl
                 versus[p][key][f"{load:g}"] = r[key]
     for p in versus:
         versus[p]["goodput"] = good[p]["ratio_vs_baseline"]
+        if attainment_goal is not None:
+            versus[p]["goodput_by_attainment"] = good[p]["by_attainment"]["ratio_vs_baseline"]
     summary = {"workload": spec.to_dict(), "cluster": facts, "saturation_rps": facts.get("saturation_rps"),
-               "slo": {"metric": slo_metric, "max_s": slo_jct_s}, "baseline": baseline, "goodput": good,
-               "vs_baseline": versus, "sweep": sweep}
+               "slo": {"metric": slo_metric, "max_s": slo_jct_s, "attainment_goal": attainment_goal,
+                       "attached": bool((slo or {}).get("attached"))},
+               "baseline": baseline, "goodput": good, "vs_baseline": versus, "sweep": sweep}
     warnings = [w for w in [serve_default_warning(facts)] if w]
     for load in loads:
         sim = simulated.get(load)
@@ -686,13 +795,17 @@ def report_sweep(results, loads, facts, spec, spec_rates, out: Path, as_json, sl
         click.echo(f"load {load:g} ({spec_rates[load]:.3f} req/s):")
         per = _at_load(results, load)
         click.echo(format_summary(per, ratios_to_baseline(per, RATIO_KEYS)))
+        sim = simulated.get(load)
+        lines = attainment_lines(per, slo, sim["policies"] if sim else None)
+        if lines:
+            click.echo("\n".join(lines))
         click.echo()
     click.echo(f"goodput (largest load with {slo_metric} <= {slo_jct_s:g} s and no failures, at it and below):")
     for p, g in good.items():
-        line = "none" if g["load"] is None else f"load {g['load']:g} = {g['rate_rps']:.3f} req/s"
-        if "load_simulated" in g:
-            line += f" (simulated: {'none' if g['load_simulated'] is None else format(g['load_simulated'], 'g')})"
-        if "ratio_vs_baseline" in g:
-            line += f"; {fmt(g['ratio_vs_baseline'], '{:.3f}')} x {baseline}'s"
-        click.echo(f"  {p}: {line}")
+        click.echo(f"  {p}: {_goodput_line(g, baseline)}")
+    if attainment_goal is not None:
+        click.echo(f"goodput by attainment (largest load where at least {attainment_goal:.0%} of requests finished "
+                   f"within {slo_jct_s:g} s, at it and below):")
+        for p, g in good.items():
+            click.echo(f"  {p}: {_goodput_line(g['by_attainment'], baseline)}")
     click.echo(f"results: {out}")

@@ -117,6 +117,10 @@ def config_file(tmp_path):
     (("--rate", "1", "--load", "0.5"), "not both"),
     (("--rate", "1", "--temperature", "2.5"), "--temperature"),
     (("--rate", "1", "--temperature", "-0.1"), "--temperature"),
+    (("--rate", "1", "--slo-attach"), "--slo-attach sends --slo-jct-s"),
+    (("--rate", "1", "--slo-jct-s", "5", "--goodput-attainment", "0.9"), "give --sweep-load"),
+    (("--sweep-load", "0.3:1.0:0.1", "--slo-jct-s", "5", "--goodput-attainment", "1.5"), "--goodput-attainment"),
+    (("--sweep-load", "0.3:1.0:0.1", "--slo-jct-s", "5", "--goodput-attainment", "0"), "--goodput-attainment"),
 ])
 def test_bench_rejects_bad_arguments(config_file, args, message):
     result = CliRunner().invoke(main, ["bench", "--config", config_file(REPLAY), *args])
@@ -182,9 +186,10 @@ def test_server_counters_over_one_run_come_from_the_ingress_metrics():
     metrics.retries.labels("replica_died").inc()
     metrics.preemptions.inc(2)  # srpt: two streams preempted, after 40 tokens in all
     metrics.preempted_tokens.inc(40)
+    metrics.slo_shed.inc(3)  # slo: three requests answered 503 slo_unattainable
     after = parse_counters(metrics.render()[0].decode())
     assert counter_deltas(before, after) == {"proxy_fallbacks": 5, "retries": 3, "preemptions": 2,
-                                             "preempted_tokens": 40}
+                                             "preempted_tokens": 40, "slo_shed": 3}
     assert counter_deltas(None, after) == {}  # unreadable: nothing claimed
     lines = fallback_warnings({"fcfs": {"proxy_fallbacks": 0, "num_requests": 9},
                                "ssjf": {"proxy_fallbacks": 5, "num_requests": 9}}, prefix="load 0.9: ")
@@ -338,3 +343,99 @@ def test_preemption_rows_put_live_counters_beside_the_simulation(tmp_path, capsy
     assert list(rows) == ["srpt"] and rows["srpt"]["live"] == {"num_preemptions": 3, "preempted_tokens": 120}
     line, = _preemption_lines(rows)
     assert line.startswith("srpt: 3 preemptions live (120 generated") and "simulated 4 (150 tokens, 0.50 s" in line
+
+
+def test_goodput_by_attainment_is_the_largest_load_before_the_share_first_drops_below_the_goal():
+    from cluster.bench import goodput_by_attainment
+
+    points = [(0.9, {"slo_attainment": 0.85}), (0.5, {"slo_attainment": 0.99}), (0.7, {"slo_attainment": 0.9}),
+              (1.0, {"slo_attainment": 0.95})]
+    assert goodput_by_attainment(points, 0.9) == 0.7  # 1.0 meets the goal again, but 0.9 did not
+    assert goodput_by_attainment(points, 0.995) is None
+    assert goodput_by_attainment([(0.5, {"slo_attainment": 1.0}), (0.7, {})], 0.9) == 0.5  # unscored: stops
+
+
+def test_slo_is_a_bench_policy_and_its_knobs_come_from_the_config():
+    from deployments.config import AppConfig
+    from router.policies import Policy, SLOInfeasible
+
+    assert parse_bench_policies("fcfs,ssjf-aging,slo", None) == ["fcfs", "ssjf-aging", "slo"]
+    cfg = config_for_policy({**REPLAY, "router": {"slo_infeasible": "shed", "slo_guard_s": 0.5}}, "slo")
+    sched = AppConfig.from_dict(cfg).scheduler_config()
+    assert (sched.policy, sched.slo_infeasible, sched.slo_guard_s) == (Policy.SLO, SLOInfeasible.SHED, 0.5)
+
+
+def _slo_run_dir(tmp_path, name, outcomes, slo_jct_s):
+    """A results directory whose requests carried ``slo_jct_s``: each outcome a JCT (ok) or "shed"."""
+    from loadgen.client import PlannedRequest, RequestRecord
+    from loadgen.results import records_table, summarize, write_results
+
+    records = []
+    for i, outcome in enumerate(outcomes):
+        rec = RequestRecord.planned(PlannedRequest(f"r{i}", float(i), "m", expected_output_tokens=10,
+                                                   slo_jct_s=slo_jct_s))
+        rec.sent_at = float(i)
+        if outcome == "shed":
+            rec.status, rec.error, rec.http_status, rec.error_code = "error", "HTTP 503", 503, "slo_unattainable"
+            rec.done_at = i + 0.01
+        else:
+            rec.status, rec.error = "ok", None
+            rec.first_token_at, rec.last_token_at, rec.done_at = i + 0.1, i + outcome, i + outcome
+            rec.num_output_tokens = 10
+        rec.finish_metrics()
+        records.append(rec)
+    summary = summarize(records_table(records))
+    write_results(tmp_path / name, records, {"label": name}, summary)
+    return tmp_path / name, summary
+
+
+def test_a_sweep_reports_attainment_and_goodput_by_attainment_beside_the_p90_goodput(tmp_path, capsys):
+    import json
+
+    from cluster.bench import report_bench
+    from loadgen.workload import WorkloadSpec
+
+    spec = WorkloadSpec(dataset="arena", trace="poisson", rate=2.0, num_requests=4)
+    facts = {"engine": "replay", "time_scale": 1.0}
+    # SLO 5 s. fcfs: all within at 0.5, 3 of 4 at 0.9. slo: all four at 0.5; at 0.9 it sheds one and the
+    # rest make it (3 of 4). With a goal of 0.75 both hold at 0.9; the p90 goodput stops both at 0.5.
+    sweep = {"fcfs": [(0.5, *_slo_run_dir(tmp_path, "f5", [1, 2, 3, 4], 5.0)),
+                      (0.9, *_slo_run_dir(tmp_path, "f9", [2, 3, 4, 9], 5.0))],
+             "slo": [(0.5, *_slo_run_dir(tmp_path, "s5", [1, 2, 3, 4], 5.0)),
+                     (0.9, *_slo_run_dir(tmp_path, "s9", [1, 2, 3, "shed"], 5.0))]}
+    assert sweep["slo"][1][2]["num_shed"] == 1 and sweep["slo"][1][2]["slo_attainment"] == 0.75
+    report_bench(sweep, [0.5, 0.9], facts, [(0.5, spec, None), (0.9, spec, None)], tmp_path, None, False,
+                 "p90_jct_s", 5.0, None, attainment_goal=0.75, slo_attached=True)
+    out, _ = capsys.readouterr()
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    good = bench["goodput"]
+    assert good["fcfs"]["load"] == 0.5 and good["fcfs"]["by_attainment"]["load"] == 0.9
+    assert good["slo"]["load"] == 0.5  # its shed request at 0.9 is a failure for the p90 goodput
+    assert good["slo"]["by_attainment"]["load"] == 0.9
+    assert good["slo"]["by_attainment"]["ratio_vs_baseline"] == pytest.approx(1.0)
+    assert bench["vs_baseline"]["slo"]["goodput_by_attainment"] == pytest.approx(1.0)
+    assert bench["slo"] == {"metric": "p90_jct_s", "max_s": 5.0, "attainment_goal": 0.75, "attached": True}
+    assert "goodput by attainment (largest load where at least 75% of requests finished within 5 s" in out
+    assert "  slo: 75.0% (3 of 4), 1 shed (503 slo_unattainable)" in out
+    assert "sent with every request" in out
+
+
+def test_the_simulation_of_the_same_workload_scores_and_sheds_with_the_attached_slo():
+    from cluster.bench import simulate_same
+    from deployments.config import AppConfig
+    from loadgen.options import with_slo_columns
+    from loadgen.workload import WorkloadSpec, build_workload
+
+    base = {"llm": {"engine": "replay", "num_replicas": 1, "batching": "none", "time_scale": 0.01},
+            "proxy": {"predictor": "heuristic"}}
+    slo = AppConfig.from_dict({**base, "router": {"policy": "slo", "slo_infeasible": "shed"}})
+    fcfs = AppConfig.from_dict({**base, "router": {"policy": "fcfs"}})
+    table = build_workload(WorkloadSpec(dataset="arena", trace="poisson", rate=200.0, num_requests=60, seed=1))
+    plain = simulate_same({"fcfs": fcfs, "slo": slo}, table, seed=1)
+    assert "slo_attainment" not in plain["policies"]["fcfs"]  # no SLO asked: reported as before
+    scored = simulate_same({"fcfs": fcfs, "slo": slo}, table, seed=1, slo_jct_s=0.5)
+    assert scored["policies"]["fcfs"]["num_with_slo"] == 60 and scored["policies"]["slo"]["num_shed"] == 0
+    attached = simulate_same({"fcfs": fcfs, "slo": slo}, with_slo_columns(table, None, 0.5), seed=1)
+    fcfs_s, slo_s = attached["policies"]["fcfs"], attached["policies"]["slo"]
+    assert fcfs_s["num_shed"] == 0 and slo_s["num_shed"] > 0  # only slo sheds, and only when it is told the SLO
+    assert slo_s["slo_attainment"] is not None and fcfs_s["slo_attainment"] is not None
