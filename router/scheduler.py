@@ -217,6 +217,7 @@ class Scheduler:
         orphans = []
         for state in replica.running.values():
             del self.requests[state.meta.request_id]
+            self._adopted.discard(state.meta.request_id)
             self.num_running -= 1
             state.status = RequestStatus.FAILED
             orphans.append(state.meta)
@@ -588,9 +589,14 @@ class Scheduler:
         return self._shared.queued_work + sum(r.outstanding_work for r in self.replicas.values())
 
     def snapshot(self) -> dict:
-        return {
+        out = {
             "num_queued": self.num_queued,
             "num_running": self.num_running,
             "num_shared_queued": len(self._shared),
             "replicas": [self.replicas[rid].snapshot() for rid in self._ids],
         }
+        if self._slo:  # the slo policy's state: its estimate, what it shed and what waits deferred
+            out["slo"] = {"seconds_per_token": self.estimate.seconds_per_token,
+                          "num_observed": self.estimate.num_observed, "num_rejected": self.num_rejected,
+                          "num_deferred": sum(queue.num_deferred for queue, _ in self._queues())}
+        return out

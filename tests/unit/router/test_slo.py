@@ -130,6 +130,18 @@ def test_defer_mode_serves_an_infeasible_request_only_after_every_feasible_one()
     assert sched.num_rejected == 0
 
 
+def test_the_snapshot_shows_deferred_and_shed_requests():
+    clock = FakeClock()
+    sched = blocked(clock)
+    sched.enqueue(meta("doomed", 5, jct=0.01))
+    sched.enqueue(meta("fine", 5))
+    clock.now = 1.0
+    assert ran(sched.complete("blocker")) == ["fine"]
+    assert sched.snapshot()["slo"] == {"seconds_per_token": 0.01, "num_observed": 0, "num_rejected": 0,
+                                       "num_deferred": 1}
+    assert "slo" not in create_scheduler(policy="ssjf").snapshot()
+
+
 def test_defer_mode_takes_a_feasible_request_from_another_queue_before_its_own_deferred_one():
     clock = FakeClock()
     sched = slo(clock, replicas=2, balancer="round-robin")
