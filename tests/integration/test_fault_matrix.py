@@ -416,15 +416,19 @@ def test_stale_reports_of_earlier_attempts_are_ignored(app):
 
         from router.messages import Report
 
-        snap = await until(lambda: (s := app.snapshot()) and s["num_running"] >= 3 and s, 30, "runs on the replicas")
         reports = []
-        for rep in snap["replicas"]:
-            state = await asyncio.to_thread(replica_state, app, rep["replica_id"])
-            for run in state["runs"]:
-                old = run.attempt - 1  # an earlier try of this request, as a late replica would name it
-                rid = run.meta.request_id
-                reports += [Report.complete(rid, 3, attempt=old), Report.fail(rid, attempt=old),
-                            Report.cancel(rid, attempt=old)]
+        deadline = time.monotonic() + 30
+        # The runs the router sees may end before a replica is asked for its own (short requests on a
+        # busy box): look again until some replica names a run in flight.
+        while not reports and time.monotonic() < deadline:
+            snap = await until(lambda: (s := app.snapshot()) and s["num_running"] >= 1 and s, 30, "runs on the replicas")
+            for rep in snap["replicas"]:
+                state = await asyncio.to_thread(replica_state, app, rep["replica_id"])
+                for run in state["runs"]:
+                    old = run.attempt - 1  # an earlier try of this request, as a late replica would name it
+                    rid = run.meta.request_id
+                    reports += [Report.complete(rid, 3, attempt=old), Report.fail(rid, attempt=old),
+                                Report.cancel(rid, attempt=old)]
         assert reports, "no run to report on"
         await asyncio.to_thread(ray.get, app.router().report.remote(reports), timeout=30)
         return len(reports)
