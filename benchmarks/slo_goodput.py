@@ -23,10 +23,12 @@ is queueing, not the request itself (the table header gives the share that canno
 The slo policy starts its seconds-per-token estimate from the engine profile (one decode step of a
 full replica, what an operator reads off a profile) and its first-token estimate from the prefill of
 the mean prompt; it learns the rest from completions. Its guard is ``--guard-x`` times the mean
-unloaded service time.
+unloaded service time (default 0: SchedulerConfig's default; docs/slo.md gives the sensitivity).
+ssjf-aging's threshold is ``--aging-x`` x FCFS's p99 JCT at the same load (1.3: loadgen simulate's
+auto rule; thresholds tied to the SLO did worse, docs/slo.md).
 
-    .venv/bin/python benchmarks/slo_goodput.py                      # both scenarios (a few minutes)
-    .venv/bin/python benchmarks/slo_goodput.py --scenario paper-like --loads 0.3:1.0:0.1 --num-requests 5000
+    .venv/bin/python benchmarks/slo_goodput.py                      # both scenarios (~3 min on 2 cores)
+    .venv/bin/python benchmarks/slo_goodput.py --scenario paper-like --loads 0.5:1.2:0.1 --slo-ttft-s 10
     .venv/bin/python benchmarks/slo_goodput.py --json out.json --table docs/slo-goodput.md
 """
 
@@ -180,22 +182,24 @@ def main() -> None:
     ap.add_argument("--dataset", default="arena")
     ap.add_argument("--trace", default="azure-conv")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--num-requests", type=int, default=10_000)
-    ap.add_argument("--loads", type=parse_loads, default=parse_loads("0.3:1.0:0.1"), help="START:STOP:STEP")
+    ap.add_argument("--num-requests", type=int, default=20_000)
+    ap.add_argument("--loads", type=parse_loads, default=parse_loads("0.6:1.4:0.05"), help="START:STOP:STEP")
     ap.add_argument("--predictor", default="noisy:0.6", help="The prompt-only prediction (as loadgen simulate).")
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"Comma list of {', '.join(POLICIES)}.")
     ap.add_argument("--slo-x", type=float, default=10.0, help="The JCT SLO as a multiple of the mean unloaded service.")
     ap.add_argument("--slo-ttft-s", type=float, default=None, help="Also a TTFT SLO (seconds) for every request.")
     ap.add_argument("--target", type=float, default=0.9, help="The attainment goodput asks for.")
-    ap.add_argument("--guard-x", type=float, default=1.0,
-                    help="slo_guard_s as a multiple of the mean unloaded service time.")
-    ap.add_argument("--aging", choices=["slo", "fcfs-p99"], default="slo",
-                    help="ssjf-aging's threshold: --aging-x times the JCT SLO, or times FCFS's p99 JCT at that load "
-                         "(loadgen simulate's auto rule with --aging-x 1.3).")
-    ap.add_argument("--aging-x", type=float, default=0.5)
+    ap.add_argument("--guard-x", type=float, default=0.0,
+                    help="slo_guard_s as a multiple of the mean unloaded service time (0, SchedulerConfig's default: "
+                         "the best of 0-4 in docs/slo.md).")
+    ap.add_argument("--aging", choices=["slo", "fcfs-p99"], default="fcfs-p99",
+                    help="ssjf-aging's threshold: --aging-x times FCFS's p99 JCT at that load (default, with 1.3: "
+                         "loadgen simulate's auto rule), or times the JCT SLO.")
+    ap.add_argument("--aging-x", type=float, default=1.3)
     ap.add_argument("--table", default=None, help="Also write the markdown tables to this file.")
     ap.add_argument("--json", default=None, help="Write every point to this JSON file.")
     args = ap.parse_args()
+    args.loads_text = f"{args.loads[0]:g}:{args.loads[-1]:g}:{args.loads[1] - args.loads[0] if len(args.loads) > 1 else 1:g}"
     args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = sorted(set(args.policies) - set(POLICIES))
     if unknown:
@@ -210,8 +214,10 @@ def main() -> None:
     command = ("benchmarks/slo_goodput.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("scenario", args.scenario), ("num_requests", args.num_requests),
                                                     ("seed", args.seed), ("predictor", args.predictor),
+                                                    ("loads", args.loads_text),
                                                     ("slo_x", args.slo_x), ("guard_x", args.guard_x),
-                                                    ("aging", args.aging), ("aging_x", args.aging_x))))
+                                                    ("aging", args.aging), ("aging_x", args.aging_x),
+                                                    *((("slo_ttft_s", args.slo_ttft_s),) if args.slo_ttft_s else ()))))
     print("\n" + text + f"\n{command}; {time.perf_counter() - t0:.0f} s")
     if args.table:
         Path(args.table).write_text(text + f"\n`{command}`\n")
