@@ -30,9 +30,12 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's int64; every engine's seed 
 MAX_REPLAY_PREDICTIONS = 16384
 MAX_REPLAY_PREDICTION = 1e9  # tokens
 # Latency objectives (``slo`` body field, ``x-slo-*-ms`` headers): milliseconds from the request's
-# arrival, > 0 and at most a day (a longer "objective" constrains nothing).
+# arrival, at least 1 ms and at most a day (a longer "objective" constrains nothing).
 SLO_FIELDS = ("ttft_ms", "jct_ms")
 SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "jct_ms": "x-slo-jct-ms"}
+# An SLO under a millisecond cannot be met through any HTTP path; the floor also keeps a subnormal
+# float (5e-324 ms) from becoming 0 s when converted, which RequestMeta refuses.
+MIN_SLO_MS = 1.0
 MAX_SLO_MS = 86_400_000.0
 _SLO_HEADER_VALUE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
 
@@ -250,14 +253,14 @@ def _stream_options(body: dict, stream: bool) -> bool:
 
 
 def _slo_ms(value, param: str) -> float:
-    """One SLO value in milliseconds: a finite number in (0, MAX_SLO_MS]."""
+    """One SLO value in milliseconds: a finite number in [MIN_SLO_MS, MAX_SLO_MS]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(value, float) and not math.isfinite(value)):
         raise bad_request(f"{param!r} must be a number of milliseconds, got {_type_name(value)}", param=param,
                           code="invalid_type")
-    if not 0 < value <= MAX_SLO_MS:  # compared before float(): a huge integer does not fit one
+    if not MIN_SLO_MS <= value <= MAX_SLO_MS:  # compared before float(): a huge integer does not fit one
         shown = short_int(value) if isinstance(value, int) else value
-        raise bad_request(f"{param!r} must be > 0 and <= {MAX_SLO_MS:.0f} ms, got {shown}", param=param,
+        raise bad_request(f"{param!r} must be >= {MIN_SLO_MS:.0f} and <= {MAX_SLO_MS:.0f} ms, got {shown}", param=param,
                           code="invalid_value")
     return float(value)
 
@@ -299,7 +302,7 @@ def _header_values(headers, name: str) -> list[str]:
 
 def slo_from_headers(headers) -> dict:
     """``x-slo-ttft-ms`` / ``x-slo-jct-ms`` (as llm-d's SLO-aware routing takes them): a plain decimal
-    number of milliseconds each, > 0 (no sign, exponent, NaN or infinity), as ``slo_ttft_s`` /
+    number of milliseconds each, 1 ms to a day (no sign, exponent, NaN or infinity), as ``slo_ttft_s`` /
     ``slo_jct_s`` in seconds (None where absent). A header repeated with different values is a 400."""
     out = {"slo_ttft_s": None, "slo_jct_s": None}
     for key, name in SLO_HEADERS.items():
@@ -314,9 +317,9 @@ def slo_from_headers(headers) -> dict:
             raise bad_request(f"the header {name!r} must be a positive number of milliseconds such as 2500, got "
                               f"{text[:40]!a}", param=name, code="invalid_header")
         ms = float(text)
-        if not 0 < ms <= MAX_SLO_MS:
-            raise bad_request(f"the header {name!r} must be > 0 and <= {MAX_SLO_MS:.0f} ms, got {text}", param=name,
-                              code="invalid_header")
+        if not MIN_SLO_MS <= ms <= MAX_SLO_MS:
+            raise bad_request(f"the header {name!r} must be >= {MIN_SLO_MS:.0f} and <= {MAX_SLO_MS:.0f} ms, got {text}",
+                              param=name, code="invalid_header")
         out[_slo_name(key)] = ms / 1000.0
     return out
 
@@ -474,7 +477,7 @@ _COMMON_PROPERTIES = {
                        "output length at progress points K, 2K, ... (K = router.repredict_every_tokens)."},
     "slo": {
         "type": ["object", "null"], "additionalProperties": False,
-        "properties": {key: {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_SLO_MS}
+        "properties": {key: {"type": ["number", "null"], "minimum": MIN_SLO_MS, "maximum": MAX_SLO_MS}
                        for key in SLO_FIELDS},
         "description": "Latency objectives in milliseconds from arrival (also as headers x-slo-ttft-ms, "
                        "x-slo-jct-ms; both given: they must agree). router.policy slo schedules by them and may "

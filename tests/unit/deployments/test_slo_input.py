@@ -72,7 +72,8 @@ def test_header_and_body_combine_and_must_agree():
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "+5", "1e3", "nan", "inf", "Infinity", "0x10", "", "12 ms", "1,000",
-                                   "5.", ".5", "1" * 13, f"{MAX_SLO_MS + 1:.0f}", "0.0"])
+                                   "5.", ".5", "1" * 13, f"{MAX_SLO_MS + 1:.0f}", "0.0",
+                                   "0.5", "0.000001"])
 @pytest.mark.parametrize("name", sorted(SLO_HEADERS.values()))
 def test_a_bad_header_value_is_a_400_naming_the_header(name, value):
     e = refused(COMPLETION, headers={name: value})
@@ -114,6 +115,8 @@ def test_repeated_headers_must_agree():
     ({"ttft_ms": True}, "slo.ttft_ms", "invalid_type"),
     ({"jct_ms": 10**400}, "slo.jct_ms", "invalid_value"),
     ({"jct_ms": MAX_SLO_MS * 2}, "slo.jct_ms", "invalid_value"),
+    ({"jct_ms": 5e-324}, "slo.jct_ms", "invalid_value"),  # the fuzzer's: it became 0 s and a 500
+    ({"ttft_ms": 0.5}, "slo.ttft_ms", "invalid_value"),
 ])
 @pytest.mark.parametrize("parse, base", [(parse_completion, COMPLETION), (parse_chat, CHAT)])
 def test_a_bad_body_slo_is_a_400_naming_the_field(parse, base, slo, param, code):
