@@ -2,13 +2,18 @@
 # Reproduce docs/live_bench.md: issue 5's live FCFS / SSJF / SSJF-aging measurements over HTTP on a
 # local Ray, each with the simulator's prediction for the same workload and predictor.
 #
-#   scripts/live_bench.sh [paper|cont|sweep|hf|all]...   (default: all; about 60 min on 2 cores:
-#   paper 16, cont 19, sweep ~70, hf ~30, ~50 when it trains the SmolLM2 proxy first)
+#   scripts/live_bench.sh [paper|cont|sweep|slo|hf|all]...   (default: all; about 60 min on 2 cores:
+#   paper 16, cont 19, sweep ~70, slo ~35, hf ~30, ~50 when it trains the SmolLM2 proxy first)
 #
 # paper: 4 replay replicas, no batching, load 0.9      (cluster/bench_paper.yaml)
 # cont : 4 replay replicas x 8 continuous slots, 0.97  (cluster/bench_cont.yaml)
 # sweep: goodput of SWEEP_POLICIES on the paper-like cluster, loads 0.8..0.95, 800 requests per point
 #        (the paper-like workload), SLO p90 JCT <= 45 s at time_scale 1
+# slo  : goodput under a per-request JCT SLO (issue 14 item 4): SLO_POLICIES on the paper-like cluster
+#        at time scale SLO_TS (0.125: twice as fast as paper, so 18 runs fit), loads SLO_SWEEP
+#        (0.7:1.1:0.2), N_SLO (400) requests per point; every request carries x-slo-jct-ms =
+#        SLO_JCT_S (51.9 s: 10 x the mean unloaded service time, benchmarks/slo_goodput.py) x SLO_TS;
+#        goodput = the largest load at which >= 90% of requests meet it (shed and failed ones missed)
 # hf   : 2 hf replicas of SmolLM2-135M on CPU (real generation, continuous batching, streaming), FCFS vs
 #        SSJF vs SSJF-aging on 120 test-split requests of smollm2_replies, with the SmolLM2 proxy
 #
@@ -40,6 +45,11 @@ SLO_S=${SLO_S:-45}
 SWEEP_POLICIES=${SWEEP_POLICIES:-fcfs,ssjf,ssjf-aging}
 AGING_P99_BUDGET=${AGING_P99_BUDGET:-1.2}
 N_HF=${N_HF:-120}
+N_SLO=${N_SLO:-400}
+SLO_TS=${SLO_TS:-0.125}
+SLO_SWEEP=${SLO_SWEEP:-0.7:1.1:0.2}
+SLO_JCT_S=${SLO_JCT_S:-51.9}
+SLO_POLICIES=${SLO_POLICIES:-serve-default,fcfs,ssjf,ssjf-aging,srpt,slo}
 POLICIES=${POLICIES:-fcfs,ssjf,ssjf-aging}  # paper and cont (e.g. serve-default,fcfs,ssjf,ssjf-aging,srpt)
 mkdir -p "$OUT"
 if [ "${*:-all}" != hf ]; then  # hf uses its own proxy (HF_PROXY)
@@ -108,7 +118,7 @@ scenario() {  # NAME CONFIG BATCHING MAX_BATCH LOAD N TIME_SCALE
   if [[ ,$POLICIES, == *,srpt,* ]]; then
     # srpt's starvation guard as the simulator's `auto`: 1.1 x the simulated FCFS p99 JCT (docs/preemption.md)
     local guard
-    guard=$($PY -c "import json,sys; print(round(1.1*float(sys.argv[2])*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$OUT/$name-sim.json" "$ts")
+    guard=$(srpt_guard "$OUT/$name-sim.json" "$ts")
     echo "live_bench: $name: srpt guard $guard s (live)" >&2
     sets+=("router.srpt_aging_threshold_s=$guard")
   fi
@@ -134,6 +144,30 @@ sweep() {
       --seed 0 --num-requests "$N_SWEEP" --sweep-load "$SWEEP" --slo-jct-s "$slo" --no-stream --timeout 3600 \
       --out "$OUT/sweep" --no-progress > "$OUT/sweep.txt" 2> "$OUT/sweep.log"
   cat "$OUT/sweep.txt"
+}
+
+# srpt_guard SIM_JSON TIME_SCALE -> srpt's starvation guard (s, live) as the simulator's `auto`:
+# 1.1 x the simulated FCFS p99 JCT (docs/preemption.md).
+srpt_guard() {
+  $PY -c "import json,sys; print(round(1.1*float(sys.argv[2])*json.load(open(sys.argv[1]))['policies']['fcfs']['p99_jct_s'],3))" "$1" "$2"
+}
+
+slo() {
+  local ts=$SLO_TS top th guard slo
+  top=${SLO_SWEEP%:*}; top=${top#*:}   # STOP of START:STOP:STEP: thresholds for the highest load
+  th=$(tune_aging slo none 1 "$top" "$N_SLO" "$ts")
+  guard=$(srpt_guard "$OUT/slo-sim.json" "$ts")
+  slo=$($PY -c "import sys; print(round(float(sys.argv[1])*float(sys.argv[2]),3))" "$SLO_JCT_S" "$ts")
+  echo "live_bench: slo: time scale $ts, JCT SLO $slo s, aging threshold $th s, srpt guard $guard s (live)" >&2
+  derive cluster/bench_paper.yaml "$OUT/slo.yaml" "llm.time_scale=$ts" "router.aging_threshold_s=$th" \
+    "router.srpt_aging_threshold_s=$guard"
+  rm -rf "${OUT:?}/slo"
+  /usr/bin/time -f "live_bench: slo: %e s wall" \
+    $BENCH --config "$OUT/slo.yaml" --policies "$SLO_POLICIES" --dataset arena --trace azure-conv \
+      --seed 0 --num-requests "$N_SLO" --sweep-load "$SLO_SWEEP" --slo-jct-s "$slo" --slo-attach \
+      --goodput-attainment 0.9 --no-stream --timeout 3600 --out "$OUT/slo" --no-progress \
+      > "$OUT/slo.txt" 2> "$OUT/slo.log"
+  cat "$OUT/slo.txt"
 }
 
 # hf: real generation. 2 `hf` replicas of SmolLM2-135M-Instruct on CPU (continuous batching, HF_SLOTS
@@ -331,8 +365,9 @@ for what in "${@:-all}"; do
     paper) scenario paper cluster/bench_paper.yaml none 1 0.9 "$N_PAPER" "$(ts_of cluster/bench_paper.yaml)" ;;
     cont) scenario cont cluster/bench_cont.yaml continuous 8 0.97 "$N_CONT" "$(ts_of cluster/bench_cont.yaml)" ;;
     sweep) sweep ;;
+    slo) slo ;;
     hf) hf ;;
-    all) "$0" paper cont sweep hf ;;
-    *) echo "live_bench: unknown part '$what' (paper, cont, sweep, hf, all)" >&2; exit 2 ;;
+    all) "$0" paper cont sweep slo hf ;;
+    *) echo "live_bench: unknown part '$what' (paper, cont, sweep, slo, hf, all)" >&2; exit 2 ;;
   esac
 done
