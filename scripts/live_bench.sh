@@ -2,8 +2,9 @@
 # Reproduce docs/live_bench.md: issue 5's live FCFS / SSJF / SSJF-aging measurements over HTTP on a
 # local Ray, each with the simulator's prediction for the same workload and predictor.
 #
-#   scripts/live_bench.sh [paper|cont|sweep|slo|hf|all]...   (default: all; about 60 min on 2 cores:
-#   paper 16, cont 19, sweep ~70, slo ~35, hf ~30, ~50 when it trains the SmolLM2 proxy first)
+#   scripts/live_bench.sh [paper|cont|sweep|slo|hf|hfsrpt|all]...   (default: all; on 2 cores:
+#   paper 16 min, cont 19, sweep ~70, slo ~35, hf ~30 (~50 when it trains the SmolLM2 proxy first),
+#   hfsrpt ~15)
 #
 # paper: 4 replay replicas, no batching, load 0.9      (cluster/bench_paper.yaml)
 # cont : 4 replay replicas x 8 continuous slots, 0.97  (cluster/bench_cont.yaml)
@@ -14,6 +15,8 @@
 #        (0.7:1.1:0.2), N_SLO (400) requests per point; every request carries x-slo-jct-ms =
 #        SLO_JCT_S (51.9 s: 10 x the mean unloaded service time, benchmarks/slo_goodput.py) x SLO_TS;
 #        goodput = the largest load at which >= 90% of requests meet it (shed and failed ones missed)
+# hfsrpt: srpt on real generation (issue 14): 2 hf SmolLM2 replicas x 2 continuous slots, the demo's
+#        short/long instructions and its proxy (below), fcfs vs ssjf vs srpt, seeds HFS_SEEDS
 # hf   : 2 hf replicas of SmolLM2-135M on CPU (real generation, continuous batching, streaming), FCFS vs
 #        SSJF vs SSJF-aging on 120 test-split requests of smollm2_replies, with the SmolLM2 proxy
 #
@@ -52,7 +55,7 @@ SLO_JCT_S=${SLO_JCT_S:-51.9}
 SLO_POLICIES=${SLO_POLICIES:-serve-default,fcfs,ssjf,ssjf-aging,srpt,slo}
 POLICIES=${POLICIES:-fcfs,ssjf,ssjf-aging}  # paper and cont (e.g. serve-default,fcfs,ssjf,ssjf-aging,srpt)
 mkdir -p "$OUT"
-if [ "${*:-all}" != hf ]; then  # hf uses its own proxy (HF_PROXY)
+if [ "${*:-all}" != hf ] && [ "${*:-all}" != hfsrpt ]; then  # hf and hfsrpt use their own proxies
   [ -d "$ART" ] || { echo "live_bench: no proxy artifact at $ART (train it: scripts/train_default_proxy.sh, or set PROXY_ARTIFACT)" >&2; exit 2; }
   TAU=$($PY -c "import json,sys; print(round(json.load(open(sys.argv[1]+'/eval_test.json'))['all']['proxy']['kendall_tau'],3))" "$ART" 2>/dev/null || echo '?')
   echo "live_bench: proxy artifact $ART (Kendall tau on its own test split: $TAU); results in $OUT" >&2
@@ -359,6 +362,33 @@ for p in live:
 EOF2
 }
 
+# hfsrpt: the demo's real stage (cluster/demo.yaml, proxy_model/data/demo_mix.jsonl: short answers of
+# 2-46 tokens and long ones; artifacts/proxy-demo-smollm2, trained by scripts/demo_proxy.py when
+# missing), but with continuous batching (HFS_SLOTS 2 per replica) and max_tokens HFS_MAX_TOKENS (128)
+# so that a long answer has progress points to be preempted at: srpt re-predicts every 16 tokens
+# (the prompt-only prediction minus the tokens so far: no remaining-length artifact for SmolLM2) and
+# never preempts in the last 16; its starvation guard and ssjf-aging's threshold are the demo's 15 s.
+# HFS_N (32) requests in Gamma bursts (CV 4) at HFS_RATE (1.0) req/s, greedy, streamed; one bench
+# of fcfs, ssjf, srpt per seed of HFS_SEEDS (0 1). The report gives srpt's preemptions and the
+# generated tokens they sent back to prefill (the cost).
+hfsrpt() {
+  local out=$OUT/hfsrpt proxy=artifacts/proxy-demo-smollm2 seed
+  local n=${HFS_N:-32} cap=${HFS_MAX_TOKENS:-128} slots=${HFS_SLOTS:-2} rate=${HFS_RATE:-1.0}
+  mkdir -p "$out"
+  [ -f "$proxy/proxy_config.json" ] || $PY scripts/demo_proxy.py --out "$proxy" >&2
+  ART=$proxy derive cluster/demo.yaml "$out/hfsrpt.yaml" "llm.batching=continuous" "llm.max_batch=$slots" \
+    "ingress.default_max_tokens=$cap" "router.repredict_every_tokens=16" "router.preempt_min_remaining_tokens=16" \
+    "router.aging_threshold_s=15" "router.srpt_aging_threshold_s=15"
+  for seed in ${HFS_SEEDS:-0 1}; do
+    rm -rf "${out:?}/seed$seed"
+    /usr/bin/time -f "live_bench: hfsrpt seed $seed: %e s wall" \
+      $BENCH --config "$out/hfsrpt.yaml" --policies fcfs,ssjf,srpt --dataset proxy_model/data/demo_mix.jsonl \
+        --trace gamma:4 --rate "$rate" --num-requests "$n" --max-tokens "$cap" --temperature 0 --seed "$seed" \
+        --stream --timeout 600 --out "$out/seed$seed" --no-progress > "$out/seed$seed.txt" 2> "$out/seed$seed.log"
+    cat "$out/seed$seed.txt"
+  done
+}
+
 ts_of() { $PY -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['llm']['time_scale'])" "$1"; }
 for what in "${@:-all}"; do
   case $what in
@@ -367,7 +397,8 @@ for what in "${@:-all}"; do
     sweep) sweep ;;
     slo) slo ;;
     hf) hf ;;
+    hfsrpt) hfsrpt ;;
     all) "$0" paper cont sweep slo hf ;;
-    *) echo "live_bench: unknown part '$what' (paper, cont, sweep, slo, hf, all)" >&2; exit 2 ;;
+    *) echo "live_bench: unknown part '$what' (paper, cont, sweep, slo, hf, hfsrpt, all)" >&2; exit 2 ;;
   esac
 done
