@@ -27,6 +27,18 @@ def _floats(ctx, param, value):
     return out
 
 
+def _ints(ctx, param, value):
+    if not value:
+        return []
+    try:
+        out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if any(b <= a for a, b in zip(out, out[1:], strict=False)) or any(x < 1 for x in out):
+        raise click.BadParameter(f"need integers >= 1, strictly increasing, got {value!r}")
+    return out
+
+
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging
 
@@ -136,6 +148,13 @@ def collect(inputs, out, model, model_name, max_new_tokens, temperature, top_p, 
               "(default: quantiles of the training lengths, --num-buckets of them).")
 @click.option("--num-buckets", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--freeze-encoder", is_flag=True, help="Train only the head on cached encoder features (fast CPU path).")
+@click.option("--pooling", type=click.Choice(["mean", "last-layers"]), default="mean", show_default=True,
+              help="mean: BERT-like encoders. last-layers: a causal LM (e.g. --encoder smollm2, the served model "
+              "itself) read at the last token of several layers, the prompt in its chat template.")
+@click.option("--pool-layers", callback=_ints, default="", help="last-layers: the layers read, e.g. 6,12,18,24,30 "
+              "(default: 5 spread up to the top).")
+@click.option("--members", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --freeze-encoder: heads trained side by side on the same features, answers averaged.")
 @click.option("--epochs", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--lr", "learning_rate", default=5e-5, show_default=True, type=float, help="Encoder learning rate.")
 @click.option("--head-lr", "head_learning_rate", default=1e-3, show_default=True, type=float)
@@ -144,6 +163,8 @@ def collect(inputs, out, model, model_name, max_new_tokens, temperature, top_p, 
 @click.option("--group-by-length", is_flag=True, help="Fine-tuning: batch prompts of similar token length "
               "(less padding; on the SmolLM2 data about half the encoder work at --max-length 256).")
 @click.option("--hidden-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--dropout", default=0.1, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
+              help="Dropout on the features the head reads.")
 @click.option("--rank-loss-weight", default=0.5, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the pairwise within-model ranking loss.")
 @click.option("--source", "sources", multiple=True, help="Train only on rows of this source (repeatable).")

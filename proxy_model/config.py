@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from proxy_model.text import DEFAULT_MAX_HISTORY_CHARS
 
+POOLINGS = ("mean", "last-layers")  # proxy_model.pooling
+
 UNKNOWN_MODEL = "<unk>"
 
 
@@ -55,9 +57,22 @@ class HeadConfig:
     max_length: int = field(default=128, metadata={"help": "encoder tokens per prompt (head + tail)"})
     max_history_chars: int = field(default=DEFAULT_MAX_HISTORY_CHARS, metadata={
         "help": "history cut of the proxy text rule the training prompts were rendered with"})
+    # How the encoder's states become features (proxy_model.pooling); the defaults are the layout of
+    # every artifact written before these fields existed.
+    pooling: str = field(default="mean", metadata={"help": "mean | last-layers"})
+    pool_layers: list[int] = field(default_factory=list, metadata={"help": "last-layers: the depths read"})
+    chat_template: bool = field(default=False, metadata={"help": "wrap the text in the encoder's chat template"})
+    feature_norm: bool = field(default=False, metadata={"help": "standardise features before the head"})
+    members: int = field(default=1, metadata={"help": "heads trained side by side, answers averaged"})
 
     def __post_init__(self):
         self.head = HeadType.parse(self.head).value
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}")
+        if self.pooling == "last-layers" and (not self.pool_layers or min(self.pool_layers) < 1):
+            raise ValueError(f"last-layers pooling needs pool_layers >= 1, got {self.pool_layers}")
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
         if self.hidden_size < 1:
             raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
         if not 0 <= self.dropout < 1:
@@ -119,6 +134,11 @@ class TrainConfig:
     bucket_edges: list[float] = field(default_factory=list, metadata={"help": "classes head; default: training quintiles"})
     num_buckets: int = 5
     freeze_encoder: bool = False
+    # mean: BERT-like encoders; last-layers: a causal LM (e.g. the served model itself), read at its
+    # last token of several layers, the prompt wrapped in its chat template (proxy_model.pooling).
+    pooling: str = "mean"
+    pool_layers: list[int] = field(default_factory=list, metadata={"help": "last-layers; default: 5 spread depths"})
+    members: int = 1
     epochs: float = 4.0
     learning_rate: float = 5e-5
     head_learning_rate: float = 1e-3
@@ -151,6 +171,15 @@ class TrainConfig:
             raise ValueError(f"num_buckets must be >= 2, got {self.num_buckets}")
         if self.rank_loss_weight < 0:
             raise ValueError(f"rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}")
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
+        if self.members > 1 and (not self.freeze_encoder or self.init_from):
+            raise ValueError("members > 1 needs --freeze-encoder (the members share one frozen encoder) "
+                             "and no --init-from (a single head to start from)")
+        if any(k < 1 for k in self.pool_layers):
+            raise ValueError(f"pool_layers must be >= 1 (1 = the first layer's output), got {self.pool_layers}")
         if self.bf16 not in ("auto", "yes", "no"):
             raise ValueError(f"bf16 must be auto, yes or no, got {self.bf16!r}")
         if self.max_length < 8:

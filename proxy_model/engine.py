@@ -16,6 +16,7 @@ import torch
 
 from proxy_model.config import UNKNOWN_MODEL
 from proxy_model.model import LengthModel
+from proxy_model.pooling import chat_affixes
 from proxy_model.predictor import normalize_model_name
 from proxy_model.text import head_tail_chars, head_tail_ids
 
@@ -53,12 +54,17 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
 
 
 class Tokenize:
-    """Prompt strings -> id lists of at most ``max_length`` (special tokens included)."""
+    """Prompt strings -> id lists of at most ``max_length`` (special tokens included).
+    ``chat_template``: the text goes inside the tokenizer's chat template as one user message,
+    followed by the assistant's turn header (``proxy_model.pooling.chat_affixes``)."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, chat_template: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.prefix, self.suffix = special_affixes(tokenizer)
+        self.prefix, self.suffix = chat_affixes(tokenizer) if chat_template else special_affixes(tokenizer)
+        if len(self.prefix) + len(self.suffix) >= max_length:
+            raise ValueError(f"max_length {max_length} leaves no room for the text inside "
+                             f"{len(self.prefix) + len(self.suffix)} template tokens")
         self.num_special = len(self.prefix) + len(self.suffix)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # 16 characters per token: more than any word piece of an English vocabulary, so the cheap
@@ -104,7 +110,7 @@ class InferenceEngine:
                 raise ValueError("dtype int8 (dynamic quantization) runs on CPU only")
             model.encoder = torch.ao.quantization.quantize_dynamic(model.encoder, {torch.nn.Linear}, dtype=torch.qint8)
         self.model = model.to(self.device)
-        self.tok = Tokenize(tokenizer, self.cfg.max_length)
+        self.tok = Tokenize(tokenizer, self.cfg.max_length, self.cfg.chat_template)
         self.known_models = list(self.cfg.models)
         self._exact = {m: i + 1 for i, m in enumerate(self.known_models)}
         self._lower = {m.lower(): i + 1 for i, m in enumerate(self.known_models)}
@@ -158,7 +164,7 @@ class InferenceEngine:
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Mean-pooled encoder output per prompt (fp32), in length-sorted batches (little padding)."""
+        """Pooled encoder output per prompt (fp32), in length-sorted batches (little padding)."""
         seqs = self.tok(prompts)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         out = torch.empty(len(seqs), self.cfg.encoder_dim, dtype=torch.float32, device=self.device)

@@ -32,6 +32,7 @@ from proxy_model.data import max_history_chars_of, read_prepared
 from proxy_model.engine import SUMMARY_FILE, Tokenize, cpu_has_native_bf16
 from proxy_model.model import LengthModel
 from proxy_model.offline_models import resolve_model_name
+from proxy_model.pooling import default_layers, pool, pooled_dim
 
 logger = logging.getLogger(__name__)
 
@@ -221,18 +222,17 @@ def _trainer_class():
     return ProxyTrainer
 
 
-def encode_features(encoder, tok: Tokenize, ids: list[list[int]], batch_size: int = 64, bf16: bool = False) -> torch.Tensor:
-    """Mean-pooled encoder outputs for every prompt (frozen encoder: computed once, cached)."""
+def encode_features(encoder, tok: Tokenize, ids: list[list[int]], batch_size: int = 64, bf16: bool = False,
+                    pooling: str = "mean", layers: list[int] = ()) -> torch.Tensor:
+    """Pooled encoder outputs for every prompt (frozen encoder: computed once, cached)."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = torch.empty(len(ids), encoder.config.hidden_size)
+    out = torch.empty(len(ids), pooled_dim(pooling, encoder.config.hidden_size, list(layers)))
     encoder.eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             b = tok.pad([ids[i] for i in idx])
-            h = encoder(**b).last_hidden_state.float()
-            m = b["attention_mask"].unsqueeze(-1).float()
-            out[idx] = (h * m).sum(1) / m.sum(1).clamp(min=1)
+            out[idx] = pool(encoder, pooling, list(layers), b["input_ids"], b["attention_mask"]).float()
     return out
 
 
@@ -285,12 +285,18 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
 
         model_kwargs["quantization_config"] = GgufConfig(dequantize=True)
     encoder = AutoModel.from_pretrained(enc_path, **model_kwargs)
+    decoder = cfg.pooling == "last-layers"
+    layers = (list(cfg.pool_layers) or default_layers(encoder.config.num_hidden_layers)) if decoder else []
+    if init is not None and decoder:
+        raise ValueError("--init-from carries a mean-pooled encoder; it cannot be combined with --pooling last-layers")
     head_cfg = HeadConfig(head=cfg.head, hidden_size=cfg.hidden_size, dropout=cfg.dropout,
-                          encoder_dim=encoder.config.hidden_size, models=models, max_length=cfg.max_length,
-                          max_history_chars=max_history_chars_of(table), **stats)
+                          encoder_dim=pooled_dim(cfg.pooling, encoder.config.hidden_size, layers), models=models,
+                          max_length=cfg.max_length, max_history_chars=max_history_chars_of(table),
+                          pooling=cfg.pooling, pool_layers=layers, chat_template=decoder,
+                          feature_norm=decoder and cfg.freeze_encoder, members=cfg.members, **stats)
     if cfg.head == "classes" and not head_cfg.bucket_edges:
         raise ValueError("could not derive bucket edges from the training data; pass --bucket-edges")
-    tok = Tokenize(tokenizer, cfg.max_length)
+    tok = Tokenize(tokenizer, cfg.max_length, head_cfg.chat_template)
 
     def dataset(idx: list[int]):
         grouped = group_by_prompt([cols["prompt"][i] for i in idx], [cols["model"][i] for i in idx],
@@ -306,12 +312,17 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
     train_ids, val_ids = tok(train_prompts), tok(val_prompts) if val_prompts else []
     if cfg.freeze_encoder:
         t0 = time.time()
-        train_feats = encode_features(encoder, tok, train_ids, bf16=use_bf16)
-        val_feats = encode_features(encoder, tok, val_ids, bf16=use_bf16) if val_ids else None
+        def features(ids):
+            return encode_features(encoder, tok, ids, bf16=use_bf16, pooling=cfg.pooling, layers=layers)
+
+        train_feats = features(train_ids)
+        val_feats = features(val_ids) if val_ids else None
         logger.info("cached encoder features for %d prompts in %.1fs", len(train_ids) + len(val_ids), time.time() - t0)
         train_ds = PromptDataset(train_targets, features=train_feats, capped=train_capped)
         val_ds = PromptDataset(val_targets, features=val_feats, capped=val_capped) if val_ids else None
         model = LengthModel(None, head_cfg, rank_loss_weight=cfg.rank_loss_weight)
+        if head_cfg.feature_norm:
+            model.head.set_feature_stats(train_feats)
     else:
         train_ds = PromptDataset(train_targets, ids=train_ids, capped=train_capped)
         val_ds = PromptDataset(val_targets, ids=val_ids, capped=val_capped) if val_ids else None

@@ -1,7 +1,6 @@
 """The proxy model end to end on a tiny encoder built from a config: prepare, train, save/load, predict."""
 
 import json
-import random
 
 import pytest
 
@@ -14,39 +13,12 @@ from proxy_model.config import HeadConfig, TrainConfig  # noqa: E402
 from proxy_model.data import prepare, read_prepared  # noqa: E402
 from proxy_model.predictor import LengthPredictor  # noqa: E402
 from proxy_model.testing import make_tiny_encoder  # noqa: E402
-
-TOPICS = ["history", "science", "music", "art", "python", "france", "code", "ideas"]
-
-
-def _logs(path, n_prompts=24):
-    """Logs-schema JSONL: 'briefly' prompts get short replies, 'essay' prompts long ones; two models."""
-    rng = random.Random(0)
-    rows = []
-    for i in range(n_prompts):
-        topic = TOPICS[i % len(TOPICS)]
-        long = i % 2 == 0
-        prompt = (f"write a long detailed essay about {topic} step by step {i}" if long
-                  else f"please answer briefly in one word what is {topic} {i}")
-        for model, scale in (("m-short", 0.5), ("m-long", 2.0)):
-            base = 400 if long else 10
-            rows.append({"prompt_id": f"p{i}", "prompt": prompt, "model": model,
-                         "output_tokens": int(base * scale * rng.uniform(0.8, 1.2)), "source": "synthetic"})
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return path
+from tests.unit.proxy_model.conftest import synthetic_logs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory):
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    out = d / "prepared.parquet"
-    # test_frac 0: every prompt trains (tiny data); the split rule is tested separately.
-    prepare([str(_logs(d / "logs.jsonl"))], out, tokenizer="whitespace", val_frac=0.0, test_frac=0.0)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +99,7 @@ def test_the_artifact_carries_the_history_cut_of_its_training_text(encoder_dir, 
     from proxy_model.train import train
 
     data = tmp_path / "prepared.parquet"
-    prepare([str(_logs(tmp_path / "logs.jsonl", n_prompts=4))], data, tokenizer="whitespace", max_history_chars=50,
+    prepare([str(synthetic_logs(tmp_path / "logs.jsonl", n_prompts=4))], data, tokenizer="whitespace", max_history_chars=50,
             val_frac=0.0, test_frac=0.0)
     cfg = TrainConfig(encoder=str(encoder_dir), epochs=1, batch_size=8, max_length=32, hidden_size=8, bf16="no",
                       freeze_encoder=True)
@@ -188,7 +160,7 @@ def test_missing_column_is_a_clear_error(tmp_path):
 
 
 def test_prepare_splits_by_prompt_never_straddle(tmp_path):
-    logs = _logs(tmp_path / "logs.jsonl", n_prompts=40)
+    logs = synthetic_logs(tmp_path / "logs.jsonl", n_prompts=40)
     out = tmp_path / "p.parquet"
     summary = prepare([str(logs)], out, tokenizer="whitespace", val_frac=0.2, test_frac=0.3)
     t = read_prepared(out).to_pylist()
@@ -237,7 +209,7 @@ def test_init_from_carries_encoder_head_and_model_rows(trained, tmp_path):
     from proxy_model.train import train
 
     base, _ = trained
-    rows = [json.loads(line) for line in _logs(tmp_path / "logs.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in synthetic_logs(tmp_path / "logs.jsonl").read_text().splitlines()]
     for r in rows:  # another team's logs: one model renamed, every reply 3x longer (other statistics)
         r["model"] = "m-new" if r["model"] == "m-short" else r["model"]
         r["output_tokens"] *= 3
