@@ -88,7 +88,7 @@ def build_head(cfg: HeadConfig) -> nn.Module:
 
 
 class LengthModel(nn.Module):
-    """Encoder + ``LengthHead``. ``encoder`` may be None when training on cached pooled features."""
+    """Encoder + head (``build_head``). ``encoder`` may be None when training on cached pooled features."""
 
     def __init__(self, encoder: nn.Module | None, cfg: HeadConfig, rank_loss_weight: float = 0.0):
         super().__init__()

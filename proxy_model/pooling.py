@@ -10,8 +10,8 @@ Two rules, recorded in the artifact's head config (``HeadConfig.pooling``):
   (``HeadConfig.chat_template``) it is the position where the model is about to answer: what it is
   about to do is in that state. Middle layers carry more of it than the top one, which is shaped
   for the next token alone. Measured on SmolLM2-135M's own replies (docs/proxy_model.md, "SmolLM2
-  as its own proxy"): the last token of 5 layers gave Kendall tau 0.55 on held-out prompts, the
-  mean of the top layer 0.45.
+  proxy"): with a ridge probe on held-out prompts, the top layer's last token ranks at Kendall tau
+  0.49 and its mean at 0.45; the last token of 5 layers with 5 censored heads reaches 0.558.
 """
 
 from __future__ import annotations
