@@ -15,28 +15,25 @@ import click
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time; pass local paths
 
 
-def _floats(ctx, param, value):
-    if not value:
-        return []
-    try:
-        out = [float(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-    if any(b <= a for a, b in zip(out, out[1:], strict=False)) or any(x <= 0 for x in out):
-        raise click.BadParameter(f"need positive, strictly increasing numbers, got {value!r}")
-    return out
+def _increasing(cast, noun: str):
+    """A click callback: a comma-separated list of positive, strictly increasing ``cast`` values
+    (empty: [])."""
+    def parse(ctx, param, value):
+        if not value:
+            return []
+        try:
+            out = [cast(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {noun}, got {value!r}") from None
+        if any(b <= a for a, b in zip(out, out[1:], strict=False)) or any(x <= 0 for x in out):
+            raise click.BadParameter(f"need positive, strictly increasing {noun}, got {value!r}")
+        return out
+
+    return parse
 
 
-def _ints(ctx, param, value):
-    if not value:
-        return []
-    try:
-        out = [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if any(b <= a for a, b in zip(out, out[1:], strict=False)) or any(x < 1 for x in out):
-        raise click.BadParameter(f"need integers >= 1, strictly increasing, got {value!r}")
-    return out
+_floats = _increasing(float, "numbers")
+_ints = _increasing(int, "integers")
 
 
 def _quiet_transformers():

@@ -178,6 +178,8 @@ class TrainConfig:
         if self.members > 1 and (not self.freeze_encoder or self.init_from):
             raise ValueError("members > 1 needs --freeze-encoder (the members share one frozen encoder) "
                              "and no --init-from (a single head to start from)")
+        if self.init_from and self.pooling == "last-layers":
+            raise ValueError("--init-from carries a mean-pooled encoder; it cannot be combined with --pooling last-layers")
         if any(k < 1 for k in self.pool_layers):
             raise ValueError(f"pool_layers must be >= 1 (1 = the first layer's output), got {self.pool_layers}")
         if self.bf16 not in ("auto", "yes", "no"):

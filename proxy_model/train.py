@@ -287,8 +287,6 @@ def train(data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, progr
     encoder = AutoModel.from_pretrained(enc_path, **model_kwargs)
     decoder = cfg.pooling == "last-layers"
     layers = (list(cfg.pool_layers) or default_layers(encoder.config.num_hidden_layers)) if decoder else []
-    if init is not None and decoder:
-        raise ValueError("--init-from carries a mean-pooled encoder; it cannot be combined with --pooling last-layers")
     head_cfg = HeadConfig(head=cfg.head, hidden_size=cfg.hidden_size, dropout=cfg.dropout,
                           encoder_dim=pooled_dim(cfg.pooling, encoder.config.hidden_size, layers), models=models,
                           max_length=cfg.max_length, max_history_chars=max_history_chars_of(table),

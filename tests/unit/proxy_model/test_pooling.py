@@ -102,6 +102,8 @@ def test_config_rejects_what_cannot_be_built():
         TrainConfig(pooling="max")
     with pytest.raises(ValueError, match="freeze-encoder"):
         TrainConfig(members=2)
+    with pytest.raises(ValueError, match="init-from"):  # refused before any encoder is loaded
+        TrainConfig(pooling="last-layers", init_from="artifacts/some-proxy")
     with pytest.raises(ValueError, match="pool_layers"):
         HeadConfig(pooling="last-layers")
     with pytest.raises(ValueError, match="members"):
